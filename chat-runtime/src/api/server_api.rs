@@ -1,0 +1,132 @@
+//! Server API for a tenant's own backend: users and user tokens.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::channels::JsonBody;
+use super::{ApiResult, ServerAuth};
+use crate::auth::{self, MAX_TOKEN_TTL_SECONDS};
+use crate::chat::{self, ChatError};
+use crate::store::User;
+
+/// Largest user id, display name and metadata, in bytes.
+const MAX_USER_ID_BYTES: usize = 128;
+const MAX_NAME_BYTES: usize = 256;
+const MAX_METADATA_BYTES: usize = 4096;
+
+/// Default lifetime of a minted user token: one hour.
+const DEFAULT_TOKEN_TTL_SECONDS: u64 = 3600;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertUser {
+    name: String,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+}
+
+fn check_user_id(user_id: &str) -> Result<(), ChatError> {
+    let valid = !user_id.is_empty()
+        && user_id.len() <= MAX_USER_ID_BYTES
+        && !user_id.chars().any(|c| c.is_control() || c.is_whitespace());
+    if valid {
+        Ok(())
+    } else {
+        Err(ChatError::invalid(format!(
+            "user id must be 1 to {MAX_USER_ID_BYTES} bytes without spaces or control characters"
+        )))
+    }
+}
+
+pub async fn upsert_user(
+    auth: ServerAuth,
+    Path(user_id): Path<String>,
+    JsonBody(request): JsonBody<UpsertUser>,
+) -> ApiResult<Json<User>> {
+    check_user_id(&user_id)?;
+    if request.name.trim().is_empty() || request.name.len() > MAX_NAME_BYTES {
+        return Err(ChatError::invalid(format!("name must be 1 to {MAX_NAME_BYTES} bytes")).into());
+    }
+    let metadata = request.metadata.unwrap_or_else(|| serde_json::json!({}));
+    if !metadata.is_object() {
+        return Err(ChatError::invalid("metadata must be a JSON object").into());
+    }
+    if metadata.to_string().len() > MAX_METADATA_BYTES {
+        return Err(ChatError::invalid(format!(
+            "metadata must be at most {MAX_METADATA_BYTES} bytes as JSON"
+        ))
+        .into());
+    }
+    let user = auth
+        .tenant
+        .store
+        .upsert_user(&user_id, &request.name, metadata, chat::now_millis())
+        .await?;
+    Ok(Json(user))
+}
+
+pub async fn get_user(auth: ServerAuth, Path(user_id): Path<String>) -> ApiResult<Json<User>> {
+    let user = auth.tenant.store.get_user(&user_id).await?;
+    user.map(Json).ok_or_else(|| ChatError::not_found().into())
+}
+
+pub async fn delete_user(auth: ServerAuth, Path(user_id): Path<String>) -> ApiResult<StatusCode> {
+    chat::delete_user(&auth.tenant, &user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct TokenResponse {
+    token: String,
+    expires_at: u64,
+}
+
+pub async fn mint_token(
+    auth: ServerAuth,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<TokenResponse>> {
+    // The body is optional, so an empty one means the defaults.
+    let request: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            ChatError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("invalid token request: {error}"),
+            )
+        })?
+    };
+    let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECONDS);
+    if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&ttl) {
+        return Err(ChatError::invalid(format!(
+            "ttl_seconds must be between 1 and {MAX_TOKEN_TTL_SECONDS}"
+        ))
+        .into());
+    }
+
+    let state = auth.tenant.store.user_auth_state(&user_id).await?;
+    if state.is_none_or(|state| state.deleted) {
+        return Err(ChatError::not_found().into());
+    }
+    let now = auth::unix_now();
+    let token = auth::mint_user_token(&auth.tenant.settings(), &user_id, now, ttl).map_err(|error| {
+        tracing::error!(tenant = %auth.tenant.id, error = %error, "Failed to sign a user token");
+        ChatError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "failed to sign the token")
+    })?;
+    Ok(Json(TokenResponse {
+        token,
+        expires_at: now + ttl,
+    }))
+}

@@ -1,0 +1,307 @@
+//! Chat operations shared by REST and WebSocket: each checks its input,
+//! writes through the tenant's store, and then hands the resulting events to
+//! the hub. A write always completes before anything is delivered, so no
+//! client ever sees a message that is not durable.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+
+use crate::hub::{ConnectionId, Outbound};
+use crate::limits::{self, ContentError};
+use crate::metrics::Metrics;
+use crate::store::{Appended, Channel, Content, MembershipChange, NewMessage, StoreError};
+use crate::tenant::Tenant;
+use crate::ws::protocol::{ServerFrame, TypingState};
+
+/// An error a client receives: a stable code, an HTTP status for REST and a
+/// message that is safe to show.
+#[derive(Debug, Clone)]
+pub struct ChatError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl ChatError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such channel or user",
+        )
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+}
+
+impl From<StoreError> for ChatError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => ChatError::not_found(),
+            StoreError::Forbidden(reason) => {
+                ChatError::new(StatusCode::FORBIDDEN, "forbidden", reason)
+            }
+            StoreError::ClientIdConflict => ChatError::new(
+                StatusCode::CONFLICT,
+                "client_id_conflict",
+                "this client_id was already used for a different message",
+            ),
+            StoreError::Invalid(reason) => ChatError::invalid(reason),
+            StoreError::Unavailable(source) => {
+                tracing::error!(error = %source, "Store failed");
+                ChatError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the message store is unavailable; retry with the same client_id",
+                )
+            }
+        }
+    }
+}
+
+impl From<ContentError> for ChatError {
+    fn from(error: ContentError) -> Self {
+        let status = if error.code == "message_too_large" {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ChatError::new(status, error.code, error.message)
+    }
+}
+
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks, stores and delivers one message.
+pub async fn send_message(
+    tenant: &Tenant,
+    metrics: &Metrics,
+    sender: &str,
+    channel_id: String,
+    client_id: String,
+    content: Content,
+) -> Result<Appended, ChatError> {
+    let settings = tenant.settings();
+    limits::check_client_id(&client_id)?;
+    limits::check_content(&content, &settings.limits)?;
+    if let Err(wait) = tenant
+        .rate
+        .try_acquire(sender, &settings.limits, Instant::now())
+    {
+        let mut error = ChatError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "more than {} messages per second; retry later",
+                settings.limits.messages_per_second
+            ),
+        );
+        error.retry_after = Some(wait);
+        return Err(error);
+    }
+
+    let appended = tenant
+        .store
+        .append_message(NewMessage {
+            channel_id,
+            sender_id: sender.to_owned(),
+            client_id,
+            content,
+            created_at: now_millis(),
+        })
+        .await?;
+    if !appended.duplicate {
+        metrics
+            .messages_stored
+            .get_or_create(&Metrics::tenant(&tenant.id))
+            .inc();
+        publish_message(tenant, &appended);
+    }
+    Ok(appended)
+}
+
+fn publish_message(tenant: &Tenant, appended: &Appended) {
+    let message = &appended.message;
+    let event = Outbound::Message {
+        channel_id: Arc::from(message.channel_id.as_str()),
+        seq: message.seq,
+        frame: ServerFrame::Message { message }.to_text(),
+        stored_at: Instant::now(),
+    };
+    tenant.hub.send_to_users(&appended.members, &event, None);
+}
+
+/// Creates (or returns) a direct channel and tells both users' sockets.
+pub async fn open_direct(
+    tenant: &Tenant,
+    user: &str,
+    peer: &str,
+    subject: Option<&str>,
+) -> Result<Channel, ChatError> {
+    let (channel, members) = tenant
+        .store
+        .open_direct(user, peer, subject, now_millis())
+        .await?;
+    announce_added(tenant, &channel, &members, &members);
+    Ok(channel)
+}
+
+pub async fn create_group(
+    tenant: &Tenant,
+    creator: &str,
+    name: &str,
+    members: &[String],
+) -> Result<Channel, ChatError> {
+    let (channel, members) = tenant
+        .store
+        .create_group(creator, name, members, now_millis())
+        .await?;
+    announce_added(tenant, &channel, &members, &members);
+    Ok(channel)
+}
+
+pub async fn add_member(
+    tenant: &Tenant,
+    actor: &str,
+    channel_id: &str,
+    user: &str,
+) -> Result<MembershipChange, ChatError> {
+    let change = tenant
+        .store
+        .add_member(channel_id, actor, user, now_millis())
+        .await?;
+    if change.changed {
+        announce_added(tenant, &change.channel, &[user.to_owned()], &change.members);
+    }
+    Ok(change)
+}
+
+/// Removes a member. The removed user's sockets are told first and drop
+/// the channel, so nothing stored after the removal reaches them.
+pub async fn remove_member(
+    tenant: &Tenant,
+    actor: &str,
+    channel_id: &str,
+    user: &str,
+) -> Result<MembershipChange, ChatError> {
+    let change = tenant
+        .store
+        .remove_member(channel_id, actor, user, now_millis())
+        .await?;
+    if change.changed {
+        let frame = ServerFrame::MemberRemoved {
+            channel_id,
+            user_id: user,
+        }
+        .to_text();
+        let removed = Outbound::Removed {
+            channel_id: Arc::from(channel_id),
+            frame: frame.clone(),
+        };
+        tenant.hub.send_to_users(&[user.to_owned()], &removed, None);
+        tenant
+            .hub
+            .send_to_users(&change.members, &Outbound::Event(frame), None);
+    }
+    Ok(change)
+}
+
+/// Tells `members` that each of `added` joined `channel`; the added users'
+/// own sockets start tracking the channel from its current last message.
+fn announce_added(tenant: &Tenant, channel: &Channel, added: &[String], members: &[String]) {
+    let channel_id = channel.id.as_str();
+    for user in added {
+        let frame = ServerFrame::MemberAdded {
+            channel_id,
+            user_id: user,
+        }
+        .to_text();
+        let to_added = Outbound::Added {
+            channel_id: Arc::from(channel_id),
+            last_seq: channel.last_seq,
+            frame: frame.clone(),
+        };
+        tenant
+            .hub
+            .send_to_users(std::slice::from_ref(user), &to_added, None);
+        let others = members.iter().filter(|member| *member != user);
+        tenant
+            .hub
+            .send_to_users(others, &Outbound::Event(frame), None);
+    }
+}
+
+/// Moves the read position and tells the channel's members.
+pub async fn mark_read(
+    tenant: &Tenant,
+    user: &str,
+    channel_id: &str,
+    seq: u64,
+) -> Result<u64, ChatError> {
+    let (read_seq, members) = tenant.store.mark_read(channel_id, user, seq).await?;
+    let frame = ServerFrame::Read {
+        channel_id,
+        user_id: user,
+        seq: read_seq,
+    }
+    .to_text();
+    tenant
+        .hub
+        .send_to_users(&members, &Outbound::Event(frame), None);
+    Ok(read_seq)
+}
+
+/// Sends a typing indicator to the channel's other sockets. Nothing is stored.
+pub async fn typing(
+    tenant: &Tenant,
+    user: &str,
+    origin: ConnectionId,
+    channel_id: &str,
+    state: TypingState,
+) -> Result<(), ChatError> {
+    let members = tenant.store.member_ids(channel_id).await?;
+    if !members.iter().any(|member| member == user) {
+        return Err(ChatError::not_found());
+    }
+    let frame = ServerFrame::Typing {
+        channel_id,
+        user_id: user,
+        state,
+    }
+    .to_text();
+    tenant
+        .hub
+        .send_to_users(&members, &Outbound::Event(frame), Some(origin));
+    Ok(())
+}
+
+/// Deletes a user and closes the user's open sockets.
+pub async fn delete_user(tenant: &Tenant, user: &str) -> Result<(), ChatError> {
+    tenant.store.delete_user(user, now_millis()).await?;
+    tenant.hub.close_user(
+        user,
+        crate::ws::protocol::close::USER_DELETED,
+        "user_deleted",
+        "this user was deleted",
+    );
+    Ok(())
+}

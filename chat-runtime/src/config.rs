@@ -1,0 +1,549 @@
+//! The runtime's YAML configuration: server settings and the tenant list.
+//!
+//! Parsing is strict: an unknown field or an invalid value stops start-up
+//! (or, on reload, keeps the previous configuration) with a message that
+//! names the field, such as `tenants[1].limits.max_message_bytes`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Shortest accepted API secret: HS256 keys shorter than the hash output
+/// (32 bytes) weaken the signature.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    #[error("invalid config: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole file as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// Settings read once at start-up; a reload that changes them is logged and
+/// otherwise ignored until the next restart.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP and WebSocket listener.
+    pub listen: SocketAddr,
+    /// Directory holding one SQLite file per tenant. Relative paths are
+    /// resolved against the config file's directory.
+    pub data_dir: PathBuf,
+    /// Interval between WebSocket pings. A socket that sends nothing for two
+    /// intervals is closed as half-open.
+    pub heartbeat_seconds: u64,
+    /// How long client message ids are remembered for dedupe.
+    pub dedupe_retention_days: u64,
+    /// Most messages replayed per channel on resume; past that the server
+    /// asks the client to page history instead.
+    pub max_replay: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            heartbeat_seconds: 20,
+            dedupe_retention_days: 7,
+            max_replay: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// DNS label (RFC 1123), also the JWT audience and the data file name.
+    pub id: String,
+    pub display_name: String,
+    /// Keys for the server API and for signing user tokens. Two keys let a
+    /// tenant rotate: tokens name their key in the JWT `kid` header.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Browser origins allowed for CORS and WebSocket upgrades, such as
+    /// `https://app.example.com`. Requests without an `Origin` header
+    /// (servers, native apps) are not affected.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub id: String,
+    /// The secret inline: for demos only, since the file then holds it.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file whose contents (trailing newline removed) are the secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// An environment variable that holds the secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("id", &self.id)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .field("secret_env", &self.secret_env)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest text message, in bytes of UTF-8.
+    pub max_message_bytes: usize,
+    /// Largest `custom` message payload, in bytes of compact JSON.
+    pub max_custom_bytes: usize,
+    /// Sustained sends per second per user, across all of the user's sockets.
+    pub messages_per_second: u32,
+    /// Sends a user may make in a burst above the sustained rate.
+    pub message_burst: u32,
+    /// Open WebSockets per user.
+    pub max_sockets_per_user: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4096,
+            max_custom_bytes: 2048,
+            messages_per_second: 10,
+            message_burst: 20,
+            max_sockets_per_user: 10,
+        }
+    }
+}
+
+/// Largest WebSocket message and frame the server reads. It leaves room for
+/// the largest allowed content plus the JSON envelope; larger frames close
+/// the socket with code 1009.
+pub fn max_frame_bytes(limits: &Limits) -> usize {
+    limits.max_message_bytes.max(limits.max_custom_bytes) * 2 + 4096
+}
+
+/// A tenant's API key with its secret loaded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A validated tenant with its secrets loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSettings {
+    pub id: String,
+    pub display_name: String,
+    pub api_keys: Vec<ApiKey>,
+    pub allowed_origins: Vec<String>,
+    pub limits: Limits,
+}
+
+impl TenantSettings {
+    pub fn api_key(&self, id: &str) -> Option<&ApiKey> {
+        self.api_keys.iter().find(|key| key.id == id)
+    }
+
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|allowed| allowed == origin)
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tenants: Vec<TenantSettings>,
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`, loading secrets from
+    /// files and environment variables.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base)
+    }
+
+    /// Parses and validates YAML text; relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RuntimeConfig = serde_yaml::from_str(text)?;
+        let mut server = raw.server;
+        validate_server(&server)?;
+        if server.data_dir.is_relative() {
+            server.data_dir = base.join(&server.data_dir);
+        }
+
+        let mut seen = HashSet::new();
+        let mut tenants = Vec::with_capacity(raw.tenants.len());
+        for (index, tenant) in raw.tenants.iter().enumerate() {
+            let field = format!("tenants[{index}]");
+            let settings = validate_tenant(tenant, &field, base)?;
+            if !seen.insert(settings.id.clone()) {
+                return Err(invalid(
+                    format!("{field}.id"),
+                    format!("duplicate tenant id {:?}", settings.id),
+                ));
+            }
+            tenants.push(settings);
+        }
+        Ok(Config { server, tenants })
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.server.heartbeat_seconds)
+    }
+}
+
+fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
+    if !(1..=3600).contains(&server.heartbeat_seconds) {
+        return Err(invalid(
+            "server.heartbeat_seconds",
+            "must be between 1 and 3600",
+        ));
+    }
+    if server.dedupe_retention_days < 7 {
+        return Err(invalid(
+            "server.dedupe_retention_days",
+            "must be at least 7, so client retries within a week stay deduplicated",
+        ));
+    }
+    if !(1..=100_000).contains(&server.max_replay) {
+        return Err(invalid("server.max_replay", "must be between 1 and 100000"));
+    }
+    Ok(())
+}
+
+fn validate_tenant(
+    tenant: &TenantConfig,
+    field: &str,
+    base: &Path,
+) -> Result<TenantSettings, ConfigError> {
+    if !is_dns_label(&tenant.id) {
+        return Err(invalid(
+            format!("{field}.id"),
+            format!(
+                "{:?} is not a DNS label: use 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+                tenant.id
+            ),
+        ));
+    }
+    if tenant.display_name.trim().is_empty() {
+        return Err(invalid(
+            format!("{field}.display_name"),
+            "must not be empty",
+        ));
+    }
+    if tenant.api_keys.is_empty() {
+        return Err(invalid(
+            format!("{field}.api_keys"),
+            "must list at least one key",
+        ));
+    }
+
+    let mut api_keys = Vec::with_capacity(tenant.api_keys.len());
+    for (index, key) in tenant.api_keys.iter().enumerate() {
+        let key_field = format!("{field}.api_keys[{index}]");
+        let loaded = load_api_key(key, &key_field, base)?;
+        if api_keys.iter().any(|k: &ApiKey| k.id == loaded.id) {
+            return Err(invalid(
+                format!("{key_field}.id"),
+                format!("duplicate key id {:?}", loaded.id),
+            ));
+        }
+        api_keys.push(loaded);
+    }
+
+    for (index, origin) in tenant.allowed_origins.iter().enumerate() {
+        validate_origin(origin, &format!("{field}.allowed_origins[{index}]"))?;
+    }
+    validate_limits(&tenant.limits, &format!("{field}.limits"))?;
+
+    Ok(TenantSettings {
+        id: tenant.id.clone(),
+        display_name: tenant.display_name.clone(),
+        api_keys,
+        allowed_origins: tenant.allowed_origins.clone(),
+        limits: tenant.limits,
+    })
+}
+
+fn load_api_key(key: &ApiKeyConfig, field: &str, base: &Path) -> Result<ApiKey, ConfigError> {
+    if key.id.is_empty()
+        || key.id.len() > 64
+        || !key
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(invalid(
+            format!("{field}.id"),
+            "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+        ));
+    }
+
+    let sources = [
+        key.secret.is_some(),
+        key.secret_file.is_some(),
+        key.secret_env.is_some(),
+    ];
+    if sources.iter().filter(|set| **set).count() != 1 {
+        return Err(invalid(
+            field,
+            "set exactly one of secret, secret_file or secret_env",
+        ));
+    }
+
+    let secret = if let Some(secret) = &key.secret {
+        secret.clone()
+    } else if let Some(path) = &key.secret_file {
+        let path = base.join(path);
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            invalid(
+                format!("{field}.secret_file"),
+                format!("failed to read {}: {error}", path.display()),
+            )
+        })?;
+        text.trim_end_matches(['\r', '\n']).to_owned()
+    } else if let Some(name) = &key.secret_env {
+        std::env::var(name).map_err(|_| {
+            invalid(
+                format!("{field}.secret_env"),
+                format!("environment variable {name} is not set or not UTF-8"),
+            )
+        })?
+    } else {
+        String::new()
+    };
+
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(invalid(
+            field,
+            format!("secret must be at least {MIN_SECRET_BYTES} bytes long"),
+        ));
+    }
+    Ok(ApiKey {
+        id: key.id.clone(),
+        secret: secret.into_bytes(),
+    })
+}
+
+fn validate_origin(origin: &str, field: &str) -> Result<(), ConfigError> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    let valid = match rest {
+        Some(host) => {
+            !host.is_empty() && !host.contains('/') && !host.contains(char::is_whitespace)
+        }
+        None => false,
+    };
+    if !valid {
+        return Err(invalid(
+            field,
+            format!(
+                "{origin:?} is not an origin: expected scheme://host[:port] with no path, such as https://app.example.com"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_limits(limits: &Limits, field: &str) -> Result<(), ConfigError> {
+    let checks: [(&str, usize, usize, usize); 5] = [
+        ("max_message_bytes", limits.max_message_bytes, 1, 1 << 20),
+        ("max_custom_bytes", limits.max_custom_bytes, 2, 1 << 20),
+        (
+            "messages_per_second",
+            limits.messages_per_second as usize,
+            1,
+            10_000,
+        ),
+        ("message_burst", limits.message_burst as usize, 1, 100_000),
+        (
+            "max_sockets_per_user",
+            limits.max_sockets_per_user as usize,
+            1,
+            1_000,
+        ),
+    ];
+    for (name, value, min, max) in checks {
+        if !(min..=max).contains(&value) {
+            return Err(invalid(
+                format!("{field}.{name}"),
+                format!("{value} is out of range: must be between {min} and {max}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// True for an RFC 1123 label: 1 to 63 of `[a-z0-9-]`, alphanumeric at both ends.
+pub fn is_dns_label(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let edge_ok = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    (1..=63).contains(&bytes.len())
+        && edge_ok(bytes.first())
+        && edge_ok(bytes.last())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn yaml(tenant_extra: &str) -> String {
+        format!(
+            "tenants:\n  - id: acme\n    display_name: Acme\n    api_keys:\n      - id: k1\n        secret: {SECRET}\n{tenant_extra}"
+        )
+    }
+
+    fn error_of(text: &str) -> String {
+        match Config::parse(text, Path::new("/tmp")) {
+            Ok(_) => String::from("<parsed>"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_uses_defaults() {
+        let config = Config::parse(&yaml(""), Path::new("/srv")).unwrap();
+        assert_eq!(config.tenants.len(), 1);
+        assert_eq!(config.tenants[0].limits, Limits::default());
+        assert_eq!(config.server.data_dir, PathBuf::from("/srv/data"));
+        assert_eq!(
+            config.tenants[0].api_key("k1").unwrap().secret,
+            SECRET.as_bytes()
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let message = error_of(&yaml("    limits:\n      max_mesage_bytes: 10\n"));
+        assert!(message.contains("max_mesage_bytes"), "{message}");
+        assert!(message.contains("tenants[0].limits"), "{message}");
+    }
+
+    #[test]
+    fn invalid_tenant_id_is_named() {
+        let message = error_of(&yaml("").replace("id: acme", "id: Acme_Co"));
+        assert!(message.contains("tenants[0].id"), "{message}");
+    }
+
+    #[test]
+    fn out_of_range_limit_is_named() {
+        let message = error_of(&yaml("    limits:\n      max_message_bytes: 0\n"));
+        assert!(
+            message.contains("tenants[0].limits.max_message_bytes"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn short_secret_is_rejected() {
+        let message = error_of(&yaml("").replace(SECRET, "short"));
+        assert!(message.contains("tenants[0].api_keys[0]"), "{message}");
+        assert!(message.contains("at least 32 bytes"), "{message}");
+    }
+
+    #[test]
+    fn two_secret_sources_are_rejected() {
+        let text = yaml("").replace(
+            &format!("secret: {SECRET}"),
+            &format!("secret: {SECRET}\n        secret_env: PARLEY_UNUSED"),
+        );
+        assert!(error_of(&text).contains("exactly one"));
+    }
+
+    #[test]
+    fn duplicate_tenant_is_rejected() {
+        let one = yaml("");
+        let tenant = one.trim_start_matches("tenants:\n");
+        let message = error_of(&format!("{one}{tenant}"));
+        assert!(message.contains("tenants[1].id"), "{message}");
+    }
+
+    #[test]
+    fn secret_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), format!("{SECRET}\n")).unwrap();
+        let text = yaml("").replace(&format!("secret: {SECRET}"), "secret_file: key");
+        let config = Config::parse(&text, dir.path()).unwrap();
+        assert_eq!(config.tenants[0].api_keys[0].secret, SECRET.as_bytes());
+    }
+
+    #[test]
+    fn origin_with_path_is_rejected() {
+        let message = error_of(&yaml("    allowed_origins: [\"https://a.example/x\"]\n"));
+        assert!(
+            message.contains("tenants[0].allowed_origins[0]"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("a"));
+        assert!(is_dns_label("shop-1"));
+        assert!(!is_dns_label("-shop"));
+        assert!(!is_dns_label("shop-"));
+        assert!(!is_dns_label("Shop"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(!is_dns_label(""));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config = Config::parse(&yaml(""), Path::new("/srv")).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(SECRET));
+    }
+}

@@ -1,0 +1,24 @@
+//! Parley's chat runtime: multi-tenant chat over REST and WebSocket.
+//!
+//! One process serves every tenant its configuration lists. Each tenant has
+//! its own API keys, limits, allowed origins and data file; see
+//! `docs/api.md` for the REST API and the WebSocket protocol.
+//!
+//! - [`config`]: the YAML configuration and its validation.
+//! - [`server`]: start-up, configuration reload and graceful shutdown.
+//! - [`api`]: HTTP routes and authentication; [`ws`]: the WebSocket endpoint.
+//! - [`chat`]: operations shared by REST and WebSocket.
+//! - [`hub`]: live delivery to the sockets of this process.
+//! - [`store`]: durable storage, one [`store::Store`] per tenant.
+
+pub mod api;
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod tenant;
+pub mod ws;

@@ -1,0 +1,239 @@
+//! Per-user send rate and content limits.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::Limits;
+use crate::store::Content;
+
+/// Why content was rejected, with the code and message clients receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ContentError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Longest location label, in bytes.
+const MAX_LABEL_BYTES: usize = 256;
+/// Longest client message id, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 128;
+
+pub fn check_client_id(client_id: &str) -> Result<(), ContentError> {
+    if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID_BYTES {
+        return Err(ContentError::new(
+            "invalid_client_id",
+            format!("client_id must be 1 to {MAX_CLIENT_ID_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a message's content against the tenant's limits.
+pub fn check_content(content: &Content, limits: &Limits) -> Result<(), ContentError> {
+    match content {
+        Content::Text { text } => {
+            if text.trim().is_empty() {
+                return Err(ContentError::new("empty_message", "text must not be empty"));
+            }
+            if text.len() > limits.max_message_bytes {
+                return Err(ContentError::new(
+                    "message_too_large",
+                    format!(
+                        "text is {} bytes of UTF-8; the limit is {} bytes",
+                        text.len(),
+                        limits.max_message_bytes
+                    ),
+                ));
+            }
+        }
+        Content::Location {
+            latitude,
+            longitude,
+            label,
+        } => {
+            if !(-90.0..=90.0).contains(latitude) || !(-180.0..=180.0).contains(longitude) {
+                return Err(ContentError::new(
+                    "invalid_location",
+                    "latitude must be within -90..90 and longitude within -180..180",
+                ));
+            }
+            if label
+                .as_ref()
+                .is_some_and(|label| label.len() > MAX_LABEL_BYTES)
+            {
+                return Err(ContentError::new(
+                    "message_too_large",
+                    format!("label is longer than {MAX_LABEL_BYTES} bytes"),
+                ));
+            }
+        }
+        Content::Custom { data } => {
+            let size = serde_json::to_string(data)
+                .map(|text| text.len())
+                .unwrap_or(usize::MAX);
+            if size > limits.max_custom_bytes {
+                return Err(ContentError::new(
+                    "message_too_large",
+                    format!(
+                        "custom data is {size} bytes as compact JSON; the limit is {} bytes",
+                        limits.max_custom_bytes
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Token buckets per user, shared by all of the user's sockets in this
+/// process.
+///
+/// NOTE: the limit is per process. A user whose sockets land on several
+/// runtime processes can send up to that many times the configured rate.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Buckets idle this long are full again and can be forgotten.
+const IDLE_BUCKET: Duration = Duration::from_secs(60);
+
+impl RateLimiter {
+    /// Takes one send from `user`'s bucket. On refusal returns how long to
+    /// wait before the next send is allowed.
+    pub fn try_acquire(&self, user: &str, limits: &Limits, now: Instant) -> Result<(), Duration> {
+        let rate = f64::from(limits.messages_per_second);
+        let capacity = f64::from(limits.message_burst.max(1));
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() > 10_000 {
+            buckets.retain(|_, bucket| now.duration_since(bucket.updated) < IDLE_BUCKET);
+        }
+
+        let bucket = buckets.entry(user.to_owned()).or_insert(Bucket {
+            tokens: capacity,
+            updated: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(capacity);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_limit_counts_utf8_bytes() {
+        let limits = Limits {
+            max_message_bytes: 10,
+            ..Limits::default()
+        };
+        // "Tiếng Việt" is 10 characters but 14 bytes of UTF-8.
+        let text = Content::Text {
+            text: "Tiếng Việt".into(),
+        };
+        let error = check_content(&text, &limits).unwrap_err();
+        assert_eq!(error.code, "message_too_large");
+        assert!(
+            error.message.contains("limit is 10 bytes"),
+            "{}",
+            error.message
+        );
+
+        let fits = Content::Text {
+            text: "xin chao".into(),
+        };
+        assert!(check_content(&fits, &limits).is_ok());
+    }
+
+    #[test]
+    fn empty_text_is_rejected() {
+        let empty = Content::Text { text: "  ".into() };
+        assert_eq!(
+            check_content(&empty, &Limits::default()).unwrap_err().code,
+            "empty_message"
+        );
+    }
+
+    #[test]
+    fn location_range_is_checked() {
+        let bad = Content::Location {
+            latitude: 91.0,
+            longitude: 0.0,
+            label: None,
+        };
+        assert_eq!(
+            check_content(&bad, &Limits::default()).unwrap_err().code,
+            "invalid_location"
+        );
+        let good = Content::Location {
+            latitude: 10.77,
+            longitude: 106.70,
+            label: Some("Chợ Bến Thành".into()),
+        };
+        assert!(check_content(&good, &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn custom_size_is_checked() {
+        let limits = Limits {
+            max_custom_bytes: 16,
+            ..Limits::default()
+        };
+        let big = Content::Custom {
+            data: serde_json::json!({"offer": "0123456789"}),
+        };
+        assert_eq!(
+            check_content(&big, &limits).unwrap_err().code,
+            "message_too_large"
+        );
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_refills() {
+        let limits = Limits {
+            messages_per_second: 2,
+            message_burst: 3,
+            ..Limits::default()
+        };
+        let limiter = RateLimiter::default();
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.try_acquire("alice", &limits, start).is_ok());
+        }
+        let wait = limiter.try_acquire("alice", &limits, start).unwrap_err();
+        assert!(wait <= Duration::from_millis(500), "{wait:?}");
+        assert!(limiter.try_acquire("bob", &limits, start).is_ok());
+        assert!(
+            limiter
+                .try_acquire("alice", &limits, start + Duration::from_millis(500))
+                .is_ok()
+        );
+    }
+}

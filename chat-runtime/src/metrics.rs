@@ -1,0 +1,105 @@
+//! Prometheus metrics, all labelled by tenant.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    pub tenant: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub tenant: String,
+    pub code: String,
+}
+
+type LatencyFamily = Family<TenantLabel, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Family<TenantLabel, Gauge>,
+    pub messages_stored: Family<TenantLabel, Counter>,
+    pub deliveries: Family<TenantLabel, Counter>,
+    pub delivery_seconds: LatencyFamily,
+    pub errors: Family<ErrorLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to about 4 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("parley");
+        let connections = Family::<TenantLabel, Gauge>::default();
+        let messages_stored = Family::<TenantLabel, Counter>::default();
+        let deliveries = Family::<TenantLabel, Counter>::default();
+        let delivery_seconds: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        let errors = Family::<ErrorLabels, Counter>::default();
+
+        registry.register(
+            "websocket_connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        registry.register(
+            "messages_stored",
+            "Messages stored (duplicates not counted)",
+            messages_stored.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Message frames written to recipient sockets",
+            deliveries.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from a message being stored to its frame being written to a recipient socket",
+            delivery_seconds.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors returned to clients, by code",
+            errors.clone(),
+        );
+
+        Self {
+            registry,
+            connections,
+            messages_stored,
+            deliveries,
+            delivery_seconds,
+            errors,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn error(&self, tenant: &str, code: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                tenant: tenant.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn tenant(tenant: &str) -> TenantLabel {
+        TenantLabel {
+            tenant: tenant.to_owned(),
+        }
+    }
+
+    /// Renders the registry in the Prometheus text format.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}

@@ -1,0 +1,205 @@
+//! Start-up, configuration reload and graceful shutdown.
+//!
+//! Shutdown order: readiness turns false and the listener stops accepting;
+//! every socket gets a close frame (each finishes the write it is doing
+//! first); once all sockets are gone, or [`DRAIN_TIMEOUT`] passed, every
+//! store finishes its queued writes and flushes; then the process exits.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState, SharedState};
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::tenant::{TenantError, Tenants};
+
+/// How often the configuration file is checked for changes. Polling also
+/// sees Kubernetes ConfigMap updates, which swap a symlink instead of
+/// writing the file.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest wait for sockets to close at shutdown before stores are flushed
+/// regardless.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often old client message ids are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config_path: PathBuf,
+    /// Overrides `server.listen`.
+    pub listen: Option<SocketAddr>,
+    /// Overrides `server.data_dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tenants(#[from] TenantError),
+    #[error("failed to listen on {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+fn load(options: &Options) -> Result<Config, ConfigError> {
+    let mut config = Config::load(&options.config_path)?;
+    if let Some(listen) = options.listen {
+        config.server.listen = listen;
+    }
+    if let Some(data_dir) = &options.data_dir {
+        config.server.data_dir = data_dir.clone();
+    }
+    Ok(config)
+}
+
+/// Serves until `stop` completes, then shuts down gracefully.
+pub async fn run(
+    options: Options,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let config = load(&options)?;
+    let tenants = Tenants::open(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            address: config.server.listen,
+            source,
+        })?;
+    let address = listener.local_addr().map_err(ServerError::Serve)?;
+
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    let state: SharedState = Arc::new(AppState {
+        tenants,
+        metrics: Metrics::default(),
+        server: config.server.clone(),
+        shutdown,
+        connections: TaskTracker::new(),
+        ready: Default::default(),
+    });
+
+    tokio::spawn(watch_config(
+        options.clone(),
+        config.clone(),
+        Arc::clone(&state),
+    ));
+    tokio::spawn(purge_client_ids(Arc::clone(&state)));
+
+    let tenant_ids: Vec<&str> = config
+        .tenants
+        .iter()
+        .map(|tenant| tenant.id.as_str())
+        .collect();
+    tracing::info!(%address, tenants = ?tenant_ids, data_dir = %config.server.data_dir.display(), "Listening");
+    state.ready.store(true, Ordering::Release);
+
+    let mut stopping = state.shutdown.clone();
+    let serve =
+        axum::serve(listener, api::router(Arc::clone(&state))).with_graceful_shutdown(async move {
+            api::shutdown_started(&mut stopping).await;
+        });
+    let server = tokio::spawn(async move { serve.await });
+
+    stop.await;
+    tracing::info!("Shutting down");
+    state.ready.store(false, Ordering::Release);
+    let _ = shutdown_sender.send(true);
+
+    state.connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, state.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = state.connections.len(),
+            "Sockets still open after the drain timeout"
+        );
+    }
+    if let Ok(Err(error)) = server.await {
+        tracing::error!(error = %error, "HTTP server failed");
+    }
+    state.tenants.close_all().await;
+    tracing::info!("Stopped");
+    Ok(())
+}
+
+/// Applies changes to the configuration file until shutdown. An invalid
+/// file is logged and the previous configuration stays in force.
+async fn watch_config(options: Options, mut current: Config, state: SharedState) {
+    let mut shutdown = state.shutdown.clone();
+    let mut last_text = read_text(&options.config_path);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
+            _ = api::shutdown_started(&mut shutdown) => return,
+        }
+        let text = read_text(&options.config_path);
+        if text == last_text {
+            continue;
+        }
+        last_text = text;
+
+        let next = match load(&options) {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::error!(error = %error, "Configuration change rejected; keeping the previous configuration");
+                continue;
+            }
+        };
+        if next.server != current.server {
+            tracing::warn!("Changes to the server section take effect only after a restart");
+        }
+        match state.tenants.apply(&next).await {
+            Ok(summary) => tracing::info!(
+                added = ?summary.added,
+                removed = ?summary.removed,
+                updated = ?summary.updated,
+                "Configuration reloaded"
+            ),
+            Err(error) => tracing::error!(error = %error, "Configuration change failed to apply"),
+        }
+        current = next;
+    }
+}
+
+fn read_text(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+async fn purge_client_ids(state: SharedState) {
+    let mut shutdown = state.shutdown.clone();
+    let retention_ms = state.server.dedupe_retention_days as i64 * 24 * 3600 * 1000;
+    loop {
+        for tenant in state.tenants.all() {
+            let cutoff = crate::chat::now_millis() - retention_ms;
+            match tenant.store.purge_client_ids(cutoff).await {
+                Ok(purged) if purged > 0 => {
+                    tracing::info!(tenant = %tenant.id, purged, "Purged old client message ids")
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(tenant = %tenant.id, error = %error, "Failed to purge old client message ids")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PURGE_INTERVAL) => {}
+            _ = api::shutdown_started(&mut shutdown) => return,
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Storage of one tenant's users, channels, memberships and messages.
+//!
+//! [`Store`] is what the rest of the runtime sees. Each tenant has its own
+//! store value, opened on its own file, so a query can only ever reach that
+//! tenant's rows: separation comes from construction, never from a
+//! `WHERE tenant = ?` filter that a future query could forget.
+//!
+//! The embedded implementation is [`sqlite::SqliteStore`]. The contract below
+//! is written so that a distributed store (ScyllaDB) can satisfy it too:
+//! every method is async, and every guarantee is stated per method.
+
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch. Used for display and retention only:
+/// ordering always comes from per-channel sequence numbers.
+pub type Millis = i64;
+
+/// A user profile as the tenant's backend wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    /// `None` once the user is deleted.
+    pub name: Option<String>,
+    /// Free-form JSON object from the tenant's backend; `null` once deleted.
+    pub metadata: serde_json::Value,
+    pub deleted: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// What token checks need to know about a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserAuthState {
+    pub deleted: bool,
+    /// Tokens issued (`iat`, in seconds) before this instant are rejected.
+    /// Set when a deleted user id is created again, so the old user's
+    /// tokens never come back to life.
+    pub tokens_not_before: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    Direct,
+    Group,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// Created the group; may add and remove members.
+    Owner,
+    Member,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Channel {
+    pub id: String,
+    pub kind: ChannelKind,
+    /// Group name; `None` for direct channels.
+    pub name: Option<String>,
+    /// What a direct channel is about (a listing id, an order id).
+    pub subject: Option<String>,
+    pub created_by: String,
+    pub created_at: Millis,
+    /// Sequence number of the newest message, 0 when there is none.
+    pub last_seq: u64,
+    /// Time of the newest message, or of creation when there is none.
+    pub last_activity: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub user_id: String,
+    pub role: MemberRole,
+    pub read_seq: u64,
+}
+
+/// One entry of a user's channel list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelSummary {
+    pub channel: Channel,
+    pub last_message: Option<Message>,
+    /// `last_seq - read_seq`, never negative because `read_seq` is capped
+    /// at `last_seq` when it is written.
+    pub unread: u64,
+    pub read_seq: u64,
+}
+
+/// What a message says. The JSON form is `{"kind": "text", "text": ...}`,
+/// `{"kind": "location", "latitude": ..., "longitude": ..., "label": ...}` or
+/// `{"kind": "custom", "data": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Content {
+    Text {
+        text: String,
+    },
+    Location {
+        latitude: f64,
+        longitude: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+    },
+    Custom {
+        data: serde_json::Value,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub channel_id: String,
+    /// Per-channel sequence number: 1, 2, 3 ... with no gaps, assigned by
+    /// the store inside the write that stores the message.
+    pub seq: u64,
+    pub sender_id: String,
+    /// True when the sender was deleted after writing this message.
+    #[serde(default)]
+    pub sender_deleted: bool,
+    pub client_id: String,
+    pub content: Content,
+    pub created_at: Millis,
+}
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub channel_id: String,
+    pub sender_id: String,
+    /// Chosen by the client, unique per sender. Retries with the same id
+    /// return the stored message instead of storing a second one.
+    pub client_id: String,
+    pub content: Content,
+    pub created_at: Millis,
+}
+
+/// Result of [`Store::append_message`].
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub message: Message,
+    /// True when the client id was seen before with the same content and
+    /// the stored message is returned unchanged.
+    pub duplicate: bool,
+    /// Member user ids at the moment of the write, for fan-out.
+    pub members: Vec<String>,
+}
+
+/// Result of a membership change.
+#[derive(Debug, Clone)]
+pub struct MembershipChange {
+    pub channel: Channel,
+    /// Members after the change.
+    pub members: Vec<String>,
+    /// False when the change was a no-op (already a member, already gone).
+    pub changed: bool,
+}
+
+/// Which part of a channel's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The newest `limit` messages.
+    Latest { limit: u32 },
+    /// Up to `limit` messages with `seq < before`, newest last.
+    Before { before: u64, limit: u32 },
+    /// Up to `limit` messages with `seq > after`, oldest first.
+    After { after: u64, limit: u32 },
+}
+
+/// Errors of every store operation. Callers map them to client-visible
+/// codes; the `Unavailable` cause goes to the log only.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The channel or user does not exist, or the caller is not a member.
+    /// Both cases are one variant so callers cannot leak which one it was.
+    #[error("not found")]
+    NotFound,
+    /// The caller is a member but lacks the right (for example removing
+    /// someone from a group it does not own).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// A client message id was reused with different content.
+    #[error("client message id reused with different content")]
+    ClientIdConflict,
+    /// The request contradicts stored state (for example adding a member to
+    /// a direct channel).
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    /// The database failed or is being shut down; the write did not happen.
+    #[error("store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Durable storage for one tenant.
+///
+/// Every write method returns only after the write is durable (flushed to
+/// disk with fsync or fdatasync), so a returned `Ok` survives `kill -9` and
+/// a power cut. Implementations must stay correct when several runtime
+/// processes use the same data at once.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates or updates a user. Upserting a deleted user id creates a new
+    /// profile and sets `tokens_not_before` to `now`.
+    async fn upsert_user(
+        &self,
+        id: &str,
+        name: &str,
+        metadata: serde_json::Value,
+        now: Millis,
+    ) -> StoreResult<User>;
+
+    /// Erases a user's profile (name and metadata) and marks it deleted.
+    /// Messages stay and show `sender_deleted`. Memberships stay, so history
+    /// of group channels remains readable by the others.
+    /// Returns `NotFound` when the user never existed or is already deleted.
+    async fn delete_user(&self, id: &str, now: Millis) -> StoreResult<()>;
+
+    async fn get_user(&self, id: &str) -> StoreResult<Option<User>>;
+
+    /// `None` when the user never existed.
+    async fn user_auth_state(&self, id: &str) -> StoreResult<Option<UserAuthState>>;
+
+    /// Returns the direct channel of `a` and `b` about `subject`, creating it
+    /// on first use. The same unordered pair and subject always give the same
+    /// channel, also under concurrent calls from several processes.
+    /// Both users must exist and not be deleted (`NotFound` otherwise), and
+    /// `a != b` (`Invalid` otherwise).
+    async fn open_direct(
+        &self,
+        a: &str,
+        b: &str,
+        subject: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<(Channel, Vec<String>)>;
+
+    /// Creates a group owned by `creator` with `members` (creator included
+    /// whether listed or not). Every member must exist and not be deleted.
+    async fn create_group(
+        &self,
+        creator: &str,
+        name: &str,
+        members: &[String],
+        now: Millis,
+    ) -> StoreResult<(Channel, Vec<String>)>;
+
+    /// Adds `user` to a group. Only the owner may add (`Forbidden`); `actor`
+    /// must be a member (`NotFound` otherwise); direct channels give
+    /// `Invalid`; `user` must exist and not be deleted.
+    async fn add_member(
+        &self,
+        channel_id: &str,
+        actor: &str,
+        user: &str,
+        now: Millis,
+    ) -> StoreResult<MembershipChange>;
+
+    /// Removes `user` from a group. The owner may remove anyone but itself;
+    /// any member may remove itself. Direct channels give `Invalid`.
+    async fn remove_member(
+        &self,
+        channel_id: &str,
+        actor: &str,
+        user: &str,
+        now: Millis,
+    ) -> StoreResult<MembershipChange>;
+
+    /// The channel and its members, if `user` is a member (`NotFound`
+    /// otherwise, also for a channel that does not exist).
+    async fn channel_for_member(
+        &self,
+        channel_id: &str,
+        user: &str,
+    ) -> StoreResult<(Channel, Vec<Member>)>;
+
+    /// The member user ids of a channel, or `NotFound`.
+    async fn member_ids(&self, channel_id: &str) -> StoreResult<Vec<String>>;
+
+    /// Channels of `user`, most recent activity first, at most `limit`.
+    /// `before` continues a previous page: `(last_activity, channel_id)` of
+    /// its last entry.
+    async fn list_channels(
+        &self,
+        user: &str,
+        before: Option<(Millis, String)>,
+        limit: u32,
+    ) -> StoreResult<Vec<ChannelSummary>>;
+
+    /// Stores a message with the next sequence number of its channel.
+    ///
+    /// The sender must be a member (`NotFound` otherwise). When the sender
+    /// already used `client_id`, returns the stored message with
+    /// `duplicate: true` if the channel and content are the same, and
+    /// `ClientIdConflict` otherwise; nothing new is stored either way.
+    /// Sending also marks the channel read up to the new message for the
+    /// sender.
+    async fn append_message(&self, message: NewMessage) -> StoreResult<Appended>;
+
+    /// A page of history for a member (`NotFound` for non-members).
+    /// Messages are always returned oldest first.
+    async fn history(&self, channel_id: &str, user: &str, page: Page) -> StoreResult<Vec<Message>>;
+
+    /// Messages with `after < seq <= up_to`, oldest first, without a
+    /// membership check (the caller checked it). Used for resume.
+    async fn messages_between(
+        &self,
+        channel_id: &str,
+        after: u64,
+        up_to: u64,
+    ) -> StoreResult<Vec<Message>>;
+
+    /// Moves `user`'s read position forward to `seq`, capped at the
+    /// channel's `last_seq`; never moves it back. Returns the position after
+    /// the call and the member ids.
+    async fn mark_read(
+        &self,
+        channel_id: &str,
+        user: &str,
+        seq: u64,
+    ) -> StoreResult<(u64, Vec<String>)>;
+
+    /// Forgets client message ids recorded before `older_than`.
+    async fn purge_client_ids(&self, older_than: Millis) -> StoreResult<u64>;
+
+    /// Finishes queued writes and flushes everything to disk. Later calls
+    /// return `Unavailable`.
+    async fn close(&self) -> StoreResult<()>;
+}

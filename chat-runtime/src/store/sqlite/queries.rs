@@ -1,0 +1,834 @@
+//! SQL of every store operation, run synchronously on one connection.
+//!
+//! Write operations run on the writer thread inside its batch transaction,
+//! read operations inside a read transaction of a pooled connection, so each
+//! function sees one consistent snapshot.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::store::{
+    Appended, Channel, ChannelKind, ChannelSummary, Content, Member, MemberRole, MembershipChange,
+    Message, Millis, NewMessage, Page, StoreError, User, UserAuthState,
+};
+
+/// Failure of one operation: either a store-level outcome that the caller
+/// gets as is, or an SQLite error that becomes `Unavailable`.
+#[derive(Debug)]
+pub(super) enum OpError {
+    Store(StoreError),
+    Sqlite(rusqlite::Error),
+}
+
+pub(super) type OpResult<T> = Result<T, OpError>;
+
+impl From<StoreError> for OpError {
+    fn from(error: StoreError) -> Self {
+        OpError::Store(error)
+    }
+}
+
+impl From<rusqlite::Error> for OpError {
+    fn from(error: rusqlite::Error) -> Self {
+        OpError::Sqlite(error)
+    }
+}
+
+impl From<serde_json::Error> for OpError {
+    fn from(error: serde_json::Error) -> Self {
+        OpError::Store(StoreError::Unavailable(Box::new(error)))
+    }
+}
+
+impl From<OpError> for StoreError {
+    fn from(error: OpError) -> Self {
+        match error {
+            OpError::Store(error) => error,
+            OpError::Sqlite(error) => StoreError::Unavailable(Box::new(error)),
+        }
+    }
+}
+
+fn not_found<T>() -> OpResult<T> {
+    Err(OpError::Store(StoreError::NotFound))
+}
+
+/// An `Unavailable` error for stored rows that break an invariant of this
+/// module.
+fn inconsistent(message: &'static str) -> OpError {
+    OpError::Store(StoreError::Unavailable(message.into()))
+}
+
+/// Converts a sequence number or position from the API to SQLite's signed
+/// integer. Values above `i64::MAX` cannot be stored, so they clamp without
+/// changing any comparison against stored values.
+fn seq_to_sql(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Reads a sequence number or read position, which SQLite stores as a signed
+/// integer.
+fn get_seq(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(index)?;
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(index, value))
+}
+
+fn invalid_column(index: usize, message: &'static str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(index, Type::Text, message.into())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+/// Feeds `part` to `hasher` prefixed with its length, so that no two
+/// different lists of parts hash the same bytes.
+fn hash_part(hasher: &mut Sha256, part: &str) {
+    hasher.update((part.len() as u64).to_be_bytes());
+    hasher.update(part.as_bytes());
+}
+
+// Rows.
+
+const CHANNEL_COLUMNS: &str =
+    "c.id, c.kind, c.name, c.subject, c.created_by, c.created_at, c.last_seq, c.last_activity";
+
+/// Reads a channel from the first eight columns of `row`, in the order of
+/// [`CHANNEL_COLUMNS`].
+fn channel_from_row(row: &Row<'_>) -> rusqlite::Result<Channel> {
+    let kind: String = row.get(1)?;
+    let kind = match kind.as_str() {
+        "direct" => ChannelKind::Direct,
+        "group" => ChannelKind::Group,
+        _ => return Err(invalid_column(1, "unknown channel kind")),
+    };
+    Ok(Channel {
+        id: row.get(0)?,
+        kind,
+        name: row.get(2)?,
+        subject: row.get(3)?,
+        created_by: row.get(4)?,
+        created_at: row.get(5)?,
+        last_seq: get_seq(row, 6)?,
+        last_activity: row.get(7)?,
+    })
+}
+
+fn role_to_sql(role: MemberRole) -> &'static str {
+    match role {
+        MemberRole::Owner => "owner",
+        MemberRole::Member => "member",
+    }
+}
+
+fn role_from_sql(row: &Row<'_>, index: usize) -> rusqlite::Result<MemberRole> {
+    let role: String = row.get(index)?;
+    match role.as_str() {
+        "owner" => Ok(MemberRole::Owner),
+        "member" => Ok(MemberRole::Member),
+        _ => Err(invalid_column(index, "unknown member role")),
+    }
+}
+
+/// Message columns with `sender_deleted` computed from the users table: the
+/// sender is deleted now, or the id was deleted and created again since the
+/// message was written.
+const MESSAGE_SELECT: &str = "SELECT m.channel_id, m.seq, m.sender_id, \
+     COALESCE(u.deleted <> 0 OR u.incarnation <> m.sender_incarnation, 1), \
+     m.client_id, m.content, m.created_at \
+     FROM messages m LEFT JOIN users u ON u.id = m.sender_id";
+
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    let content: String = row.get(5)?;
+    let content: Content = serde_json::from_str(&content)
+        .map_err(|_| invalid_column(5, "stored message content is not valid JSON"))?;
+    Ok(Message {
+        channel_id: row.get(0)?,
+        seq: get_seq(row, 1)?,
+        sender_id: row.get(2)?,
+        sender_deleted: row.get(3)?,
+        client_id: row.get(4)?,
+        content,
+        created_at: row.get(6)?,
+    })
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    let metadata: String = row.get(2)?;
+    let metadata: Value = serde_json::from_str(&metadata)
+        .map_err(|_| invalid_column(2, "stored user metadata is not valid JSON"))?;
+    Ok(User {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        metadata,
+        deleted: row.get(3)?,
+        created_at: row.get(4)?,
+        updated_at: row.get(5)?,
+    })
+}
+
+// Shared lookups.
+
+pub(super) fn load_user(conn: &Connection, id: &str) -> OpResult<Option<User>> {
+    let user = conn
+        .prepare_cached(
+            "SELECT id, name, metadata, deleted, created_at, updated_at FROM users WHERE id = ?1",
+        )?
+        .query_row([id], user_from_row)
+        .optional()?;
+    Ok(user)
+}
+
+/// Returns the incarnation of an existing, not deleted user, or `NotFound`.
+fn active_incarnation(conn: &Connection, id: &str) -> OpResult<i64> {
+    let incarnation = conn
+        .prepare_cached("SELECT incarnation FROM users WHERE id = ?1 AND deleted = 0")?
+        .query_row([id], |row| row.get(0))
+        .optional()?;
+    match incarnation {
+        Some(incarnation) => Ok(incarnation),
+        None => not_found(),
+    }
+}
+
+fn load_channel(conn: &Connection, id: &str) -> OpResult<Option<Channel>> {
+    let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels c WHERE c.id = ?1");
+    let channel = conn
+        .prepare_cached(&sql)?
+        .query_row([id], channel_from_row)
+        .optional()?;
+    Ok(channel)
+}
+
+fn member_role(conn: &Connection, channel_id: &str, user: &str) -> OpResult<Option<MemberRole>> {
+    let role = conn
+        .prepare_cached("SELECT role FROM members WHERE channel_id = ?1 AND user_id = ?2")?
+        .query_row([channel_id, user], |row| role_from_sql(row, 0))
+        .optional()?;
+    Ok(role)
+}
+
+/// Returns the channel if `user` is one of its members, `NotFound` otherwise.
+fn channel_of_member(
+    conn: &Connection,
+    channel_id: &str,
+    user: &str,
+) -> OpResult<(Channel, MemberRole)> {
+    let Some(role) = member_role(conn, channel_id, user)? else {
+        return not_found();
+    };
+    match load_channel(conn, channel_id)? {
+        Some(channel) => Ok((channel, role)),
+        None => Err(inconsistent("membership refers to a missing channel")),
+    }
+}
+
+/// Member ids of a channel, sorted. Empty for an unknown channel.
+fn list_member_ids(conn: &Connection, channel_id: &str) -> OpResult<Vec<String>> {
+    let mut statement =
+        conn.prepare_cached("SELECT user_id FROM members WHERE channel_id = ?1 ORDER BY user_id")?;
+    let ids = statement
+        .query_map([channel_id], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
+fn load_message(conn: &Connection, channel_id: &str, seq: u64) -> OpResult<Option<Message>> {
+    let sql = format!("{MESSAGE_SELECT} WHERE m.channel_id = ?1 AND m.seq = ?2");
+    let message = conn
+        .prepare_cached(&sql)?
+        .query_row(params![channel_id, seq_to_sql(seq)], message_from_row)
+        .optional()?;
+    Ok(message)
+}
+
+// Users.
+
+pub(super) fn upsert_user(
+    conn: &Connection,
+    id: &str,
+    name: &str,
+    metadata: &Value,
+    now: Millis,
+) -> OpResult<User> {
+    let metadata = serde_json::to_string(metadata)?;
+    let deleted: Option<bool> = conn
+        .prepare_cached("SELECT deleted FROM users WHERE id = ?1")?
+        .query_row([id], |row| row.get(0))
+        .optional()?;
+    match deleted {
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO users (id, name, metadata, deleted, tokens_not_before, incarnation, \
+                 created_at, updated_at) VALUES (?1, ?2, ?3, 0, NULL, 1, ?4, ?4)",
+            )?
+            .execute(params![id, name, metadata, now])?;
+        }
+        Some(false) => {
+            conn.prepare_cached(
+                "UPDATE users SET name = ?2, metadata = ?3, updated_at = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, name, metadata, now])?;
+        }
+        Some(true) => {
+            // A new user takes over a deleted id: tokens issued to the old
+            // user before this second stop working.
+            conn.prepare_cached(
+                "UPDATE users SET name = ?2, metadata = ?3, deleted = 0, tokens_not_before = ?5, \
+                 incarnation = incarnation + 1, created_at = ?4, updated_at = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, name, metadata, now, now / 1000])?;
+        }
+    }
+    match load_user(conn, id)? {
+        Some(user) => Ok(user),
+        None => Err(inconsistent("user row missing right after it was written")),
+    }
+}
+
+pub(super) fn delete_user(conn: &Connection, id: &str, now: Millis) -> OpResult<()> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE users SET name = NULL, metadata = 'null', deleted = 1, updated_at = ?2 \
+             WHERE id = ?1 AND deleted = 0",
+        )?
+        .execute(params![id, now])?;
+    if changed == 0 {
+        return not_found();
+    }
+    Ok(())
+}
+
+pub(super) fn user_auth_state(conn: &Connection, id: &str) -> OpResult<Option<UserAuthState>> {
+    let state = conn
+        .prepare_cached("SELECT deleted, tokens_not_before FROM users WHERE id = ?1")?
+        .query_row([id], |row| {
+            Ok(UserAuthState {
+                deleted: row.get(0)?,
+                tokens_not_before: row.get(1)?,
+            })
+        })
+        .optional()?;
+    Ok(state)
+}
+
+// Channels and members.
+
+/// Derives the id of the direct channel of a sorted user pair and a subject
+/// (empty for none). The parts are length-prefixed, so ("ab", "c") and
+/// ("a", "bc") give different ids. 24 hex digits are 96 bits of the hash.
+pub(super) fn direct_channel_id(user_low: &str, user_high: &str, subject: &str) -> String {
+    let mut hasher = Sha256::new();
+    hash_part(&mut hasher, user_low);
+    hash_part(&mut hasher, user_high);
+    hash_part(&mut hasher, subject);
+    let digest = hasher.finalize();
+    format!("d_{}", hex(&digest[..12]))
+}
+
+/// Returns a new random group id with 96 random bits.
+pub(super) fn random_group_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    format!("g_{}", hex(&bytes))
+}
+
+pub(super) fn open_direct(
+    conn: &Connection,
+    a: &str,
+    b: &str,
+    subject: Option<&str>,
+    now: Millis,
+) -> OpResult<(Channel, Vec<String>)> {
+    if a == b {
+        return Err(OpError::Store(StoreError::Invalid(
+            "a direct channel needs two different users",
+        )));
+    }
+    active_incarnation(conn, a)?;
+    active_incarnation(conn, b)?;
+
+    let (low, high) = if a < b { (a, b) } else { (b, a) };
+    // An empty subject is the same key as no subject, so it is stored as none.
+    let subject = subject.filter(|subject| !subject.is_empty());
+    let key_subject = subject.unwrap_or("");
+    let id = direct_channel_id(low, high, key_subject);
+
+    // Two processes may race here. The write lock of the batch transaction
+    // serializes them, and the primary key lets only the first insert win.
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO direct_channels (user_low, user_high, subject, channel_id) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![low, high, key_subject, id])?;
+    if inserted == 1 {
+        conn.prepare_cached(
+            "INSERT INTO channels (id, kind, name, subject, created_by, created_at, last_seq, \
+             last_activity) VALUES (?1, 'direct', NULL, ?2, ?3, ?4, 0, ?4)",
+        )?
+        .execute(params![id, subject, a, now])?;
+        for user in [low, high] {
+            insert_member(conn, &id, user, MemberRole::Member, 0, now)?;
+        }
+    }
+
+    let channel_id: String = conn
+        .prepare_cached(
+            "SELECT channel_id FROM direct_channels \
+             WHERE user_low = ?1 AND user_high = ?2 AND subject = ?3",
+        )?
+        .query_row(params![low, high, key_subject], |row| row.get(0))?;
+    let Some(channel) = load_channel(conn, &channel_id)? else {
+        return Err(inconsistent(
+            "direct channel key refers to a missing channel",
+        ));
+    };
+    let members = list_member_ids(conn, &channel_id)?;
+    Ok((channel, members))
+}
+
+fn insert_member(
+    conn: &Connection,
+    channel_id: &str,
+    user: &str,
+    role: MemberRole,
+    read_seq: u64,
+    now: Millis,
+) -> OpResult<bool> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO members (channel_id, user_id, role, read_seq, joined_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            channel_id,
+            user,
+            role_to_sql(role),
+            seq_to_sql(read_seq),
+            now
+        ])?;
+    Ok(inserted == 1)
+}
+
+pub(super) fn create_group(
+    conn: &Connection,
+    id: &str,
+    creator: &str,
+    name: &str,
+    members: &[String],
+    now: Millis,
+) -> OpResult<(Channel, Vec<String>)> {
+    let mut all_members: BTreeSet<&str> = members.iter().map(String::as_str).collect();
+    all_members.insert(creator);
+    for user in &all_members {
+        active_incarnation(conn, user)?;
+    }
+
+    conn.prepare_cached(
+        "INSERT INTO channels (id, kind, name, subject, created_by, created_at, last_seq, \
+         last_activity) VALUES (?1, 'group', ?2, NULL, ?3, ?4, 0, ?4)",
+    )?
+    .execute(params![id, name, creator, now])?;
+    for user in &all_members {
+        let role = if *user == creator {
+            MemberRole::Owner
+        } else {
+            MemberRole::Member
+        };
+        insert_member(conn, id, user, role, 0, now)?;
+    }
+
+    let Some(channel) = load_channel(conn, id)? else {
+        return Err(inconsistent("group row missing right after it was written"));
+    };
+    let members = all_members.into_iter().map(str::to_owned).collect();
+    Ok((channel, members))
+}
+
+pub(super) fn add_member(
+    conn: &Connection,
+    channel_id: &str,
+    actor: &str,
+    user: &str,
+    now: Millis,
+) -> OpResult<MembershipChange> {
+    let (channel, actor_role) = channel_of_member(conn, channel_id, actor)?;
+    if channel.kind == ChannelKind::Direct {
+        return Err(OpError::Store(StoreError::Invalid(
+            "members of a direct channel cannot change",
+        )));
+    }
+    if actor_role != MemberRole::Owner {
+        return Err(OpError::Store(StoreError::Forbidden(
+            "only the group owner can add members",
+        )));
+    }
+    active_incarnation(conn, user)?;
+
+    // A new member starts with the existing history marked read, so joining
+    // a long-lived group does not show its whole past as unread.
+    let changed = insert_member(
+        conn,
+        channel_id,
+        user,
+        MemberRole::Member,
+        channel.last_seq,
+        now,
+    )?;
+    let members = list_member_ids(conn, channel_id)?;
+    Ok(MembershipChange {
+        channel,
+        members,
+        changed,
+    })
+}
+
+pub(super) fn remove_member(
+    conn: &Connection,
+    channel_id: &str,
+    actor: &str,
+    user: &str,
+) -> OpResult<MembershipChange> {
+    let (channel, actor_role) = channel_of_member(conn, channel_id, actor)?;
+    if channel.kind == ChannelKind::Direct {
+        return Err(OpError::Store(StoreError::Invalid(
+            "members of a direct channel cannot change",
+        )));
+    }
+    if actor == user && actor_role == MemberRole::Owner {
+        return Err(OpError::Store(StoreError::Forbidden(
+            "the group owner cannot leave its own group",
+        )));
+    }
+    if actor != user && actor_role != MemberRole::Owner {
+        return Err(OpError::Store(StoreError::Forbidden(
+            "only the group owner can remove other members",
+        )));
+    }
+
+    let removed = conn
+        .prepare_cached("DELETE FROM members WHERE channel_id = ?1 AND user_id = ?2")?
+        .execute([channel_id, user])?;
+    let members = list_member_ids(conn, channel_id)?;
+    Ok(MembershipChange {
+        channel,
+        members,
+        changed: removed == 1,
+    })
+}
+
+pub(super) fn channel_for_member(
+    conn: &Connection,
+    channel_id: &str,
+    user: &str,
+) -> OpResult<(Channel, Vec<Member>)> {
+    let (channel, _) = channel_of_member(conn, channel_id, user)?;
+    let mut statement = conn.prepare_cached(
+        "SELECT user_id, role, read_seq FROM members WHERE channel_id = ?1 ORDER BY user_id",
+    )?;
+    let members = statement
+        .query_map([channel_id], |row| {
+            Ok(Member {
+                user_id: row.get(0)?,
+                role: role_from_sql(row, 1)?,
+                read_seq: get_seq(row, 2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((channel, members))
+}
+
+pub(super) fn member_ids(conn: &Connection, channel_id: &str) -> OpResult<Vec<String>> {
+    if load_channel(conn, channel_id)?.is_none() {
+        return not_found();
+    }
+    list_member_ids(conn, channel_id)
+}
+
+pub(super) fn list_channels(
+    conn: &Connection,
+    user: &str,
+    before: Option<(Millis, String)>,
+    limit: u32,
+) -> OpResult<Vec<ChannelSummary>> {
+    let (before_activity, before_id) = match before {
+        Some((activity, id)) => (Some(activity), Some(id)),
+        None => (None, None),
+    };
+    let sql = format!(
+        "SELECT {CHANNEL_COLUMNS}, m.read_seq FROM members m JOIN channels c ON c.id = m.channel_id \
+         WHERE m.user_id = ?1 AND (?2 IS NULL \
+             OR c.last_activity < ?2 OR (c.last_activity = ?2 AND c.id < ?3)) \
+         ORDER BY c.last_activity DESC, c.id DESC LIMIT ?4"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let rows = statement
+        .query_map(
+            params![user, before_activity, before_id, i64::from(limit)],
+            |row| Ok((channel_from_row(row)?, get_seq(row, 8)?)),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+
+    let mut summaries = Vec::with_capacity(rows.len());
+    for (channel, read_seq) in rows {
+        let last_message = if channel.last_seq > 0 {
+            load_message(conn, &channel.id, channel.last_seq)?
+        } else {
+            None
+        };
+        summaries.push(ChannelSummary {
+            unread: channel.last_seq.saturating_sub(read_seq),
+            read_seq,
+            last_message,
+            channel,
+        });
+    }
+    Ok(summaries)
+}
+
+// Messages.
+
+/// SHA-256 over the channel id and the canonical JSON of `content`. Object
+/// keys are sorted, so the hash does not depend on how the client ordered
+/// them.
+fn content_hash(channel_id: &str, content: &Content) -> OpResult<[u8; 32]> {
+    let mut canonical = String::new();
+    write_canonical_json(&serde_json::to_value(content)?, &mut canonical)?;
+    let mut hasher = Sha256::new();
+    hash_part(&mut hasher, channel_id);
+    hash_part(&mut hasher, &canonical);
+    Ok(hasher.finalize().into())
+}
+
+fn write_canonical_json(value: &Value, out: &mut String) -> Result<(), serde_json::Error> {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|left, right| left.0.cmp(right.0));
+            out.push('{');
+            for (index, (key, item)) in entries.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(key)?);
+                out.push(':');
+                write_canonical_json(item, out)?;
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_canonical_json(item, out)?;
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&serde_json::to_string(scalar)?),
+    }
+    Ok(())
+}
+
+/// Rejects content that would not read back: serde_json writes a non-finite
+/// float as `null`, which then fails to parse as a coordinate.
+fn check_content(content: &Content) -> OpResult<()> {
+    if let Content::Location {
+        latitude,
+        longitude,
+        ..
+    } = content
+        && !(latitude.is_finite() && longitude.is_finite())
+    {
+        return Err(OpError::Store(StoreError::Invalid(
+            "location coordinates must be finite numbers",
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult<Appended> {
+    let NewMessage {
+        channel_id,
+        sender_id,
+        client_id,
+        content,
+        created_at,
+    } = message;
+
+    if member_role(conn, &channel_id, &sender_id)?.is_none() {
+        return not_found();
+    }
+    let incarnation = active_incarnation(conn, &sender_id)?;
+    check_content(&content)?;
+    let hash = content_hash(&channel_id, &content)?;
+
+    let previous: Option<(String, u64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT channel_id, seq, content_hash FROM client_ids \
+             WHERE sender_id = ?1 AND client_id = ?2",
+        )?
+        .query_row([&sender_id, &client_id], |row| {
+            Ok((row.get(0)?, get_seq(row, 1)?, row.get(2)?))
+        })
+        .optional()?;
+    if let Some((stored_channel, stored_seq, stored_hash)) = previous {
+        if stored_channel != channel_id || stored_hash != hash {
+            return Err(OpError::Store(StoreError::ClientIdConflict));
+        }
+        let Some(stored) = load_message(conn, &channel_id, stored_seq)? else {
+            return Err(inconsistent("client id refers to a missing message"));
+        };
+        return Ok(Appended {
+            message: stored,
+            duplicate: true,
+            members: list_member_ids(conn, &channel_id)?,
+        });
+    }
+
+    // The channel row is the only source of sequence numbers. The write lock
+    // is held from BEGIN IMMEDIATE to COMMIT, so processes sharing the file
+    // take turns here and never hand out the same number twice.
+    // last_activity keeps the maximum because clocks of several processes
+    // may disagree, and the channel list must not jump backwards.
+    let seq: u64 = conn
+        .prepare_cached(
+            "UPDATE channels SET last_seq = last_seq + 1, \
+             last_activity = MAX(last_activity, ?2) WHERE id = ?1 RETURNING last_seq",
+        )?
+        .query_row(params![channel_id, created_at], |row| get_seq(row, 0))?;
+    let content_json = serde_json::to_string(&content)?;
+    conn.prepare_cached(
+        "INSERT INTO messages (channel_id, seq, sender_id, sender_incarnation, client_id, content, \
+         created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        channel_id,
+        seq_to_sql(seq),
+        sender_id,
+        incarnation,
+        client_id,
+        content_json,
+        created_at
+    ])?;
+    conn.prepare_cached(
+        "INSERT INTO client_ids (sender_id, client_id, channel_id, seq, content_hash, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        sender_id,
+        client_id,
+        channel_id,
+        seq_to_sql(seq),
+        hash,
+        created_at
+    ])?;
+    conn.prepare_cached("UPDATE members SET read_seq = ?3 WHERE channel_id = ?1 AND user_id = ?2")?
+        .execute(params![channel_id, sender_id, seq_to_sql(seq)])?;
+
+    let members = list_member_ids(conn, &channel_id)?;
+    Ok(Appended {
+        message: Message {
+            channel_id,
+            seq,
+            sender_id,
+            sender_deleted: false,
+            client_id,
+            content,
+            created_at,
+        },
+        duplicate: false,
+        members,
+    })
+}
+
+pub(super) fn history(
+    conn: &Connection,
+    channel_id: &str,
+    user: &str,
+    page: Page,
+) -> OpResult<Vec<Message>> {
+    if member_role(conn, channel_id, user)?.is_none() {
+        return not_found();
+    }
+    // Latest is Before with no upper bound. Both read newest first so that
+    // LIMIT keeps the newest rows, then flip to oldest first.
+    let (condition, newest_first, bound, limit) = match page {
+        Page::Latest { limit } => ("m.seq < ?2", true, i64::MAX, limit),
+        Page::Before { before, limit } => ("m.seq < ?2", true, seq_to_sql(before), limit),
+        Page::After { after, limit } => ("m.seq > ?2", false, seq_to_sql(after), limit),
+    };
+    let order = if newest_first { "DESC" } else { "ASC" };
+    let sql = format!(
+        "{MESSAGE_SELECT} WHERE m.channel_id = ?1 AND {condition} ORDER BY m.seq {order} LIMIT ?3"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let mut messages = statement
+        .query_map(
+            params![channel_id, bound, i64::from(limit)],
+            message_from_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if newest_first {
+        messages.reverse();
+    }
+    Ok(messages)
+}
+
+pub(super) fn messages_between(
+    conn: &Connection,
+    channel_id: &str,
+    after: u64,
+    up_to: u64,
+) -> OpResult<Vec<Message>> {
+    let sql = format!(
+        "{MESSAGE_SELECT} WHERE m.channel_id = ?1 AND m.seq > ?2 AND m.seq <= ?3 ORDER BY m.seq"
+    );
+    let mut statement = conn.prepare_cached(&sql)?;
+    let messages = statement
+        .query_map(
+            params![channel_id, seq_to_sql(after), seq_to_sql(up_to)],
+            message_from_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(messages)
+}
+
+pub(super) fn mark_read(
+    conn: &Connection,
+    channel_id: &str,
+    user: &str,
+    seq: u64,
+) -> OpResult<(u64, Vec<String>)> {
+    let position: Option<u64> = conn
+        .prepare_cached(
+            "UPDATE members SET read_seq = MAX(read_seq, \
+                 MIN(?3, (SELECT last_seq FROM channels WHERE id = ?1))) \
+             WHERE channel_id = ?1 AND user_id = ?2 RETURNING read_seq",
+        )?
+        .query_row(params![channel_id, user, seq_to_sql(seq)], |row| {
+            get_seq(row, 0)
+        })
+        .optional()?;
+    let Some(position) = position else {
+        return not_found();
+    };
+    Ok((position, list_member_ids(conn, channel_id)?))
+}
+
+pub(super) fn purge_client_ids(conn: &Connection, older_than: Millis) -> OpResult<u64> {
+    let deleted = conn
+        .prepare_cached("DELETE FROM client_ids WHERE created_at < ?1")?
+        .execute([older_than])?;
+    Ok(deleted as u64)
+}

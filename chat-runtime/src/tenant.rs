@@ -1,0 +1,194 @@
+//! The tenants this process serves, and applying a changed tenant list
+//! without touching the connections of tenants that did not change.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::config::{Config, TenantSettings};
+use crate::hub::Hub;
+use crate::limits::RateLimiter;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{Store, StoreError};
+
+/// One tenant's live state in this process.
+pub struct Tenant {
+    pub id: String,
+    settings: RwLock<Arc<TenantSettings>>,
+    pub store: Arc<dyn Store>,
+    pub hub: Hub,
+    pub rate: RateLimiter,
+}
+
+impl Tenant {
+    /// The current settings; a reload swaps them for later calls.
+    pub fn settings(&self) -> Arc<TenantSettings> {
+        Arc::clone(
+            &self
+                .settings
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    fn replace_settings(&self, settings: TenantSettings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(settings);
+    }
+}
+
+/// What a reload changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub updated: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    #[error("failed to create data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to open the store of tenant {tenant}")]
+    OpenStore {
+        tenant: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+pub struct Tenants {
+    map: RwLock<HashMap<String, Arc<Tenant>>>,
+    data_dir: PathBuf,
+}
+
+impl Tenants {
+    /// Opens the store of every configured tenant.
+    pub fn open(config: &Config) -> Result<Tenants, TenantError> {
+        let data_dir = config.server.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| TenantError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let mut map = HashMap::new();
+        for settings in &config.tenants {
+            let tenant = open_tenant(&data_dir, settings.clone())?;
+            map.insert(settings.id.clone(), tenant);
+        }
+        Ok(Tenants {
+            map: RwLock::new(map),
+            data_dir,
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.read().get(id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// True when any tenant allows `origin`. Used only for CORS preflights
+    /// that do not say which tenant they are for; the actual request is then
+    /// checked against its own tenant.
+    pub fn any_allows_origin(&self, origin: &str) -> bool {
+        self.read()
+            .values()
+            .any(|tenant| tenant.settings().origin_allowed(origin))
+    }
+
+    /// Brings the tenant list in line with `config`. Unchanged tenants keep
+    /// their connections; updated ones keep them too and use the new
+    /// settings from the next request on; removed ones have their sockets
+    /// closed and their store flushed.
+    pub async fn apply(&self, config: &Config) -> Result<ReloadSummary, TenantError> {
+        let mut summary = ReloadSummary::default();
+        let mut opened = Vec::new();
+        for settings in &config.tenants {
+            match self.get(&settings.id) {
+                Some(tenant) if *tenant.settings() != *settings => {
+                    tenant.replace_settings(settings.clone());
+                    summary.updated.push(settings.id.clone());
+                }
+                Some(_) => {}
+                None => {
+                    opened.push(open_tenant(&self.data_dir, settings.clone())?);
+                    summary.added.push(settings.id.clone());
+                }
+            }
+        }
+
+        let removed: Vec<Arc<Tenant>> = {
+            let mut map = self
+                .map
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for tenant in opened {
+                map.insert(tenant.id.clone(), tenant);
+            }
+            let gone: Vec<String> = map
+                .keys()
+                .filter(|id| !config.tenants.iter().any(|t| &t.id == *id))
+                .cloned()
+                .collect();
+            gone.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        for tenant in removed {
+            tenant.hub.close_all(
+                4004,
+                "tenant_removed",
+                "this tenant is no longer served here",
+            );
+            if let Err(error) = tenant.store.close().await {
+                tracing::error!(tenant = %tenant.id, error = %error, "Failed to close the store of a removed tenant");
+            }
+            summary.removed.push(tenant.id.clone());
+        }
+        Ok(summary)
+    }
+
+    /// Closes every tenant's sockets and stores, for shutdown.
+    pub async fn close_all(&self) {
+        for tenant in self.all() {
+            if let Err(error) = tenant.store.close().await {
+                tracing::error!(tenant = %tenant.id, error = %error, "Failed to close store");
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Tenant>>> {
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The data file of a tenant. The tenant id is a DNS label, so it is a safe
+/// file name with no path separators.
+pub fn tenant_data_file(data_dir: &Path, tenant_id: &str) -> PathBuf {
+    data_dir.join(format!("{tenant_id}.sqlite3"))
+}
+
+fn open_tenant(data_dir: &Path, settings: TenantSettings) -> Result<Arc<Tenant>, TenantError> {
+    let path = tenant_data_file(data_dir, &settings.id);
+    let store = SqliteStore::open(&path, SqliteOptions::default()).map_err(|source| {
+        TenantError::OpenStore {
+            tenant: settings.id.clone(),
+            source,
+        }
+    })?;
+    Ok(Arc::new(Tenant {
+        id: settings.id.clone(),
+        settings: RwLock::new(Arc::new(settings)),
+        store: Arc::new(store),
+        hub: Hub::default(),
+        rate: RateLimiter::default(),
+    }))
+}

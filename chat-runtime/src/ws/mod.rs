@@ -1,0 +1,86 @@
+//! The WebSocket endpoint `/v1/ws`.
+
+pub mod protocol;
+mod session;
+
+use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::{ApiError, SharedState, TokenSources, UserAuth};
+use crate::chat::ChatError;
+use crate::config::max_frame_bytes;
+
+/// Bytes tungstenite reads from the socket at a time. Its default of
+/// 128 KiB per connection would dominate the memory of idle sockets; chat
+/// frames are small, and a larger frame is simply read in several steps.
+pub const READ_BUFFER_BYTES: usize = 4096;
+
+/// Checks the token, the origin and the socket limit, then upgrades.
+/// Failures are answered with an HTTP error before the upgrade, so clients
+/// see the same codes as on REST.
+pub async fn upgrade(State(state): State<SharedState>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    if *state.shutdown.borrow() {
+        let error = ChatError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        );
+        return ApiError(error).into_response();
+    }
+
+    let auth = match UserAuth::authenticate(&state, &parts, TokenSources::WebSocket).await {
+        Ok(auth) => auth,
+        Err(error) => {
+            state.metrics.error("unknown", error.code);
+            return ApiError(error).into_response();
+        }
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+
+    let settings = auth.tenant.settings();
+    let registration = auth
+        .tenant
+        .hub
+        .register(&auth.user_id, settings.limits.max_sockets_per_user);
+    let Ok((connection_id, outbound)) = registration else {
+        let error = ChatError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!(
+                "this user already has {} open sockets, the tenant's limit",
+                settings.limits.max_sockets_per_user
+            ),
+        );
+        state.metrics.error(&auth.tenant.id, error.code);
+        return ApiError(error).into_response();
+    };
+
+    let frame_limit = max_frame_bytes(&settings.limits);
+    let mut upgrade = upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(frame_limit * 4)
+        .max_message_size(frame_limit)
+        .max_frame_size(frame_limit);
+    if offers_subprotocol(&upgrade) {
+        upgrade.set_selected_protocol(HeaderValue::from_static(protocol::SUBPROTOCOL));
+    }
+
+    let connections = state.connections.clone();
+    upgrade.on_upgrade(move |socket| {
+        connections.track_future(session::run(state, socket, auth, connection_id, outbound))
+    })
+}
+
+fn offers_subprotocol<F>(upgrade: &WebSocketUpgrade<F>) -> bool {
+    upgrade
+        .requested_protocols()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|protocol| protocol.trim() == protocol::SUBPROTOCOL)
+}

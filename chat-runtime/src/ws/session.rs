@@ -1,0 +1,612 @@
+//! One WebSocket connection: reads client frames, writes what the hub hands
+//! over, keeps per-channel order, and closes on expiry, silence or shutdown.
+//!
+//! # Ordering
+//! The socket remembers, per channel, the highest sequence number it has
+//! written (`positions`). A message at or below it is a duplicate and is
+//! dropped; a message above the next expected one means others are still in
+//! flight or were written by another process, so the missing ones are read
+//! from the store and written first. Every member socket therefore sees
+//! each message once, in sequence order, without any cross-task lock on the
+//! send path.
+//!
+//! Positions start at the channels' newest sequence numbers when the socket
+//! opens: older messages are history, fetched over REST or through `resume`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use axum::http::StatusCode;
+use tokio::sync::mpsc;
+use tokio::time::{MissedTickBehavior, interval, sleep_until};
+use tracing::Instrument;
+
+use super::protocol::{ClientFrame, ServerFrame, TypingState, close, peek_ref};
+use crate::api::{SharedState, UserAuth};
+use crate::auth::LEEWAY_SECONDS;
+use crate::chat::{self, ChatError};
+use crate::hub::{ConnectionId, Outbound};
+use crate::metrics::Metrics;
+use crate::store::Message;
+use crate::tenant::Tenant;
+
+/// A typing indicator ends by itself this long after its last refresh.
+const TYPING_TTL: Duration = Duration::from_secs(6);
+
+/// Channels read per page when loading the socket's starting positions.
+const POSITIONS_PAGE: u32 = 200;
+
+/// Why the session loop ended.
+enum Exit {
+    /// The client closed or the connection broke.
+    Gone,
+    /// The server closes with this code, after an error frame.
+    Close {
+        code: u16,
+        error: &'static str,
+        message: String,
+    },
+}
+
+struct Session {
+    state: SharedState,
+    tenant: Arc<Tenant>,
+    user_id: String,
+    connection_id: ConnectionId,
+    socket: WebSocket,
+    positions: HashMap<Arc<str>, u64>,
+    /// Position of each channel when the socket started tracking it.
+    starts: HashMap<Arc<str>, u64>,
+    removed: HashSet<Arc<str>>,
+    typing: HashMap<String, Instant>,
+    last_received: Instant,
+}
+
+pub async fn run(
+    state: SharedState,
+    socket: WebSocket,
+    auth: UserAuth,
+    connection_id: ConnectionId,
+    outbound: mpsc::Receiver<Outbound>,
+) {
+    let span = tracing::info_span!("ws", tenant = %auth.tenant.id, user = %auth.user_id, connection = connection_id);
+    serve_connection(state, socket, auth, connection_id, outbound)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_connection(
+    state: SharedState,
+    socket: WebSocket,
+    auth: UserAuth,
+    connection_id: ConnectionId,
+    outbound: mpsc::Receiver<Outbound>,
+) {
+    let tenant = Arc::clone(&auth.tenant);
+    let label = Metrics::tenant(&tenant.id);
+    state.metrics.connections.get_or_create(&label).inc();
+    tracing::debug!("WebSocket opened");
+
+    let mut session = Session {
+        state: Arc::clone(&state),
+        tenant: Arc::clone(&tenant),
+        user_id: auth.user_id.clone(),
+        connection_id,
+        socket,
+        positions: HashMap::new(),
+        starts: HashMap::new(),
+        removed: HashSet::new(),
+        typing: HashMap::new(),
+        last_received: Instant::now(),
+    };
+    let expires_at = auth.token.expires_at;
+    let exit = session.serve(outbound, expires_at).await;
+    session.finish(exit).await;
+
+    tenant.hub.unregister(&auth.user_id, connection_id);
+    state.metrics.connections.get_or_create(&label).dec();
+    tracing::debug!("WebSocket closed");
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        mut outbound: mpsc::Receiver<Outbound>,
+        token_expires_at: u64,
+    ) -> Exit {
+        if let Err(error) = self.load_positions().await {
+            return Exit::Close {
+                code: 1011,
+                error: error.code,
+                message: error.message,
+            };
+        }
+        let ready = ServerFrame::Ready {
+            user_id: &self.user_id,
+            tenant_id: &self.tenant.id,
+            heartbeat_seconds: self.state.server.heartbeat_seconds,
+            token_expires_at,
+        };
+        if self.write(ready.to_text()).await.is_err() {
+            return Exit::Gone;
+        }
+
+        let heartbeat = Duration::from_secs(self.state.server.heartbeat_seconds);
+        let mut ping = interval(heartbeat);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut tick = interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let expiry = expiry_instant(token_expires_at);
+        let mut shutdown = self.state.shutdown.clone();
+
+        loop {
+            let step = tokio::select! {
+                frame = self.socket.recv() => self.on_socket(frame).await,
+                event = outbound.recv() => match event {
+                    Some(event) => self.on_outbound(event).await,
+                    None => Err(Exit::Gone),
+                },
+                _ = ping.tick() => self.on_ping(heartbeat).await,
+                _ = tick.tick() => self.expire_typing().await,
+                _ = sleep_until(expiry) => Err(Exit::Close {
+                    code: close::TOKEN_EXPIRED,
+                    error: "token_expired",
+                    message: String::from("the user token expired; connect again with a new token"),
+                }),
+                _ = crate::api::shutdown_started(&mut shutdown) => Err(Exit::Close {
+                    code: 1001,
+                    error: "shutting_down",
+                    message: String::from("the server is shutting down; reconnect and resume"),
+                }),
+            };
+            if let Err(exit) = step {
+                return exit;
+            }
+        }
+    }
+
+    /// Starts every channel of the user at its newest sequence number.
+    async fn load_positions(&mut self) -> Result<(), ChatError> {
+        let mut before = None;
+        loop {
+            let page = self
+                .tenant
+                .store
+                .list_channels(&self.user_id, before, POSITIONS_PAGE)
+                .await?;
+            for summary in &page {
+                let channel: Arc<str> = Arc::from(summary.channel.id.as_str());
+                self.positions
+                    .insert(Arc::clone(&channel), summary.channel.last_seq);
+                self.starts.insert(channel, summary.channel.last_seq);
+            }
+            match page.last() {
+                Some(last) if page.len() == POSITIONS_PAGE as usize => {
+                    before = Some((last.channel.last_activity, last.channel.id.clone()));
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    async fn on_socket(
+        &mut self,
+        frame: Option<Result<WsMessage, axum::Error>>,
+    ) -> Result<(), Exit> {
+        self.last_received = Instant::now();
+        match frame {
+            None => Err(Exit::Gone),
+            Some(Err(error)) => Err(read_error_exit(&error)),
+            Some(Ok(WsMessage::Text(text))) => self.on_text(text.as_str()).await,
+            Some(Ok(WsMessage::Binary(_))) => Err(Exit::Close {
+                code: 1003,
+                error: "binary_not_supported",
+                message: String::from("frames must be JSON text"),
+            }),
+            Some(Ok(WsMessage::Close(_))) => Err(Exit::Gone),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Ok(()),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Exit> {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(frame) => frame,
+            Err(error) => {
+                let reference = peek_ref(text);
+                let message = format!("invalid frame: {error}");
+                return self
+                    .send_error(
+                        reference.as_deref(),
+                        &ChatError::new(StatusCode::BAD_REQUEST, "invalid_frame", message),
+                    )
+                    .await;
+            }
+        };
+        match frame {
+            ClientFrame::Send {
+                r#ref,
+                channel_id,
+                client_id,
+                content,
+            } => {
+                self.on_send(r#ref.as_deref(), channel_id, client_id, content)
+                    .await
+            }
+            ClientFrame::Typing {
+                r#ref,
+                channel_id,
+                state,
+            } => self.on_typing(r#ref.as_deref(), channel_id, state).await,
+            ClientFrame::Read {
+                r#ref,
+                channel_id,
+                seq,
+            } => match chat::mark_read(&self.tenant, &self.user_id, &channel_id, seq).await {
+                Ok(_) => Ok(()),
+                Err(error) => self.send_error(r#ref.as_deref(), &error).await,
+            },
+            ClientFrame::Resume { r#ref, positions } => {
+                for (channel_id, seq) in positions {
+                    self.resume_channel(r#ref.as_deref(), &channel_id, seq)
+                        .await?;
+                }
+                Ok(())
+            }
+            ClientFrame::Ping { r#ref } => {
+                self.write(
+                    ServerFrame::Pong {
+                        r#ref: r#ref.as_deref(),
+                    }
+                    .to_text(),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn on_send(
+        &mut self,
+        reference: Option<&str>,
+        channel_id: String,
+        client_id: String,
+        content: crate::store::Content,
+    ) -> Result<(), Exit> {
+        let result = chat::send_message(
+            &self.tenant,
+            &self.state.metrics,
+            &self.user_id,
+            channel_id,
+            client_id,
+            content,
+        )
+        .await;
+        match result {
+            Ok(appended) => {
+                let message = &appended.message;
+                let ack = ServerFrame::Ack {
+                    r#ref: reference,
+                    channel_id: &message.channel_id,
+                    client_id: &message.client_id,
+                    seq: message.seq,
+                    duplicate: appended.duplicate,
+                    created_at: message.created_at,
+                };
+                self.write(ack.to_text()).await
+            }
+            Err(error) => self.send_error(reference, &error).await,
+        }
+    }
+
+    async fn on_typing(
+        &mut self,
+        reference: Option<&str>,
+        channel_id: String,
+        state: TypingState,
+    ) -> Result<(), Exit> {
+        let result = chat::typing(
+            &self.tenant,
+            &self.user_id,
+            self.connection_id,
+            &channel_id,
+            state,
+        )
+        .await;
+        if let Err(error) = result {
+            return self.send_error(reference, &error).await;
+        }
+        match state {
+            TypingState::Start => self.typing.insert(channel_id, Instant::now() + TYPING_TTL),
+            TypingState::Stop => self.typing.remove(&channel_id),
+        };
+        Ok(())
+    }
+
+    /// Ends typing indicators that were not refreshed in time.
+    async fn expire_typing(&mut self) -> Result<(), Exit> {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .typing
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel_id in expired {
+            self.typing.remove(&channel_id);
+            self.stop_typing(&channel_id).await;
+        }
+        Ok(())
+    }
+
+    async fn stop_typing(&mut self, channel_id: &str) {
+        let result = chat::typing(
+            &self.tenant,
+            &self.user_id,
+            self.connection_id,
+            channel_id,
+            TypingState::Stop,
+        )
+        .await;
+        if let Err(error) = result {
+            tracing::debug!(
+                channel = channel_id,
+                code = error.code,
+                "Failed to send typing stop"
+            );
+        }
+    }
+
+    /// Replays what the client missed in one channel, then leaves it live.
+    async fn resume_channel(
+        &mut self,
+        reference: Option<&str>,
+        channel_id: &str,
+        last_seen: u64,
+    ) -> Result<(), Exit> {
+        let channel = match self
+            .tenant
+            .store
+            .channel_for_member(channel_id, &self.user_id)
+            .await
+        {
+            Ok((channel, _)) => channel,
+            Err(error) => return self.send_error(reference, &error.into()).await,
+        };
+        let key: Arc<str> = Arc::from(channel_id);
+        let start = self.starts.get(&key).copied().unwrap_or(0);
+        let written = self.positions.get(&key).copied().unwrap_or(0);
+        let latest = channel.last_seq.max(written);
+        let wrote_live = written > start;
+
+        // Once this socket wrote live messages of the channel, older missed
+        // ones can no longer be written in order: the client pages them.
+        if wrote_live && last_seen < start {
+            let frame = ServerFrame::ResyncRequired {
+                channel_id,
+                after: last_seen,
+                latest_seq: start,
+            };
+            self.write(frame.to_text()).await?;
+        }
+        let position = if wrote_live {
+            written.max(last_seen.min(latest))
+        } else {
+            last_seen.min(latest)
+        };
+        self.positions.insert(Arc::clone(&key), position);
+        self.catch_up(&key, latest).await?;
+        let resumed = ServerFrame::Resumed {
+            r#ref: reference,
+            channel_id,
+            seq: latest,
+        };
+        self.write(resumed.to_text()).await
+    }
+
+    /// Writes the channel's messages from the socket's position up to and
+    /// including `up_to`, reading them from the store.
+    async fn catch_up(&mut self, channel: &Arc<str>, up_to: u64) -> Result<(), Exit> {
+        let from = self.positions.get(channel).copied().unwrap_or(0);
+        if up_to <= from {
+            return Ok(());
+        }
+        if up_to - from > u64::from(self.state.server.max_replay) {
+            let frame = ServerFrame::ResyncRequired {
+                channel_id: channel,
+                after: from,
+                latest_seq: up_to,
+            };
+            self.positions.insert(Arc::clone(channel), up_to);
+            return self.write(frame.to_text()).await;
+        }
+        let missed = match self
+            .tenant
+            .store
+            .messages_between(channel, from, up_to)
+            .await
+        {
+            Ok(messages) => messages,
+            Err(error) => {
+                let error = ChatError::from(error);
+                return Err(Exit::Close {
+                    code: 1011,
+                    error: error.code,
+                    message: error.message,
+                });
+            }
+        };
+        for message in &missed {
+            self.write_message(message_frame(message), channel, message.seq, None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_outbound(&mut self, event: Outbound) -> Result<(), Exit> {
+        match event {
+            Outbound::Message {
+                channel_id,
+                seq,
+                frame,
+                stored_at,
+            } => {
+                if self.removed.contains(&channel_id) {
+                    return Ok(());
+                }
+                let written = self.positions.get(&channel_id).copied().unwrap_or(0);
+                if seq <= written {
+                    return Ok(());
+                }
+                if seq > written + 1 {
+                    self.catch_up(&channel_id, seq - 1).await?;
+                }
+                self.write_message(frame, &channel_id, seq, Some(stored_at))
+                    .await
+            }
+            Outbound::Event(frame) => self.write(frame).await,
+            Outbound::Added {
+                channel_id,
+                last_seq,
+                frame,
+            } => {
+                self.removed.remove(&channel_id);
+                self.starts
+                    .entry(Arc::clone(&channel_id))
+                    .or_insert(last_seq);
+                let position = self.positions.entry(channel_id).or_insert(0);
+                *position = (*position).max(last_seq);
+                self.write(frame).await
+            }
+            Outbound::Removed { channel_id, frame } => {
+                self.positions.remove(&channel_id);
+                self.starts.remove(&channel_id);
+                self.typing.remove(channel_id.as_ref());
+                self.removed.insert(channel_id);
+                self.write(frame).await
+            }
+            Outbound::Close {
+                close_code,
+                code,
+                message,
+            } => Err(Exit::Close {
+                code: close_code,
+                error: code,
+                message,
+            }),
+        }
+    }
+
+    async fn write_message(
+        &mut self,
+        frame: Utf8Bytes,
+        channel: &Arc<str>,
+        seq: u64,
+        stored_at: Option<Instant>,
+    ) -> Result<(), Exit> {
+        self.write(frame).await?;
+        self.positions.insert(Arc::clone(channel), seq);
+        let label = Metrics::tenant(&self.tenant.id);
+        self.state.metrics.deliveries.get_or_create(&label).inc();
+        if let Some(stored_at) = stored_at {
+            self.state
+                .metrics
+                .delivery_seconds
+                .get_or_create(&label)
+                .observe(stored_at.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn on_ping(&mut self, heartbeat: Duration) -> Result<(), Exit> {
+        if self.last_received.elapsed() > heartbeat * 2 {
+            return Err(Exit::Close {
+                code: 1001,
+                error: "heartbeat_timeout",
+                message: String::from("no frame or pong within two heartbeat intervals"),
+            });
+        }
+        match self.socket.send(WsMessage::Ping(Default::default())).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Exit::Gone),
+        }
+    }
+
+    async fn send_error(&mut self, reference: Option<&str>, error: &ChatError) -> Result<(), Exit> {
+        self.state.metrics.error(&self.tenant.id, error.code);
+        let frame = ServerFrame::Error {
+            r#ref: reference,
+            code: error.code,
+            message: &error.message,
+            retry_after_ms: error.retry_after.map(|wait| wait.as_millis() as u64),
+        };
+        self.write(frame.to_text()).await
+    }
+
+    async fn write(&mut self, frame: Utf8Bytes) -> Result<(), Exit> {
+        self.socket
+            .send(WsMessage::Text(frame))
+            .await
+            .map_err(|_| Exit::Gone)
+    }
+
+    /// Clears typing indicators and closes the socket as `exit` says.
+    async fn finish(&mut self, exit: Exit) {
+        let typing: Vec<String> = self.typing.drain().map(|(channel, _)| channel).collect();
+        for channel_id in typing {
+            self.stop_typing(&channel_id).await;
+        }
+        let Exit::Close {
+            code,
+            error,
+            message,
+        } = exit
+        else {
+            return;
+        };
+        tracing::debug!(close_code = code, code = error, "Closing WebSocket");
+        let frame = ServerFrame::Error {
+            r#ref: None,
+            code: error,
+            message: &message,
+            retry_after_ms: None,
+        };
+        let _ = self.socket.send(WsMessage::Text(frame.to_text())).await;
+        let close_frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(error),
+        };
+        let _ = self.socket.send(WsMessage::Close(Some(close_frame))).await;
+    }
+}
+
+fn message_frame(message: &Message) -> Utf8Bytes {
+    ServerFrame::Message { message }.to_text()
+}
+
+/// The token stays usable for the same leeway that verification allows.
+fn expiry_instant(expires_at: u64) -> tokio::time::Instant {
+    let deadline = expires_at + LEEWAY_SECONDS;
+    let remaining = deadline.saturating_sub(crate::auth::unix_now());
+    tokio::time::Instant::now() + Duration::from_secs(remaining)
+}
+
+/// Maps a read error to a close: oversized frames get 1009, other protocol
+/// violations 1002.
+fn read_error_exit(error: &axum::Error) -> Exit {
+    let text = error.to_string();
+    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("size") {
+        Exit::Close {
+            code: 1009,
+            error: "frame_too_large",
+            message: String::from("the frame exceeds the server's size limit"),
+        }
+    } else {
+        tracing::debug!(error = %text, "WebSocket read failed");
+        Exit::Close {
+            code: 1002,
+            error: "protocol_error",
+            message: String::from("the frame violates the WebSocket protocol"),
+        }
+    }
+}
