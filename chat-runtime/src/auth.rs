@@ -6,7 +6,8 @@
 //! full contract is in `docs/api.md`.
 //!
 //! Verification accepts only `alg: HS256`, requires `sub`, `aud` and `exp`,
-//! allows [`LEEWAY_SECONDS`] of clock difference on `exp`, and requires `aud`
+//! allows `server.token_leeway_seconds` of clock difference on `exp` (30 by
+//! default), and requires `aud`
 //! to be the tenant the request names, so a token of one tenant never opens
 //! another even if both happened to share a key id.
 
@@ -14,9 +15,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TenantSettings;
-
-/// Allowed difference between our clock and the token issuer's.
-pub const LEEWAY_SECONDS: u64 = 30;
 
 /// Longest lifetime the server API mints, in seconds (one week).
 pub const MAX_TOKEN_TTL_SECONDS: u64 = 7 * 24 * 3600;
@@ -61,10 +59,12 @@ impl TokenError {
     }
 }
 
-/// Checks a user token for `tenant`.
+/// Checks a user token for `tenant`, allowing `leeway` seconds of clock
+/// difference on `exp`.
 pub fn verify_user_token(
     tenant: &TenantSettings,
     token: &str,
+    leeway: u64,
 ) -> Result<VerifiedToken, TokenError> {
     // The header is read before the signature is checked, only to choose
     // the key: a forged `kid` just selects a key the forger does not have.
@@ -76,7 +76,7 @@ pub fn verify_user_token(
     let key = tenant.api_key(&key_id).ok_or(TokenError::Invalid)?;
 
     let mut validation = Validation::new(Algorithm::HS256);
-    validation.leeway = LEEWAY_SECONDS;
+    validation.leeway = leeway;
     validation.set_audience(&[tenant.id.as_str()]);
     validation.set_required_spec_claims(&["exp", "aud", "sub"]);
 
@@ -170,6 +170,7 @@ mod tests {
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret).unwrap()).unwrap()
     }
 
+    const LEEWAY: u64 = 30;
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     #[test]
@@ -177,7 +178,7 @@ mod tests {
         let acme = tenant("acme", SECRET);
         let now = unix_now();
         let token = mint_user_token(&acme, "alice", now, 60).unwrap();
-        let verified = verify_user_token(&acme, &token).unwrap();
+        let verified = verify_user_token(&acme, &token, LEEWAY).unwrap();
         assert_eq!(verified.user_id, "alice");
         assert_eq!(verified.expires_at, now + 60);
     }
@@ -187,7 +188,10 @@ mod tests {
         let acme = tenant("acme", SECRET);
         let claims = serde_json::json!({"sub": "bob", "aud": "acme", "exp": unix_now() + 60});
         let token = sign_raw(Algorithm::HS256, "k1", &claims, SECRET.as_bytes());
-        assert_eq!(verify_user_token(&acme, &token).unwrap().user_id, "bob");
+        assert_eq!(
+            verify_user_token(&acme, &token, LEEWAY).unwrap().user_id,
+            "bob"
+        );
     }
 
     #[test]
@@ -198,7 +202,7 @@ mod tests {
         let body = URL_SAFE_NO_PAD.encode(claims.to_string());
         let token = format!("{head}.{body}.");
         assert_eq!(
-            verify_user_token(&acme, &token).unwrap_err(),
+            verify_user_token(&acme, &token, LEEWAY).unwrap_err(),
             TokenError::Invalid
         );
     }
@@ -209,7 +213,7 @@ mod tests {
         let claims = serde_json::json!({"sub": "bob", "aud": "acme", "exp": unix_now() + 60});
         let token = sign_raw(Algorithm::HS384, "k1", &claims, SECRET.as_bytes());
         assert_eq!(
-            verify_user_token(&acme, &token).unwrap_err(),
+            verify_user_token(&acme, &token, LEEWAY).unwrap_err(),
             TokenError::Invalid
         );
     }
@@ -225,7 +229,7 @@ mod tests {
             b"another secret of thirty-two bytes!",
         );
         assert_eq!(
-            verify_user_token(&acme, &token).unwrap_err(),
+            verify_user_token(&acme, &token, LEEWAY).unwrap_err(),
             TokenError::Invalid
         );
     }
@@ -238,9 +242,9 @@ mod tests {
             let claims = serde_json::json!({"sub": "bob", "aud": "acme", "exp": exp});
             sign_raw(Algorithm::HS256, "k1", &claims, SECRET.as_bytes())
         };
-        assert!(verify_user_token(&acme, &sign(now - 5)).is_ok());
+        assert!(verify_user_token(&acme, &sign(now - 5), LEEWAY).is_ok());
         assert_eq!(
-            verify_user_token(&acme, &sign(now - LEEWAY_SECONDS - 5)).unwrap_err(),
+            verify_user_token(&acme, &sign(now - LEEWAY - 5), LEEWAY).unwrap_err(),
             TokenError::Expired
         );
     }
@@ -251,7 +255,7 @@ mod tests {
         let claims = serde_json::json!({"sub": "bob", "aud": "acme"});
         let token = sign_raw(Algorithm::HS256, "k1", &claims, SECRET.as_bytes());
         assert_eq!(
-            verify_user_token(&acme, &token).unwrap_err(),
+            verify_user_token(&acme, &token, LEEWAY).unwrap_err(),
             TokenError::Invalid
         );
     }
@@ -263,7 +267,7 @@ mod tests {
         let globex = tenant("globex", SECRET);
         let token = mint_user_token(&globex, "bob", unix_now(), 60).unwrap();
         assert_eq!(
-            verify_user_token(&acme, &token).unwrap_err(),
+            verify_user_token(&acme, &token, LEEWAY).unwrap_err(),
             TokenError::Invalid
         );
     }
@@ -274,7 +278,7 @@ mod tests {
         let claims = serde_json::json!({"sub": "bob", "aud": "acme", "exp": unix_now() + 60});
         let token = sign_raw(Algorithm::HS256, "k9", &claims, SECRET.as_bytes());
         assert_eq!(
-            verify_user_token(&acme, &token).unwrap_err(),
+            verify_user_token(&acme, &token, LEEWAY).unwrap_err(),
             TokenError::Invalid
         );
     }
@@ -289,7 +293,7 @@ mod tests {
         });
         let claims = serde_json::json!({"sub": "bob", "aud": "acme", "exp": unix_now() + 60});
         let token = sign_raw(Algorithm::HS256, "k0", &claims, old_secret.as_bytes());
-        assert!(verify_user_token(&acme, &token).is_ok());
+        assert!(verify_user_token(&acme, &token, LEEWAY).is_ok());
     }
 
     #[test]

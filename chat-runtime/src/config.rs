@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// Most messages replayed per channel on resume; past that the server
     /// asks the client to page history instead.
     pub max_replay: u32,
+    /// Allowed clock difference, in seconds, when checking a user token's
+    /// `exp`. Open sockets close this long after their token's `exp`.
+    pub token_leeway_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             heartbeat_seconds: 20,
             dedupe_retention_days: 7,
             max_replay: 1000,
+            token_leeway_seconds: 30,
         }
     }
 }
@@ -250,6 +254,12 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
         return Err(invalid(
             "server.dedupe_retention_days",
             "must be at least 7, so client retries within a week stay deduplicated",
+        ));
+    }
+    if server.token_leeway_seconds > 300 {
+        return Err(invalid(
+            "server.token_leeway_seconds",
+            "must be at most 300",
         ));
     }
     if !(1..=100_000).contains(&server.max_replay) {

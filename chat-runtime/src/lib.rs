@@ -14,6 +14,7 @@
 pub mod api;
 pub mod auth;
 pub mod chat;
+pub mod cli;
 pub mod config;
 pub mod hub;
 pub mod limits;

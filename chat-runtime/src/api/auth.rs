@@ -159,7 +159,12 @@ impl UserAuth {
     ) -> Result<UserAuth, ChatError> {
         let tenant = require_tenant(state, parts)?;
         let token = token_from(parts, sources).ok_or_else(|| token_error(TokenError::Missing))?;
-        let verified = auth::verify_user_token(&tenant.settings(), &token).map_err(token_error)?;
+        let verified = auth::verify_user_token(
+            &tenant.settings(),
+            &token,
+            state.server.token_leeway_seconds,
+        )
+        .map_err(token_error)?;
 
         let auth_state = tenant.store.user_auth_state(&verified.user_id).await?;
         let Some(auth_state) = auth_state else {

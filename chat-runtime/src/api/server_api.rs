@@ -60,6 +60,17 @@ pub async fn upsert_user(
         ))
         .into());
     }
+    // Memberships and direct channels outlive a deleted user, so a new user
+    // under the old id would inherit the old user's conversations.
+    let existing = auth.tenant.store.user_auth_state(&user_id).await?;
+    if existing.is_some_and(|state| state.deleted) {
+        return Err(ChatError::new(
+            StatusCode::CONFLICT,
+            "user_deleted",
+            "this user id belonged to a deleted user and cannot be reused",
+        )
+        .into());
+    }
     let user = auth
         .tenant
         .store

@@ -25,7 +25,6 @@ use tracing::Instrument;
 
 use super::protocol::{ClientFrame, ServerFrame, TypingState, close, peek_ref};
 use crate::api::{SharedState, UserAuth};
-use crate::auth::LEEWAY_SECONDS;
 use crate::chat::{self, ChatError};
 use crate::hub::{ConnectionId, Outbound};
 use crate::metrics::Metrics;
@@ -138,7 +137,7 @@ impl Session {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut tick = interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let expiry = expiry_instant(token_expires_at);
+        let expiry = expiry_instant(token_expires_at, self.state.server.token_leeway_seconds);
         let mut shutdown = self.state.shutdown.clone();
 
         loop {
@@ -585,8 +584,8 @@ fn message_frame(message: &Message) -> Utf8Bytes {
 }
 
 /// The token stays usable for the same leeway that verification allows.
-fn expiry_instant(expires_at: u64) -> tokio::time::Instant {
-    let deadline = expires_at + LEEWAY_SECONDS;
+fn expiry_instant(expires_at: u64, leeway: u64) -> tokio::time::Instant {
+    let deadline = expires_at + leeway;
     let remaining = deadline.saturating_sub(crate::auth::unix_now());
     tokio::time::Instant::now() + Duration::from_secs(remaining)
 }

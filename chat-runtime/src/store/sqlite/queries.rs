@@ -2,7 +2,7 @@
 //!
 //! Write operations run on the writer thread inside its batch transaction,
 //! read operations inside a read transaction of a pooled connection, so each
-//! function sees one consistent snapshot.
+//! function reads from one consistent snapshot.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -58,8 +58,8 @@ fn not_found<T>() -> OpResult<T> {
     Err(OpError::Store(StoreError::NotFound))
 }
 
-/// An `Unavailable` error for stored rows that break an invariant of this
-/// module.
+/// Builds the `Unavailable` error for stored rows that break an invariant of
+/// this module.
 fn inconsistent(message: &'static str) -> OpError {
     OpError::Store(StoreError::Unavailable(message.into()))
 }
@@ -280,8 +280,8 @@ pub(super) fn upsert_user(
             .execute(params![id, name, metadata, now])?;
         }
         Some(true) => {
-            // A new user takes over a deleted id: tokens issued to the old
-            // user before this second stop working.
+            // A new user takes over a deleted id, so tokens issued before
+            // the current second, which include the old user's, stop working.
             conn.prepare_cached(
                 "UPDATE users SET name = ?2, metadata = ?3, deleted = 0, tokens_not_before = ?5, \
                  incarnation = incarnation + 1, created_at = ?4, updated_at = ?4 WHERE id = ?1",
@@ -335,7 +335,7 @@ pub(super) fn direct_channel_id(user_low: &str, user_high: &str, subject: &str) 
     format!("d_{}", hex(&digest[..12]))
 }
 
-/// Returns a new random group id with 96 random bits.
+/// Generates a group id from 96 random bits.
 pub(super) fn random_group_id() -> String {
     let bytes: [u8; 12] = rand::random();
     format!("g_{}", hex(&bytes))

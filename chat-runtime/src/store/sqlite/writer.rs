@@ -4,7 +4,7 @@
 //! order, up to `max_batch` of them in one `BEGIN IMMEDIATE ... COMMIT`
 //! transaction, so one fsync covers the whole batch. Each request runs inside
 //! its own savepoint, so a request that fails is rolled back alone. No
-//! request is answered before COMMIT has returned.
+//! request gets its result before COMMIT has returned.
 
 use std::thread::JoinHandle;
 
@@ -28,7 +28,7 @@ pub(super) trait WriteRequest: Send {
 
     /// Sends the kept outcome, or `Unavailable` with `batch_failure` when the
     /// batch was not committed.
-    fn answer(self: Box<Self>, batch_failure: Option<&str>);
+    fn send_result(self: Box<Self>, batch_failure: Option<&str>);
 }
 
 pub(super) type BoxedRequest = Box<dyn WriteRequest>;
@@ -54,7 +54,7 @@ where
         succeeded
     }
 
-    fn answer(self: Box<Self>, batch_failure: Option<&str>) {
+    fn send_result(self: Box<Self>, batch_failure: Option<&str>) {
         let result = match (batch_failure, self.outcome) {
             (None, Some(outcome)) => outcome,
             (Some(reason), _) => Err(StoreError::Unavailable(
@@ -106,7 +106,8 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<BoxedRequest>, max_batch: usi
     checkpoint(&conn);
 }
 
-/// Applies and commits `batch`, then answers and removes every request.
+/// Applies and commits `batch`, then sends every request its result and
+/// empties `batch`.
 pub(super) fn run_batch(conn: &Connection, batch: &mut Vec<BoxedRequest>) {
     let failure = apply_batch(conn, batch).err();
     if let Some(reason) = &failure {
@@ -117,7 +118,7 @@ pub(super) fn run_batch(conn: &Connection, batch: &mut Vec<BoxedRequest>) {
         );
     }
     for request in batch.drain(..) {
-        request.answer(failure.as_deref());
+        request.send_result(failure.as_deref());
     }
 }
 
@@ -144,7 +145,7 @@ fn apply_in_savepoint(conn: &Connection, request: &mut dyn WriteRequest) -> Resu
         .map_err(|error| format!("SAVEPOINT failed: {error}"))?;
     let succeeded = request.apply(conn);
     // Some errors (disk full, I/O errors) make SQLite roll back the whole
-    // transaction by itself. The requests before this one are then lost too.
+    // transaction by itself. The requests before this one are then rolled back too.
     if conn.is_autocommit() {
         return Err("SQLite rolled back the transaction after a failed request".to_owned());
     }
