@@ -157,11 +157,13 @@ pub async fn open_direct(
     peer: &str,
     subject: Option<&str>,
 ) -> Result<Channel, ChatError> {
-    let (channel, members) = tenant
-        .store
-        .open_direct(user, peer, subject, now_millis())
-        .await?;
-    announce_added(tenant, &channel, &members, &members);
+    let now = now_millis();
+    let (channel, members) = tenant.store.open_direct(user, peer, subject, now).await?;
+    // The store stamps a new channel with `now`, so an older stamp means the
+    // channel already existed and nobody joined it.
+    if channel.created_at == now {
+        announce_added(tenant, &channel, &members, &members);
+    }
     Ok(channel)
 }
 

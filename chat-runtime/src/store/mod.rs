@@ -204,7 +204,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates or updates a user. Upserting a deleted user id creates a new
-    /// profile and sets `tokens_not_before` to `now`.
+    /// profile and sets `tokens_not_before` to `now` in seconds. The server
+    /// API refuses that case, because the old user's memberships and direct
+    /// channels would pass to the new profile.
     async fn upsert_user(
         &self,
         id: &str,
@@ -249,7 +251,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds `user` to a group. Only the owner may add (`Forbidden`); `actor`
     /// must be a member (`NotFound` otherwise); direct channels give
-    /// `Invalid`; `user` must exist and not be deleted.
+    /// `Invalid`; `user` must exist and not be deleted. The new member starts
+    /// with `read_seq = last_seq`, so earlier messages do not count as unread.
     async fn add_member(
         &self,
         channel_id: &str,
@@ -282,6 +285,10 @@ pub trait Store: Send + Sync + 'static {
     /// Channels of `user`, most recent activity first, at most `limit`.
     /// `before` continues a previous page: `(last_activity, channel_id)` of
     /// its last entry.
+    ///
+    /// NOTE: the cursor is keyed on `last_activity`, which changes, so a
+    /// channel that gets a message while a client pages can move to a page
+    /// the client already read and be missed or shown twice.
     async fn list_channels(
         &self,
         user: &str,
@@ -291,7 +298,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a message with the next sequence number of its channel.
     ///
-    /// The sender must be a member (`NotFound` otherwise). When the sender
+    /// The sender must be a member and not deleted (`NotFound` otherwise,
+    /// also for a retry after the sender left the channel). When the sender
     /// already used `client_id`, returns the stored message with
     /// `duplicate: true` if the channel and content are the same, and
     /// `ClientIdConflict` otherwise; nothing new is stored either way.

@@ -469,12 +469,14 @@ impl Session {
                 last_seq,
                 frame,
             } => {
+                // Messages up to `last_seq` were stored before the user joined.
+                // A channel the socket already tracks keeps its position, since
+                // messages below `last_seq` may still be on their way to it.
                 self.removed.remove(&channel_id);
-                self.starts
-                    .entry(Arc::clone(&channel_id))
-                    .or_insert(last_seq);
-                let position = self.positions.entry(channel_id).or_insert(0);
-                *position = (*position).max(last_seq);
+                if !self.positions.contains_key(&channel_id) {
+                    self.starts.insert(Arc::clone(&channel_id), last_seq);
+                    self.positions.insert(channel_id, last_seq);
+                }
                 self.write(frame).await
             }
             Outbound::Removed { channel_id, frame } => {
