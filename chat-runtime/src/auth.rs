@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TenantSettings;
 
-/// Longest lifetime the server API mints, in seconds (one week).
+/// Maximum lifetime of a token minted by the server API, in seconds (one week).
 pub const MAX_TOKEN_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ pub struct VerifiedToken {
     pub issued_at: Option<u64>,
 }
 
-/// Why a token was rejected. The code is sent to the client; the variants
+/// Reason a token was rejected. The code is sent to the client; the variants
 /// are deliberately coarse so a client learns nothing about our keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {

@@ -150,7 +150,7 @@ fn publish_message(tenant: &Tenant, appended: &Appended) {
     tenant.hub.send_to_users(&appended.members, &event, None);
 }
 
-/// Creates (or returns) a direct channel and tells both users' sockets.
+/// Creates (or returns) a direct channel and notifies both users' sockets.
 pub async fn open_direct(
     tenant: &Tenant,
     user: &str,
@@ -160,7 +160,7 @@ pub async fn open_direct(
     let now = now_millis();
     let (channel, members) = tenant.store.open_direct(user, peer, subject, now).await?;
     // The store stamps a new channel with `now`, so an older stamp means the
-    // channel already existed and nobody joined it.
+    // channel already existed and no member was added.
     if channel.created_at == now {
         announce_added(tenant, &channel, &members, &members);
     }
@@ -197,8 +197,8 @@ pub async fn add_member(
     Ok(change)
 }
 
-/// Removes a member. The removed user's sockets are told first and drop
-/// the channel, so nothing stored after the removal reaches them.
+/// Removes a member. The removed user's sockets are notified first and
+/// drop the channel, so nothing stored after the removal reaches them.
 pub async fn remove_member(
     tenant: &Tenant,
     actor: &str,
@@ -252,7 +252,7 @@ fn announce_added(tenant: &Tenant, channel: &Channel, added: &[String], members:
     }
 }
 
-/// Moves the read position and tells the channel's members.
+/// Moves the read position and notifies the channel's members.
 pub async fn mark_read(
     tenant: &Tenant,
     user: &str,

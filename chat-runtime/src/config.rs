@@ -60,8 +60,8 @@ pub struct ServerConfig {
     pub heartbeat_seconds: u64,
     /// How long client message ids are remembered for dedupe.
     pub dedupe_retention_days: u64,
-    /// Most messages replayed per channel on resume; past that the server
-    /// asks the client to page history instead.
+    /// Maximum messages replayed per channel on resume. Past that, the
+    /// server requests that the client page history instead.
     pub max_replay: u32,
     /// Allowed clock difference, in seconds, when checking a user token's
     /// `exp`. Open sockets close this long after their token's `exp`.
@@ -103,13 +103,13 @@ pub struct TenantConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     pub id: String,
-    /// The secret inline: for demos only, since the file then holds it.
+    /// The secret inline, for demos only, because the file then contains it.
     #[serde(default)]
     pub secret: Option<String>,
     /// A file whose contents (trailing newline removed) are the secret.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
-    /// An environment variable that holds the secret.
+    /// An environment variable that contains the secret.
     #[serde(default)]
     pub secret_env: Option<String>,
 }

@@ -21,7 +21,7 @@ pub struct Tenant {
 }
 
 impl Tenant {
-    /// The current settings; a reload swaps them for later calls.
+    /// Returns the current settings. A reload swaps them for later calls.
     pub fn settings(&self) -> Arc<TenantSettings> {
         Arc::clone(
             &self
@@ -39,7 +39,7 @@ impl Tenant {
     }
 }
 
-/// What a reload changed, for the log.
+/// Changes made by a reload, for the log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReloadSummary {
     pub added: Vec<String>,

@@ -19,7 +19,7 @@ use crate::ws::protocol::BEARER_PREFIX;
 
 pub const TENANT_HEADER: &str = "x-parley-tenant";
 
-/// The tenant a request names, or `None` when it names none.
+/// Finds the tenant a request names, or returns `None` when it names none.
 pub fn tenant_from_parts(
     state: &SharedState,
     parts: &Parts,
@@ -109,7 +109,7 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Where a user token may come from. REST takes only the `Authorization`
+/// Sources a user token may come from. REST takes only the `Authorization`
 /// header; the WebSocket upgrade also takes the `bearer.<token>` subprotocol
 /// and, for browsers, the `access_token` query parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,7 +30,7 @@ pub struct User {
     pub updated_at: Millis,
 }
 
-/// What token checks need to know about a user.
+/// User state that token checks depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserAuthState {
     pub deleted: bool,
@@ -61,7 +61,7 @@ pub struct Channel {
     pub kind: ChannelKind,
     /// Group name; `None` for direct channels.
     pub name: Option<String>,
-    /// What a direct channel is about (a listing id, an order id).
+    /// Subject of a direct channel (a listing id, an order id).
     pub subject: Option<String>,
     pub created_by: String,
     pub created_at: Millis,
@@ -89,7 +89,7 @@ pub struct ChannelSummary {
     pub read_seq: u64,
 }
 
-/// What a message says. The JSON form is `{"kind": "text", "text": ...}`,
+/// Message content. The JSON form is `{"kind": "text", "text": ...}`,
 /// `{"kind": "location", "latitude": ..., "longitude": ..., "label": ...}` or
 /// `{"kind": "custom", "data": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,7 +157,7 @@ pub struct MembershipChange {
     pub changed: bool,
 }
 
-/// Which part of a channel's history to read.
+/// Part of a channel's history to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Page {
     /// The newest `limit` messages.
@@ -271,7 +271,7 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<MembershipChange>;
 
-    /// The channel and its members, if `user` is a member (`NotFound`
+    /// Returns the channel and its members if `user` is a member (`NotFound`
     /// otherwise, also for a channel that does not exist).
     async fn channel_for_member(
         &self,
@@ -279,7 +279,7 @@ pub trait Store: Send + Sync + 'static {
         user: &str,
     ) -> StoreResult<(Channel, Vec<Member>)>;
 
-    /// The member user ids of a channel, or `NotFound`.
+    /// Returns the member user ids of a channel, or `NotFound`.
     async fn member_ids(&self, channel_id: &str) -> StoreResult<Vec<String>>;
 
     /// Channels of `user`, most recent activity first, at most `limit`.
@@ -307,7 +307,7 @@ pub trait Store: Send + Sync + 'static {
     /// sender.
     async fn append_message(&self, message: NewMessage) -> StoreResult<Appended>;
 
-    /// A page of history for a member (`NotFound` for non-members).
+    /// Reads a page of history for a member (`NotFound` for non-members).
     /// Messages are always returned oldest first.
     async fn history(&self, channel_id: &str, user: &str, page: Page) -> StoreResult<Vec<Message>>;
 

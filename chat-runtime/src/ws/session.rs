@@ -4,9 +4,9 @@
 //! # Ordering
 //! The socket remembers, per channel, the highest sequence number it has
 //! written (`positions`). A message at or below it is a duplicate and is
-//! dropped; a message above the next expected one means others are still in
-//! flight or were written by another process, so the missing ones are read
-//! from the store and written first. Every member socket therefore sees
+//! dropped. A message above the next expected one means that others are
+//! still in flight or were written by another process, so the missing ones
+//! are read from the store and written first. Every member socket therefore sees
 //! each message once, in sequence order, without any cross-task lock on the
 //! send path.
 //!
@@ -37,7 +37,7 @@ const TYPING_TTL: Duration = Duration::from_secs(6);
 /// Channels read per page when loading the socket's starting positions.
 const POSITIONS_PAGE: u32 = 200;
 
-/// Why the session loop ended.
+/// Reason the session loop ended.
 enum Exit {
     /// The client closed or the connection broke.
     Gone,
@@ -551,7 +551,7 @@ impl Session {
             .map_err(|_| Exit::Gone)
     }
 
-    /// Clears typing indicators and closes the socket as `exit` says.
+    /// Clears typing indicators and closes the socket as `exit` requests.
     async fn finish(&mut self, exit: Exit) {
         let typing: Vec<String> = self.typing.drain().map(|(channel, _)| channel).collect();
         for channel_id in typing {
@@ -585,7 +585,8 @@ fn message_frame(message: &Message) -> Utf8Bytes {
     ServerFrame::Message { message }.to_text()
 }
 
-/// The token stays usable for the same leeway that verification allows.
+/// Computes when an open socket's token expires: `exp` plus the same
+/// leeway that verification allows.
 fn expiry_instant(expires_at: u64, leeway: u64) -> tokio::time::Instant {
     let deadline = expires_at + leeway;
     let remaining = deadline.saturating_sub(crate::auth::unix_now());
