@@ -88,6 +88,11 @@ pub fn verify_user_token(
                 _ => TokenError::Invalid,
             }
         })?;
+    // The library accepts a token while `now <= exp + leeway`, but a token
+    // must not be accepted at or after its `exp` (RFC 7519, section 4.1.4).
+    if data.claims.exp.saturating_add(leeway) <= unix_now() {
+        return Err(TokenError::Expired);
+    }
     if data.claims.sub.is_empty() {
         return Err(TokenError::Invalid);
     }

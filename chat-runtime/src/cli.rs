@@ -95,8 +95,13 @@ async fn serve(cli: Cli) -> ExitCode {
             let mut message = error.to_string();
             let mut source = std::error::Error::source(&error);
             while let Some(cause) = source {
-                message.push_str(": ");
-                message.push_str(&cause.to_string());
+                // Some errors (serde_yaml's among them) repeat their source's
+                // text in their own message.
+                let cause_text = cause.to_string();
+                if !message.contains(&cause_text) {
+                    message.push_str(": ");
+                    message.push_str(&cause_text);
+                }
                 source = cause.source();
             }
             tracing::error!(error = %message, "Failed to start");

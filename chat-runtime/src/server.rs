@@ -57,8 +57,21 @@ pub enum ServerError {
     Serve(#[source] std::io::Error),
 }
 
-fn load(options: &Options) -> Result<Config, ConfigError> {
-    let mut config = Config::load(&options.config_path)?;
+/// Reads and parses the configuration file, returning the text it parsed
+/// so the watcher compares later reads against exactly that text.
+fn load(options: &Options) -> Result<(Config, String), ConfigError> {
+    let text =
+        std::fs::read_to_string(&options.config_path).map_err(|source| ConfigError::Read {
+            path: options.config_path.clone(),
+            source,
+        })?;
+    let config = parse(options, &text)?;
+    Ok((config, text))
+}
+
+fn parse(options: &Options, text: &str) -> Result<Config, ConfigError> {
+    let base = options.config_path.parent().unwrap_or(Path::new("."));
+    let mut config = Config::parse(text, base)?;
     if let Some(listen) = options.listen {
         config.server.listen = listen;
     }
@@ -73,7 +86,7 @@ pub async fn run(
     options: Options,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let config = load(&options)?;
+    let (config, config_text) = load(&options)?;
     let tenants = Tenants::open(&config)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -96,6 +109,7 @@ pub async fn run(
     tokio::spawn(watch_config(
         options.clone(),
         config.clone(),
+        config_text,
         Arc::clone(&state),
     ));
     tokio::spawn(purge_client_ids(Arc::clone(&state)));
@@ -140,21 +154,32 @@ pub async fn run(
 
 /// Applies changes to the configuration file until shutdown. An invalid
 /// file is logged and the previous configuration stays in force.
-async fn watch_config(options: Options, mut current: Config, state: SharedState) {
+async fn watch_config(
+    options: Options,
+    mut current: Config,
+    mut last_text: String,
+    state: SharedState,
+) {
     let mut shutdown = state.shutdown.clone();
-    let mut last_text = read_text(&options.config_path);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
             _ = api::shutdown_started(&mut shutdown) => return,
         }
-        let text = read_text(&options.config_path);
+        let text = match std::fs::read_to_string(&options.config_path) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::warn!(error = %error, path = %options.config_path.display(), "Failed to read the configuration file; keeping the previous configuration");
+                continue;
+            }
+        };
         if text == last_text {
             continue;
         }
+        let parsed = parse(&options, &text);
         last_text = text;
 
-        let next = match load(&options) {
+        let next = match parsed {
             Ok(next) => next,
             Err(error) => {
                 tracing::error!(error = %error, "Configuration change rejected; keeping the previous configuration");
@@ -175,10 +200,6 @@ async fn watch_config(options: Options, mut current: Config, state: SharedState)
         }
         current = next;
     }
-}
-
-fn read_text(path: &Path) -> Option<Vec<u8>> {
-    std::fs::read(path).ok()
 }
 
 async fn purge_client_ids(state: SharedState) {

@@ -16,6 +16,9 @@ use crate::config::max_frame_bytes;
 /// frames are small, and a larger frame is simply read in several steps.
 pub const READ_BUFFER_BYTES: usize = 4096;
 
+/// Ratio of tungstenite's frame limit to the limit the session enforces.
+const HARD_FRAME_LIMIT_FACTOR: usize = 4;
+
 /// Checks the token, the origin and the socket limit, then upgrades.
 /// Failures are answered with an HTTP error before the upgrade, so clients
 /// see the same codes as on REST.
@@ -60,13 +63,17 @@ pub async fn upgrade(State(state): State<SharedState>, request: Request) -> Resp
         return ApiError(error).into_response();
     };
 
+    // tungstenite stops reading at its limit and leaves the rest of the frame
+    // unread, so the kernel resets the connection and the client never sees
+    // a close code. Its limit is therefore a multiple of ours: frames between
+    // the two are read whole and closed with 1009 by the session.
     let frame_limit = max_frame_bytes(&settings.limits);
     let mut upgrade = upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .max_write_buffer_size(frame_limit * 4)
-        .max_message_size(frame_limit)
-        .max_frame_size(frame_limit);
+        .max_message_size(frame_limit * HARD_FRAME_LIMIT_FACTOR)
+        .max_frame_size(frame_limit * HARD_FRAME_LIMIT_FACTOR);
     if offers_subprotocol(&upgrade) {
         upgrade.set_selected_protocol(HeaderValue::from_static(protocol::SUBPROTOCOL));
     }

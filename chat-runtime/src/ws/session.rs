@@ -26,6 +26,7 @@ use tracing::Instrument;
 use super::protocol::{ClientFrame, ServerFrame, TypingState, close, peek_ref};
 use crate::api::{SharedState, UserAuth};
 use crate::chat::{self, ChatError};
+use crate::config::max_frame_bytes;
 use crate::hub::{ConnectionId, Outbound};
 use crate::metrics::Metrics;
 use crate::store::Message;
@@ -33,6 +34,14 @@ use crate::tenant::Tenant;
 
 /// A typing indicator ends by itself this long after its last refresh.
 const TYPING_TTL: Duration = Duration::from_secs(6);
+
+/// Longest wait for one frame to be written. A healthy client reads a
+/// frame of a few KiB within milliseconds; ten seconds leaves room for slow
+/// mobile links.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for the client's answer to the server's close frame.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Channels read per page when loading the socket's starting positions.
 const POSITIONS_PAGE: u32 = 200;
@@ -198,6 +207,11 @@ impl Session {
         match frame {
             None => Err(Exit::Gone),
             Some(Err(error)) => Err(read_error_exit(&error)),
+            Some(Ok(WsMessage::Text(text)))
+                if text.len() > max_frame_bytes(&self.tenant.settings().limits) =>
+            {
+                Err(frame_too_large())
+            }
             Some(Ok(WsMessage::Text(text))) => self.on_text(text.as_str()).await,
             Some(Ok(WsMessage::Binary(_))) => Err(Exit::Close {
                 code: 1003,
@@ -527,10 +541,7 @@ impl Session {
                 message: String::from("no frame or pong within two heartbeat intervals"),
             });
         }
-        match self.socket.send(WsMessage::Ping(Default::default())).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(Exit::Gone),
-        }
+        self.send_bounded(WsMessage::Ping(Default::default())).await
     }
 
     async fn send_error(&mut self, reference: Option<&str>, error: &ChatError) -> Result<(), Exit> {
@@ -545,10 +556,22 @@ impl Session {
     }
 
     async fn write(&mut self, frame: Utf8Bytes) -> Result<(), Exit> {
-        self.socket
-            .send(WsMessage::Text(frame))
-            .await
-            .map_err(|_| Exit::Gone)
+        self.send_bounded(WsMessage::Text(frame)).await
+    }
+
+    /// Sends one WebSocket message, giving up after [`WRITE_TIMEOUT`]. A
+    /// client that stops reading fills the TCP buffers and would otherwise
+    /// block this loop forever, so heartbeat, shutdown and slow-consumer
+    /// closes could never run.
+    async fn send_bounded(&mut self, message: WsMessage) -> Result<(), Exit> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::Gone),
+            Err(_) => {
+                tracing::debug!("WebSocket write timed out; dropping the connection");
+                Err(Exit::Gone)
+            }
+        }
     }
 
     /// Clears typing indicators and closes the socket as `exit` requests.
@@ -572,12 +595,35 @@ impl Session {
             message: &message,
             retry_after_ms: None,
         };
-        let _ = self.socket.send(WsMessage::Text(frame.to_text())).await;
+        if self.write(frame.to_text()).await.is_err() {
+            return;
+        }
         let close_frame = CloseFrame {
             code,
             reason: Utf8Bytes::from(error),
         };
-        let _ = self.socket.send(WsMessage::Close(Some(close_frame))).await;
+        if self
+            .send_bounded(WsMessage::Close(Some(close_frame)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        self.await_close_reply().await;
+    }
+
+    /// Reads until the client answers the close frame, so the TCP
+    /// connection ends only after close frames went both ways (RFC 6455,
+    /// section 7.1.1). Without this, a client with a frame still in flight
+    /// may see a connection reset instead of the close code.
+    async fn await_close_reply(&mut self) {
+        let deadline = tokio::time::Instant::now() + CLOSE_REPLY_TIMEOUT;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.socket.recv()).await
+        {
+            if let WsMessage::Close(_) = frame {
+                return;
+            }
+        }
     }
 }
 
@@ -593,16 +639,12 @@ fn expiry_instant(expires_at: u64, leeway: u64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(remaining)
 }
 
-/// Maps a read error to a close: oversized frames get 1009, other protocol
-/// violations 1002.
+/// Maps a read error to a close: frames over tungstenite's own limit get
+/// 1009, other protocol violations 1002.
 fn read_error_exit(error: &axum::Error) -> Exit {
     let text = error.to_string();
-    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("size") {
-        Exit::Close {
-            code: 1009,
-            error: "frame_too_large",
-            message: String::from("the frame exceeds the server's size limit"),
-        }
+    if text.contains("Space limit exceeded") {
+        frame_too_large()
     } else {
         tracing::debug!(error = %text, "WebSocket read failed");
         Exit::Close {
@@ -610,5 +652,13 @@ fn read_error_exit(error: &axum::Error) -> Exit {
             error: "protocol_error",
             message: String::from("the frame violates the WebSocket protocol"),
         }
+    }
+}
+
+fn frame_too_large() -> Exit {
+    Exit::Close {
+        code: 1009,
+        error: "frame_too_large",
+        message: String::from("the frame exceeds the server's size limit"),
     }
 }

@@ -471,3 +471,310 @@ pub fn unix_now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// Log lines a runtime wrote to stdout, filled by the thread that drains
+/// the pipe.
+#[derive(Clone, Default)]
+pub struct CapturedLogs {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CapturedLogs {
+    /// Returns every line captured so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until a line containing `needle` was logged and returns it.
+    /// Fails the test after [`WAIT`].
+    pub async fn wait_for(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let found = self.lines().into_iter().find(|line| line.contains(needle));
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line containing {needle:?} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the runtime closed its stdout, so every line is captured.
+    pub fn wait_for_end(&self) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !self.ended.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "runtime stdout still open after {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Runtime {
+    /// Like [`Runtime::start`], but logs at debug level and keeps every log
+    /// line in the returned [`CapturedLogs`].
+    pub fn start_capturing(dir: &Path, config: &str) -> (Runtime, CapturedLogs) {
+        Runtime::start_with_env(dir, config, &[])
+    }
+
+    /// Like [`Runtime::start_capturing`], with extra environment variables
+    /// for the runtime process (for example a `secret_env` variable).
+    pub fn start_with_env(
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> (Runtime, CapturedLogs) {
+        Runtime::start_observing(dir, config, env, |_| {})
+    }
+
+    /// Like [`Runtime::start_with_env`], and calls `observer` with each log
+    /// line as soon as it is read, on the thread that drains stdout. This
+    /// lets a test act at a precise point of start-up.
+    pub fn start_observing(
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        mut observer: impl FnMut(&str) + Send + 'static,
+    ) -> (Runtime, CapturedLogs) {
+        let config_path = dir.join("config.yaml");
+        if !config_path.exists() {
+            std::fs::write(&config_path, config).unwrap();
+        }
+
+        let mut command = Command::new(env!("CARGO_BIN_EXE_parley-runtime-under-test"));
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .env("PARLEY_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+
+        let stdout = child.stdout.take().unwrap();
+        let logs = CapturedLogs::default();
+        let captured = logs.clone();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                observer(&line);
+                if !sent && line.contains("\"Listening\"") {
+                    let parsed: Value = serde_json::from_str(&line).unwrap();
+                    let address: SocketAddr = parsed["address"].as_str().unwrap().parse().unwrap();
+                    let _ = sender.send(address);
+                    sent = true;
+                }
+                if std::env::var_os("PARLEY_TEST_LOGS").is_some() {
+                    eprintln!("{line}");
+                }
+                captured.lines.lock().unwrap().push(line);
+            }
+            captured
+                .ended
+                .store(true, std::sync::atomic::Ordering::Release);
+        });
+
+        let address = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("runtime did not log its listen address");
+        let runtime = Runtime {
+            child,
+            address,
+            dir: dir.to_owned(),
+        };
+        (runtime, logs)
+    }
+
+    /// Returns the server API of any tenant, using the given key id and
+    /// secret.
+    pub fn api_with_key(&self, tenant: &str, key: &str, secret: &str) -> ServerApi {
+        ServerApi {
+            http: reqwest::Client::new(),
+            base: self.base_url(),
+            tenant: tenant.to_owned(),
+            key: key.to_owned(),
+            secret: secret.to_owned(),
+        }
+    }
+}
+
+impl ServerApi {
+    /// Mints a token that lives `ttl_seconds` and returns it with its `exp`.
+    pub async fn token_with_ttl(&self, user: &str, ttl_seconds: u64) -> (String, u64) {
+        let response = self
+            .http
+            .post(format!("{}/v1/server/users/{user}/tokens", self.base))
+            .header("x-parley-tenant", &self.tenant)
+            .basic_auth(&self.key, Some(&self.secret))
+            .json(&json!({ "ttl_seconds": ttl_seconds }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "token for {user}");
+        let body: Value = response.json().await.unwrap();
+        let token = body["token"].as_str().unwrap().to_owned();
+        (token, body["expires_at"].as_u64().unwrap())
+    }
+}
+
+impl Ws {
+    /// Connects with the token in the `Sec-WebSocket-Protocol` header next to
+    /// `parley.v1`, waits for `ready`, and returns the subprotocol the server
+    /// selected.
+    pub async fn connect_with_subprotocol(
+        runtime: &Runtime,
+        tenant: &str,
+        token: &str,
+    ) -> (Ws, Option<String>) {
+        let url = format!("ws://{}/v1/ws?tenant={tenant}", runtime.address);
+        let mut request = url.into_client_request().unwrap();
+        let protocols = format!("parley.v1, bearer.{token}");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(&protocols).unwrap(),
+        );
+        let (socket, response) = match tokio_tungstenite::connect_async(request).await {
+            Ok(connected) => connected,
+            Err(error) => panic!("upgrade with the token in a subprotocol failed: {error}"),
+        };
+        let selected = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|value| value.to_str().unwrap().to_owned());
+        let mut ws = Ws { socket };
+        let ready = ws.next_json().await;
+        assert_eq!(ready["type"], "ready", "first frame: {ready}");
+        (ws, selected)
+    }
+}
+
+/// Returns the `error.code` of a REST error body, or of an upgrade's error
+/// body given as text.
+pub fn error_code(body: &Value) -> String {
+    let parsed = match body {
+        Value::String(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        other => other.clone(),
+    };
+    parsed["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Replaces `dir/config.yaml` in one rename, so the runtime's reload never
+/// reads a half-written file.
+pub fn write_config(dir: &Path, config: &str) {
+    let temporary = dir.join("config.yaml.new");
+    std::fs::write(&temporary, config).unwrap();
+    std::fs::rename(&temporary, dir.join("config.yaml")).unwrap();
+}
+
+/// Calls `check` every 50 ms until it returns true. Fails the test, naming
+/// `condition`, when that takes longer than [`WAIT`].
+pub async fn poll_until<F, Fut>(condition: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting until {condition}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `limits:` block for the acme tenant (pass it to [`config_yaml`]) that
+/// lets tests send hundreds of messages per second without `rate_limited`.
+pub const NO_RATE_LIMIT: &str =
+    "    limits:\n      messages_per_second: 10000\n      message_burst: 100000\n";
+
+/// Builds a config with the same tenants as [`config_yaml`], whose server
+/// section also contains `server_extra` (lines indented by two spaces, such
+/// as `"  max_replay: 5\n"`).
+pub fn config_yaml_with_server(server_extra: &str, acme_extra: &str) -> String {
+    format!(
+        "server:\n  heartbeat_seconds: 2\n  data_dir: data\n{server_extra}tenants:\n  - id: acme\n    display_name: Acme\n    api_keys:\n      - id: {ACME_KEY}\n        secret: {ACME_SECRET}\n    allowed_origins: [\"https://app.acme.test\"]\n{acme_extra}  - id: globex\n    display_name: Globex\n    api_keys:\n      - id: {GLOBEX_KEY}\n        secret: {GLOBEX_SECRET}\n"
+    )
+}
+
+/// Returns the `seq` of each message, in the order given.
+pub fn seqs_of(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|message| message["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// Reads the `parley_websocket_connections` gauge of `tenant` from GET
+/// /metrics. Returns `None` when the tenant has no sample yet.
+pub async fn websocket_connections(runtime: &Runtime, tenant: &str) -> Option<i64> {
+    let text = reqwest::get(format!("{}/metrics", runtime.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("parley_websocket_connections{{tenant=\"{tenant}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+/// Polls the connection gauge of `tenant` until it equals `expected`, and
+/// fails the test with the last value read after `wait`.
+pub async fn wait_for_connections(runtime: &Runtime, tenant: &str, expected: i64, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let current = websocket_connections(runtime, tenant).await;
+        if current == Some(expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "parley_websocket_connections for {tenant} is {current:?} after {wait:?}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl User {
+    /// Returns this user with the same token, sending its requests to
+    /// `runtime` (another process, or the same data directory after a restart).
+    pub fn at(&self, runtime: &Runtime) -> User {
+        User {
+            base: runtime.base_url(),
+            ..self.clone()
+        }
+    }
+}
+
+impl Ws {
+    /// Collects every text frame that arrives until none has come for `quiet`.
+    pub async fn frames_until_quiet(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut frames = Vec::new();
+        while let Some(Message::Text(text)) = self.next_frame(quiet).await {
+            frames.push(serde_json::from_str(text.as_str()).unwrap());
+        }
+        frames
+    }
+
+    /// Sends a close frame and waits until the server ends the stream.
+    pub async fn close(mut self) {
+        self.socket.close(None).await.unwrap();
+        while self.next_frame(WAIT).await.is_some() {}
+    }
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace: formatting, lints, then the
+# unit and cross-crate tests. CI runs this script through .ci/run.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# Stops with an install hint when `cargo SUBCOMMAND` is not available.
+require_cargo_subcommand() {
+    local subcommand=$1 component=$2
+    if ! cargo "$subcommand" --version >/dev/null 2>&1; then
+        echo "scripts/test.sh: cargo $subcommand is missing. Install it with: rustup component add $component" >&2
+        exit 1
+    fi
+}
+
+# Outside services for the tests, such as Redis or a Kubernetes API server.
+# start_services starts them and exports their addresses for the tests, and
+# stop_services stops them when the script exits, also after a failure.
+# The tests need no outside service yet.
+start_services() {
+    :
+}
+
+stop_services() {
+    :
+}
+
+require_cargo_subcommand fmt rustfmt
+require_cargo_subcommand clippy clippy
+
+test_output=""
+
+clean_up() {
+    stop_services
+    if [[ -n "$test_output" ]]; then
+        rm -f -- "$test_output"
+    fi
+}
+
+trap clean_up EXIT
+start_services
+
+cargo fmt --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+# --no-fail-fast runs every test binary even after one fails, so a single run
+# reports every failure. cargo test prints one "test result" line per test
+# binary. The last ones belong to doc-test runs, which may contain no test, so
+# the totals line at the end states what ran in the whole workspace.
+test_output=$(mktemp)
+test_status=0
+cargo test --workspace --no-fail-fast | tee "$test_output" || test_status=$?
+awk '/^test result:/ { runs++; passed += $4; failed += $6 }
+    END { if (runs > 0) printf "tests: %d passed, %d failed\n", passed, failed }' "$test_output"
+exit "$test_status"
