@@ -77,6 +77,7 @@ pub fn verify_user_token(
 
     let mut validation = Validation::new(Algorithm::HS256);
     validation.leeway = leeway;
+    validation.validate_nbf = true;
     validation.set_audience(&[tenant.id.as_str()]);
     validation.set_required_spec_claims(&["exp", "aud", "sub"]);
 
@@ -251,6 +252,19 @@ mod tests {
         assert_eq!(
             verify_user_token(&acme, &sign(now - LEEWAY - 5), LEEWAY).unwrap_err(),
             TokenError::Expired
+        );
+    }
+
+    #[test]
+    fn future_nbf_is_rejected() {
+        let acme = tenant("acme", SECRET);
+        let now = unix_now();
+        let claims =
+            serde_json::json!({"sub": "bob", "aud": "acme", "exp": now + 600, "nbf": now + 300});
+        let token = sign_raw(Algorithm::HS256, "k1", &claims, SECRET.as_bytes());
+        assert_eq!(
+            verify_user_token(&acme, &token, LEEWAY).unwrap_err(),
+            TokenError::Invalid
         );
     }
 

@@ -66,6 +66,10 @@ pub struct ServerConfig {
     /// Allowed clock difference, in seconds, when checking a user token's
     /// `exp`. Open sockets close this long after their token's `exp`.
     pub token_leeway_seconds: u64,
+    /// Seconds between SIGTERM and closing the listener, during which
+    /// `/readyz` fails but requests are still served, so load balancers stop
+    /// routing here before connections are refused.
+    pub shutdown_delay_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +81,7 @@ impl Default for ServerConfig {
             dedupe_retention_days: 7,
             max_replay: 1000,
             token_leeway_seconds: 30,
+            shutdown_delay_seconds: 0,
         }
     }
 }
@@ -134,7 +139,8 @@ pub struct Limits {
     pub max_custom_bytes: usize,
     /// Sustained sends per second per user, across all of the user's sockets.
     pub messages_per_second: u32,
-    /// Sends a user may make in a burst above the sustained rate.
+    /// Largest burst of sends: the size of the user's token bucket, which
+    /// refills at `messages_per_second`.
     pub message_burst: u32,
     /// Open WebSockets per user.
     pub max_sockets_per_user: u32,
@@ -254,6 +260,12 @@ fn validate_server(server: &ServerConfig) -> Result<(), ConfigError> {
         return Err(invalid(
             "server.dedupe_retention_days",
             "must be at least 7, so client retries within a week stay deduplicated",
+        ));
+    }
+    if server.shutdown_delay_seconds > 300 {
+        return Err(invalid(
+            "server.shutdown_delay_seconds",
+            "must be at most 300",
         ));
     }
     if server.token_leeway_seconds > 300 {

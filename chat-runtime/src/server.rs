@@ -1,6 +1,7 @@
 //! Start-up, configuration reload and graceful shutdown.
 //!
-//! Shutdown order: readiness turns false and the listener stops accepting;
+//! Shutdown order: readiness turns false, and after
+//! `server.shutdown_delay_seconds` the listener stops accepting;
 //! every socket gets a close frame (each finishes the write it is doing
 //! first); once all sockets are gone, or [`DRAIN_TIMEOUT`] passed, every
 //! store finishes its queued writes and flushes; then the process exits.
@@ -132,6 +133,14 @@ pub async fn run(
     stop.await;
     tracing::info!("Shutting down");
     state.ready.store(false, Ordering::Release);
+    let delay = Duration::from_secs(state.server.shutdown_delay_seconds);
+    if !delay.is_zero() {
+        tracing::info!(
+            seconds = delay.as_secs(),
+            "Not ready; serving until the shutdown delay ends"
+        );
+        tokio::time::sleep(delay).await;
+    }
     let _ = shutdown_sender.send(true);
 
     state.connections.close();

@@ -208,7 +208,7 @@ impl FromRequestParts<SharedState> for UserAuth {
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
         let result = UserAuth::authenticate(state, parts, TokenSources::HeaderOnly).await;
-        result.map_err(|error| count_error(state, parts, error))
+        result.map_err(ApiError)
     }
 }
 
@@ -225,7 +225,7 @@ impl FromRequestParts<SharedState> for ServerAuth {
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
         let result = authenticate_server(state, parts);
-        result.map_err(|error| count_error(state, parts, error))
+        result.map_err(ApiError)
     }
 }
 
@@ -256,15 +256,6 @@ fn authenticate_server(state: &SharedState, parts: &Parts) -> Result<ServerAuth,
         return Err(invalid());
     }
     Ok(ServerAuth { tenant })
-}
-
-fn count_error(state: &SharedState, parts: &Parts, error: ChatError) -> ApiError {
-    let tenant = match tenant_from_parts(state, parts) {
-        Some(Ok(tenant)) => tenant.id.clone(),
-        _ => String::from("unknown"),
-    };
-    state.metrics.error(&tenant, error.code);
-    ApiError(error)
 }
 
 #[cfg(test)]

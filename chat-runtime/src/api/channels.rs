@@ -283,8 +283,7 @@ pub async fn send(
         request.client_id,
         request.content,
     )
-    .await
-    .inspect_err(|error| state.metrics.error(&auth.tenant.id, error.code))?;
+    .await?;
     let status = if appended.duplicate {
         StatusCode::OK
     } else {

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use serde::Serialize;
@@ -63,6 +64,26 @@ struct ErrorDetail<'a> {
     retry_after_ms: Option<u64>,
 }
 
+/// Code of an error response, left in the response's extensions for
+/// [`count_errors`].
+#[derive(Debug, Clone, Copy)]
+struct ErrorCode(&'static str);
+
+/// Counts every error response by tenant and code. Tenants that are not
+/// served here count as `unknown`, so a client cannot create metric labels.
+async fn count_errors(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let tenant = match tenant_from_parts(&state, &parts) {
+        Some(Ok(tenant)) => tenant.id.clone(),
+        _ => String::from("unknown"),
+    };
+    let response = next.run(Request::from_parts(parts, body)).await;
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        state.metrics.error(&tenant, code);
+    }
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let error = self.0;
@@ -75,6 +96,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (error.status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(error.code));
         if let Some(wait) = error.retry_after {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
@@ -135,9 +157,14 @@ pub fn router(state: SharedState) -> Router {
 
     user_api
         .merge(server_api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            count_errors,
+        ))
         .layer(cors_layer(Arc::clone(&state)))
         .merge(operations)
-        .fallback(not_found)
         .with_state(state)
 }
 
@@ -200,6 +227,14 @@ async fn metrics(State(state): State<SharedState>) -> Response {
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(ChatError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that HTTP method",
+    ))
 }
 
 async fn not_found() -> ApiError {

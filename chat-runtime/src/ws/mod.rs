@@ -35,14 +35,18 @@ pub async fn upgrade(State(state): State<SharedState>, request: Request) -> Resp
 
     let auth = match UserAuth::authenticate(&state, &parts, TokenSources::WebSocket).await {
         Ok(auth) => auth,
-        Err(error) => {
-            state.metrics.error("unknown", error.code);
-            return ApiError(error).into_response();
-        }
+        Err(error) => return ApiError(error).into_response(),
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            let error = ChatError::new(
+                rejection.status(),
+                "websocket_upgrade_required",
+                rejection.body_text(),
+            );
+            return ApiError(error).into_response();
+        }
     };
 
     let settings = auth.tenant.settings();
@@ -59,7 +63,6 @@ pub async fn upgrade(State(state): State<SharedState>, request: Request) -> Resp
                 settings.limits.max_sockets_per_user
             ),
         );
-        state.metrics.error(&auth.tenant.id, error.code);
         return ApiError(error).into_response();
     };
 

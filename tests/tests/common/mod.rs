@@ -105,6 +105,10 @@ impl Runtime {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGKILL and waits for the process to end.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
