@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
@@ -124,6 +125,13 @@ pub async fn run(
     state.ready.store(true, Ordering::Release);
 
     let mut stopping = state.shutdown.clone();
+    // Without TCP_NODELAY, an ack followed by the message frame waits for the
+    // peer's delayed ACK (about 40 ms on Linux) before the second is sent.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(error = %error, "Failed to set TCP_NODELAY");
+        }
+    });
     let serve =
         axum::serve(listener, api::router(Arc::clone(&state))).with_graceful_shutdown(async move {
             api::shutdown_started(&mut stopping).await;
