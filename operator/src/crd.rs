@@ -1,0 +1,233 @@
+//! The `ChatTenant` custom resource (`parley.dev/v1alpha1`, cluster-scoped).
+//!
+//! Optional fields carry no schema defaults: GitOps tools compare what they
+//! applied with what the server stores, and a default filled in by the
+//! server would show as drift. The values in force are reported under
+//! `status.effective` instead.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Group and version of the resource.
+pub const GROUP: &str = "parley.dev";
+pub const VERSION: &str = "v1alpha1";
+
+/// A chat tenant: one isolated chat runtime with its own namespace,
+/// credentials, storage and endpoint.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "parley.dev",
+    version = "v1alpha1",
+    kind = "ChatTenant",
+    plural = "chattenants",
+    singular = "chattenant",
+    shortname = "ct",
+    status = "ChatTenantStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".status.namespace"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatTenantSpec {
+    /// Tenant id: a DNS label (lowercase letters, digits and '-', at most
+    /// 40 characters). It names the tenant namespace (`parley-<tenantId>`),
+    /// is the audience of the tenant's user tokens, and cannot change after
+    /// creation.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"),
+        length(min = 1, max = 40)
+    )]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "self == oldSelf", "message": "tenantId is immutable"}]))]
+    pub tenant_id: String,
+
+    /// Human-readable tenant name. Defaults to the tenant id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub display_name: Option<String>,
+
+    /// The chat runtime's workload and the limits it enforces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSpec>,
+
+    /// Where chat history is stored. Defaults to the embedded store on a
+    /// PersistentVolumeClaim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+
+    /// Public endpoint of the tenant. When set, an Ingress routes `host` to
+    /// the runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointSpec>,
+
+    /// Browser origins allowed to call the tenant's API and open WebSockets,
+    /// such as `https://app.example.com`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allowed_origins: Vec<String>,
+
+    /// What happens to the tenant namespace and its data when this resource
+    /// is deleted: `Retain` (the default) keeps them for a later ChatTenant
+    /// with the same tenantId to adopt; `Delete` removes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// Fate of a tenant's namespace and data when its ChatTenant is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the namespace and its data, marked as retained.
+    #[default]
+    Retain,
+    /// Delete the namespace and everything in it.
+    Delete,
+}
+
+/// The runtime workload.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeSpec {
+    /// Number of runtime pods. The embedded store supports exactly one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: Option<i32>,
+
+    /// Container image of the runtime. Defaults to the image the operator
+    /// was configured with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// CPU and memory requests and limits of the runtime container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Limits the runtime enforces for this tenant's users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<TenantLimits>,
+}
+
+/// Per-user limits, passed to the runtime's configuration. Each one left
+/// out uses the runtime's default, reported in `status.effective`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantLimits {
+    /// Largest text message, in bytes of UTF-8 (runtime default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_message_bytes: Option<u32>,
+
+    /// Sustained messages per second per user (runtime default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub messages_per_second: Option<u32>,
+
+    /// Largest burst of messages per user (runtime default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub message_burst: Option<u32>,
+
+    /// Open WebSockets per user (runtime default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_sockets_per_user: Option<u32>,
+}
+
+/// Storage of chat history.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// The embedded store: one SQLite file on a PersistentVolumeClaim, for
+    /// a single runtime pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<EmbeddedStorage>,
+}
+
+/// Settings of the embedded store's volume.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmbeddedStorage {
+    /// Size of the PersistentVolumeClaim, such as `10Gi` (default `1Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub size: Option<String>,
+
+    /// StorageClass of the claim; the cluster's default class when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+/// The tenant's public endpoint.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSpec {
+    /// Host name the Ingress serves, such as `chat.acme.example`.
+    #[schemars(
+        regex(
+            pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+        ),
+        length(min = 1, max = 253)
+    )]
+    pub host: String,
+
+    /// IngressClass of the Ingress; the cluster's default class when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub ingress_class_name: Option<String>,
+
+    /// Secret in the tenant namespace holding the TLS certificate for
+    /// `host`. Without it the Ingress serves plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub tls_secret_name: Option<String>,
+}
+
+/// Observed state, written by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatTenantStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, one condition per component (`NamespaceReady`,
+    /// `CredentialsReady`, `RuntimeReady`, `EndpointReady`), and
+    /// `Reconciling` or `Stalled` while they apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// The tenant namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+
+    /// Base URL of the tenant's API: the Ingress host when one is set,
+    /// otherwise the in-cluster Service address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+
+    /// Secret in the tenant namespace with the API key id and secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+
+    /// Values in force, including defaults the spec left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<EffectiveSettings>,
+}
+
+/// Settings in force after defaults.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveSettings {
+    pub deletion_policy: DeletionPolicy,
+    pub replicas: i32,
+    pub image: String,
+    pub storage_size: String,
+    pub max_message_bytes: u32,
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    pub max_sockets_per_user: u32,
+}
