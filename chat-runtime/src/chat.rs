@@ -3,6 +3,7 @@
 //! the hub. A write always completes before anything is delivered, so no
 //! client ever sees a message that is not durable.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,29 @@ pub fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// Takes one action from the user's rate bucket. Sends and channel changes
+/// share the bucket, since each one makes the server write and notify
+/// other users' sockets.
+fn take_rate(tenant: &Tenant, user: &str) -> Result<(), ChatError> {
+    let settings = tenant.settings();
+    let Err(wait) = tenant
+        .rate
+        .try_acquire(user, &settings.limits, Instant::now())
+    else {
+        return Ok(());
+    };
+    let mut error = ChatError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "more than {} messages or channel changes per second; retry later",
+            settings.limits.messages_per_second
+        ),
+    );
+    error.retry_after = Some(wait);
+    Err(error)
+}
+
 /// Checks, stores and delivers one message.
 pub async fn send_message(
     tenant: &Tenant,
@@ -103,21 +127,7 @@ pub async fn send_message(
     let settings = tenant.settings();
     limits::check_client_id(&client_id)?;
     limits::check_content(&content, &settings.limits)?;
-    if let Err(wait) = tenant
-        .rate
-        .try_acquire(sender, &settings.limits, Instant::now())
-    {
-        let mut error = ChatError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "more than {} messages per second; retry later",
-                settings.limits.messages_per_second
-            ),
-        );
-        error.retry_after = Some(wait);
-        return Err(error);
-    }
+    take_rate(tenant, sender)?;
 
     let appended = tenant
         .store
@@ -157,6 +167,7 @@ pub async fn open_direct(
     peer: &str,
     subject: Option<&str>,
 ) -> Result<Channel, ChatError> {
+    take_rate(tenant, user)?;
     let now = now_millis();
     let (channel, members) = tenant.store.open_direct(user, peer, subject, now).await?;
     // The store stamps a new channel with `now`, so an older stamp means the
@@ -173,6 +184,7 @@ pub async fn create_group(
     name: &str,
     members: &[String],
 ) -> Result<Channel, ChatError> {
+    take_rate(tenant, creator)?;
     let (channel, members) = tenant
         .store
         .create_group(creator, name, members, now_millis())
@@ -187,6 +199,7 @@ pub async fn add_member(
     channel_id: &str,
     user: &str,
 ) -> Result<MembershipChange, ChatError> {
+    take_rate(tenant, actor)?;
     let change = tenant
         .store
         .add_member(channel_id, actor, user, now_millis())
@@ -231,6 +244,14 @@ pub async fn remove_member(
 /// own sockets start tracking the channel from its current last message.
 fn announce_added(tenant: &Tenant, channel: &Channel, added: &[String], members: &[String]) {
     let channel_id = channel.id.as_str();
+    // Each added user hears of its own joining only, and members from before
+    // hear of each added user. At creation every member is new, so one
+    // request costs one frame per member instead of one per pair.
+    let added_set: HashSet<&String> = added.iter().collect();
+    let earlier: Vec<&String> = members
+        .iter()
+        .filter(|member| !added_set.contains(member))
+        .collect();
     for user in added {
         let frame = ServerFrame::MemberAdded {
             channel_id,
@@ -245,10 +266,9 @@ fn announce_added(tenant: &Tenant, channel: &Channel, added: &[String], members:
         tenant
             .hub
             .send_to_users(std::slice::from_ref(user), &to_added, None);
-        let others = members.iter().filter(|member| *member != user);
         tenant
             .hub
-            .send_to_users(others, &Outbound::Event(frame), None);
+            .send_to_users(earlier.iter().copied(), &Outbound::Event(frame), None);
     }
 }
 

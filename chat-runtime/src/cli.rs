@@ -35,6 +35,12 @@ enum LogFormat {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // tungstenite logs frame payloads at trace level, and those carry message
+    // bodies and tokens, so its logs stop at debug whatever PARLEY_LOG says.
+    let filter = ["tungstenite=debug", "tokio_tungstenite=debug"]
+        .into_iter()
+        .filter_map(|directive| directive.parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
     // Colours only for a terminal, so log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -96,18 +102,7 @@ async fn serve(cli: Cli) -> ExitCode {
     match server::run(options, stop_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                // Some errors (serde_yaml's among them) repeat their source's
-                // text in their own message.
-                let cause_text = cause.to_string();
-                if !message.contains(&cause_text) {
-                    message.push_str(": ");
-                    message.push_str(&cause_text);
-                }
-                source = cause.source();
-            }
+            let message = server::error_chain(&error);
             tracing::error!(error = %message, "Failed to start");
             eprintln!("chat-runtime: {message}");
             ExitCode::FAILURE

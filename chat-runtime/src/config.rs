@@ -66,6 +66,10 @@ pub struct ServerConfig {
     /// Allowed clock difference, in seconds, when checking a user token's
     /// `exp`. Open sockets close this long after their token's `exp`.
     pub token_leeway_seconds: u64,
+    /// Separate address for `/metrics`. When set, the main listener does not
+    /// serve `/metrics`, so a public endpoint does not reveal the tenant list
+    /// and traffic figures.
+    pub metrics_listen: Option<SocketAddr>,
     /// Seconds between SIGTERM and closing the listener, during which
     /// `/readyz` fails but requests are still served, so load balancers stop
     /// routing here before connections are refused.
@@ -82,6 +86,7 @@ impl Default for ServerConfig {
             max_replay: 1000,
             token_leeway_seconds: 30,
             shutdown_delay_seconds: 0,
+            metrics_listen: None,
         }
     }
 }
@@ -158,11 +163,12 @@ impl Default for Limits {
     }
 }
 
-/// Largest WebSocket message and frame the server reads. It leaves room for
-/// the largest allowed content plus the JSON envelope; larger frames close
-/// the socket with code 1009.
+/// Largest WebSocket message and frame the server reads; larger frames close
+/// the socket with code 1009. JSON may escape each byte of content as
+/// `\u00XX`, six bytes, so the limit allows six times the largest content
+/// plus the envelope.
 pub fn max_frame_bytes(limits: &Limits) -> usize {
-    limits.max_message_bytes.max(limits.max_custom_bytes) * 2 + 4096
+    limits.max_message_bytes.max(limits.max_custom_bytes) * 6 + 4096
 }
 
 /// A tenant's API key with its secret loaded.

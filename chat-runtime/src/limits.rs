@@ -42,8 +42,17 @@ pub fn check_client_id(client_id: &str) -> Result<(), ContentError> {
 pub fn check_content(content: &Content, limits: &Limits) -> Result<(), ContentError> {
     match content {
         Content::Text { text } => {
-            if text.trim().is_empty() {
-                return Err(ContentError::new("empty_message", "text must not be empty"));
+            if !has_visible_char(text) {
+                return Err(ContentError::new(
+                    "empty_message",
+                    "text must contain a visible character",
+                ));
+            }
+            if has_control_char(text) {
+                return Err(ContentError::new(
+                    "invalid_text",
+                    "text must not contain control characters other than tab and line breaks",
+                ));
             }
             if text.len() > limits.max_message_bytes {
                 return Err(ContentError::new(
@@ -93,6 +102,35 @@ pub fn check_content(content: &Content, limits: &Limits) -> Result<(), ContentEr
         }
     }
     Ok(())
+}
+
+/// True for characters that render as nothing: zero-width spaces and
+/// joiners, bidirectional controls, the byte order mark and the soft hyphen.
+/// They can hide inside ids and make a message look empty.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// True when `text` has a character that is neither white space, a control
+/// character nor invisible.
+pub fn has_visible_char(text: &str) -> bool {
+    text.chars()
+        .any(|c| !c.is_whitespace() && !c.is_control() && !is_invisible(c))
+}
+
+/// True when `text` has a control character other than tab, CR or LF.
+pub fn has_control_char(text: &str) -> bool {
+    text.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
 }
 
 /// Token buckets per user, shared by all of the user's sockets in this
@@ -179,6 +217,36 @@ mod tests {
             check_content(&empty, &Limits::default()).unwrap_err().code,
             "empty_message"
         );
+    }
+
+    #[test]
+    fn invisible_text_is_empty() {
+        for text in ["\u{200B}", " \u{FEFF}\u{200D} ", "\u{202E}"] {
+            let content = Content::Text { text: text.into() };
+            let error = check_content(&content, &Limits::default()).unwrap_err();
+            assert_eq!(error.code, "empty_message", "{text:?}");
+        }
+        let family = Content::Text {
+            text: "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}".into(),
+        };
+        assert!(check_content(&family, &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn control_characters_are_rejected() {
+        let content = Content::Text {
+            text: "a\u{0000}b".into(),
+        };
+        assert_eq!(
+            check_content(&content, &Limits::default())
+                .unwrap_err()
+                .code,
+            "invalid_text"
+        );
+        let lines = Content::Text {
+            text: "Xin chào\nbạn\tơi".into(),
+        };
+        assert!(check_content(&lines, &Limits::default()).is_ok());
     }
 
     #[test]

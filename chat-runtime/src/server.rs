@@ -97,6 +97,20 @@ pub async fn run(
             source,
         })?;
     let address = listener.local_addr().map_err(ServerError::Serve)?;
+    let metrics_listener = match config.server.metrics_listen {
+        Some(metrics_address) => {
+            let listener = tokio::net::TcpListener::bind(metrics_address)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    address: metrics_address,
+                    source,
+                })?;
+            let bound = listener.local_addr().map_err(ServerError::Serve)?;
+            tracing::info!(address = %bound, "Serving metrics");
+            Some(listener)
+        }
+        None => None,
+    };
 
     let (shutdown_sender, shutdown) = watch::channel(false);
     let state: SharedState = Arc::new(AppState {
@@ -137,6 +151,16 @@ pub async fn run(
             api::shutdown_started(&mut stopping).await;
         });
     let server = tokio::spawn(async move { serve.await });
+    if let Some(listener) = metrics_listener {
+        let mut stopping = state.shutdown.clone();
+        let serve = axum::serve(listener, api::metrics_router(Arc::clone(&state)))
+            .with_graceful_shutdown(async move { api::shutdown_started(&mut stopping).await });
+        tokio::spawn(async move {
+            if let Err(error) = serve.await {
+                tracing::error!(error = %error, "Metrics listener failed");
+            }
+        });
+    }
 
     stop.await;
     tracing::info!("Shutting down");
@@ -161,8 +185,13 @@ pub async fn run(
             "Sockets still open after the drain timeout"
         );
     }
-    if let Ok(Err(error)) = server.await {
-        tracing::error!(error = %error, "HTTP server failed");
+    // NOTE: the HTTP server sets no header-read timeout, so a client that
+    // never finishes its request headers holds a connection open; this bound
+    // keeps such a client from delaying shutdown past the drain timeout.
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(Ok(Err(error))) => tracing::error!(error = %error, "HTTP server failed"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("HTTP connections still open after the drain timeout"),
     }
     state.tenants.close_all().await;
     tracing::info!("Stopped");
@@ -178,6 +207,7 @@ async fn watch_config(
     state: SharedState,
 ) {
     let mut shutdown = state.shutdown.clone();
+    let mut failed_text: Option<String> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
@@ -193,13 +223,11 @@ async fn watch_config(
         if text == last_text {
             continue;
         }
-        let parsed = parse(&options, &text);
-        last_text = text;
-
-        let next = match parsed {
+        let next = match parse(&options, &text) {
             Ok(next) => next,
             Err(error) => {
-                tracing::error!(error = %error, "Configuration change rejected; keeping the previous configuration");
+                tracing::error!(error = %error_chain(&error), "Configuration change rejected; keeping the previous configuration");
+                last_text = text;
                 continue;
             }
         };
@@ -207,16 +235,45 @@ async fn watch_config(
             tracing::warn!("Changes to the server section take effect only after a restart");
         }
         match state.tenants.apply(&next).await {
-            Ok(summary) => tracing::info!(
-                added = ?summary.added,
-                removed = ?summary.removed,
-                updated = ?summary.updated,
-                "Configuration reloaded"
-            ),
-            Err(error) => tracing::error!(error = %error, "Configuration change failed to apply"),
+            Ok(summary) => {
+                tracing::info!(
+                    added = ?summary.added,
+                    removed = ?summary.removed,
+                    updated = ?summary.updated,
+                    "Configuration reloaded"
+                );
+                current = next;
+                last_text = text;
+                failed_text = None;
+            }
+            // The text stays unapplied, so the next check retries it (a
+            // store may open once a disk problem is fixed). Each failing text
+            // is logged once.
+            Err(error) => {
+                if failed_text.as_ref() != Some(&text) {
+                    tracing::error!(error = %error_chain(&error), "Configuration change failed to apply; keeping the previous configuration and retrying");
+                    failed_text = Some(text);
+                }
+            }
         }
-        current = next;
     }
+}
+
+/// Formats an error with its sources, for one log field.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // Some errors (serde_yaml's among them) repeat their source's text in
+        // their own message.
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 async fn purge_client_ids(state: SharedState) {

@@ -109,19 +109,31 @@ impl Tenants {
     /// settings from the next request on; removed ones have their sockets
     /// closed and their store flushed.
     pub async fn apply(&self, config: &Config) -> Result<ReloadSummary, TenantError> {
+        // New stores open first: if one fails, nothing has changed yet and
+        // the previous configuration stays in force as a whole.
         let mut summary = ReloadSummary::default();
         let mut opened = Vec::new();
+        for settings in config
+            .tenants
+            .iter()
+            .filter(|settings| self.get(&settings.id).is_none())
+        {
+            match open_tenant(&self.data_dir, settings.clone()) {
+                Ok(tenant) => opened.push(tenant),
+                Err(error) => {
+                    close_stores(&opened).await;
+                    return Err(error);
+                }
+            }
+            summary.added.push(settings.id.clone());
+        }
+
         for settings in &config.tenants {
-            match self.get(&settings.id) {
-                Some(tenant) if *tenant.settings() != *settings => {
-                    tenant.replace_settings(settings.clone());
-                    summary.updated.push(settings.id.clone());
-                }
-                Some(_) => {}
-                None => {
-                    opened.push(open_tenant(&self.data_dir, settings.clone())?);
-                    summary.added.push(settings.id.clone());
-                }
+            if let Some(tenant) = self.get(&settings.id)
+                && *tenant.settings() != *settings
+            {
+                tenant.replace_settings(settings.clone());
+                summary.updated.push(settings.id.clone());
             }
         }
 
@@ -167,6 +179,14 @@ impl Tenants {
         self.map
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn close_stores(tenants: &[Arc<Tenant>]) {
+    for tenant in tenants {
+        if let Err(error) = tenant.store.close().await {
+            tracing::warn!(tenant = %tenant.id, error = %error, "Failed to close a store opened for a rejected reload");
+        }
     }
 }
 

@@ -29,7 +29,8 @@ async fn start_chat(acme_limits: &str) -> Chat {
     let acme = runtime.api("acme");
     let alice = acme.user("alice").await;
     let bob = acme.user("bob").await;
-    let channel = alice.direct_with("bob", None).await;
+    // Bob opens the channel, so alice's rate bucket is still full.
+    let channel = bob.direct_with("alice", None).await;
     Chat {
         _dir: dir,
         runtime,
@@ -527,4 +528,28 @@ async fn foreign_and_unknown_channels_answer_alike() {
     let foreign = next_reply(&mut socket).await;
     assert_eq!(unknown["code"], "not_found", "{unknown}");
     assert_eq!(foreign, unknown, "WebSocket send to globex's channel");
+}
+
+#[tokio::test]
+async fn channel_changes_share_the_rate_bucket() {
+    let chat =
+        start_chat("    limits:\n      messages_per_second: 1\n      message_burst: 2\n").await;
+    let acme = chat.runtime.api("acme");
+    for peer in ["p1", "p2", "p3"] {
+        acme.upsert_user(peer, peer).await;
+    }
+
+    for peer in ["p1", "p2"] {
+        let (status, body) = chat
+            .alice
+            .post("/v1/channels/direct", json!({ "user_id": peer }))
+            .await;
+        assert_eq!(status, 200, "open direct with {peer}: {body}");
+    }
+    let (status, body) = chat
+        .alice
+        .post("/v1/channels/direct", json!({ "user_id": "p3" }))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
 }

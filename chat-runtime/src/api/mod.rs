@@ -115,7 +115,15 @@ impl<E: Into<ChatError>> From<E> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// Builds the router with CORS and every route.
+/// Builds the router of the separate metrics listener.
+pub fn metrics_router(state: SharedState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Builds the router with CORS and every route. `/metrics` is part of it
+/// only when no separate metrics listener is configured.
 pub fn router(state: SharedState) -> Router {
     let user_api = Router::new()
         .route("/v1/me", get(channels::me))
@@ -150,10 +158,12 @@ pub fn router(state: SharedState) -> Router {
             post(server_api::mint_token),
         );
 
-    let operations = Router::new()
+    let mut operations = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/readyz", get(readyz));
+    if state.server.metrics_listen.is_none() {
+        operations = operations.route("/metrics", get(metrics));
+    }
 
     user_api
         .merge(server_api)

@@ -10,6 +10,7 @@ use super::channels::JsonBody;
 use super::{ApiResult, ServerAuth};
 use crate::auth::{self, MAX_TOKEN_TTL_SECONDS};
 use crate::chat::{self, ChatError};
+use crate::limits;
 use crate::store::User;
 
 /// Largest user id, display name and metadata, in bytes.
@@ -31,12 +32,14 @@ pub struct UpsertUser {
 fn check_user_id(user_id: &str) -> Result<(), ChatError> {
     let valid = !user_id.is_empty()
         && user_id.len() <= MAX_USER_ID_BYTES
-        && !user_id.chars().any(|c| c.is_control() || c.is_whitespace());
+        && !user_id
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || limits::is_invisible(c));
     if valid {
         Ok(())
     } else {
         Err(ChatError::invalid(format!(
-            "user id must be 1 to {MAX_USER_ID_BYTES} bytes without spaces or control characters"
+            "user id must be 1 to {MAX_USER_ID_BYTES} bytes without spaces, control or invisible characters"
         )))
     }
 }
@@ -47,8 +50,14 @@ pub async fn upsert_user(
     JsonBody(request): JsonBody<UpsertUser>,
 ) -> ApiResult<Json<User>> {
     check_user_id(&user_id)?;
-    if request.name.trim().is_empty() || request.name.len() > MAX_NAME_BYTES {
-        return Err(ChatError::invalid(format!("name must be 1 to {MAX_NAME_BYTES} bytes")).into());
+    let name_valid = limits::has_visible_char(&request.name)
+        && !limits::has_control_char(&request.name)
+        && request.name.len() <= MAX_NAME_BYTES;
+    if !name_valid {
+        return Err(ChatError::invalid(format!(
+            "name must be 1 to {MAX_NAME_BYTES} bytes with a visible character and no control characters"
+        ))
+        .into());
     }
     let metadata = request.metadata.unwrap_or_else(|| serde_json::json!({}));
     if !metadata.is_object() {

@@ -282,6 +282,11 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the member user ids of a channel, or `NotFound`.
     async fn member_ids(&self, channel_id: &str) -> StoreResult<Vec<String>>;
 
+    /// Every channel of `user` with its newest sequence number, in no
+    /// particular order. One indexed read whatever the number of channels,
+    /// because every new socket calls it.
+    async fn channel_positions(&self, user: &str) -> StoreResult<Vec<(String, u64)>>;
+
     /// Channels of `user`, most recent activity first, at most `limit`.
     /// `before` continues a previous page: `(last_activity, channel_id)` of
     /// its last entry.

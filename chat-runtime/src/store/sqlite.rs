@@ -378,6 +378,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn channel_positions(&self, user: &str) -> StoreResult<Vec<(String, u64)>> {
+        let user = user.to_owned();
+        self.read(move |conn| queries::channel_positions(conn, &user))
+            .await
+    }
+
     async fn list_channels(
         &self,
         user: &str,

@@ -3,13 +3,18 @@
 pub mod protocol;
 mod session;
 
+use std::sync::Arc;
+
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
 
 use crate::api::{ApiError, SharedState, TokenSources, UserAuth};
 use crate::chat::ChatError;
 use crate::config::max_frame_bytes;
+use crate::hub::{ConnectionId, Outbound, TooManyConnections};
+use crate::tenant::Tenant;
 
 /// Bytes tungstenite reads from the socket at a time. Its default of
 /// 128 KiB per connection would dominate the memory of idle sockets; chat
@@ -50,11 +55,12 @@ pub async fn upgrade(State(state): State<SharedState>, request: Request) -> Resp
     };
 
     let settings = auth.tenant.settings();
-    let registration = auth
-        .tenant
-        .hub
-        .register(&auth.user_id, settings.limits.max_sockets_per_user);
-    let Ok((connection_id, outbound)) = registration else {
+    let registration = Registration::new(
+        &auth.tenant,
+        &auth.user_id,
+        settings.limits.max_sockets_per_user,
+    );
+    let Ok((registration, outbound)) = registration else {
         let error = ChatError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_connections",
@@ -83,8 +89,40 @@ pub async fn upgrade(State(state): State<SharedState>, request: Request) -> Resp
 
     let connections = state.connections.clone();
     upgrade.on_upgrade(move |socket| {
-        connections.track_future(session::run(state, socket, auth, connection_id, outbound))
+        connections.track_future(session::run(state, socket, auth, registration, outbound))
     })
+}
+
+/// A socket's place in its tenant's hub. Dropping it releases the place,
+/// also when the upgrade never completes (the client reset the connection
+/// before the 101 response) or the session task panics, so a user's socket
+/// limit cannot fill up with sockets that do not exist.
+pub struct Registration {
+    tenant: Arc<Tenant>,
+    user_id: String,
+    pub id: ConnectionId,
+}
+
+impl Registration {
+    fn new(
+        tenant: &Arc<Tenant>,
+        user_id: &str,
+        max_sockets: u32,
+    ) -> Result<(Registration, mpsc::Receiver<Outbound>), TooManyConnections> {
+        let (id, outbound) = tenant.hub.register(user_id, max_sockets)?;
+        let registration = Registration {
+            tenant: Arc::clone(tenant),
+            user_id: user_id.to_owned(),
+            id,
+        };
+        Ok((registration, outbound))
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.tenant.hub.unregister(&self.user_id, self.id);
+    }
 }
 
 fn offers_subprotocol<F>(upgrade: &WebSocketUpgrade<F>) -> bool {

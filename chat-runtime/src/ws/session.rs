@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 use tracing::Instrument;
 
+use super::Registration;
 use super::protocol::{ClientFrame, ServerFrame, TypingState, close, peek_ref};
 use crate::api::{SharedState, UserAuth};
 use crate::chat::{self, ChatError};
@@ -35,6 +36,9 @@ use crate::tenant::Tenant;
 /// A typing indicator ends by itself this long after its last refresh.
 const TYPING_TTL: Duration = Duration::from_secs(6);
 
+/// Longest timer set for a token's expiry: one year.
+const MAX_EXPIRY_TIMER_SECONDS: u64 = 365 * 24 * 3600;
+
 /// Longest wait for one frame to be written. A healthy client reads a
 /// frame of a few KiB within milliseconds; ten seconds leaves room for slow
 /// mobile links.
@@ -42,9 +46,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest wait for the client's answer to the server's close frame.
 const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Channels read per page when loading the socket's starting positions.
-const POSITIONS_PAGE: u32 = 200;
 
 /// Reason the session loop ended.
 enum Exit {
@@ -76,11 +77,11 @@ pub async fn run(
     state: SharedState,
     socket: WebSocket,
     auth: UserAuth,
-    connection_id: ConnectionId,
+    registration: Registration,
     outbound: mpsc::Receiver<Outbound>,
 ) {
-    let span = tracing::info_span!("ws", tenant = %auth.tenant.id, user = %auth.user_id, connection = connection_id);
-    serve_connection(state, socket, auth, connection_id, outbound)
+    let span = tracing::info_span!("ws", tenant = %auth.tenant.id, user = %auth.user_id, connection = registration.id);
+    serve_connection(state, socket, auth, registration, outbound)
         .instrument(span)
         .await;
 }
@@ -89,12 +90,11 @@ async fn serve_connection(
     state: SharedState,
     socket: WebSocket,
     auth: UserAuth,
-    connection_id: ConnectionId,
+    registration: Registration,
     outbound: mpsc::Receiver<Outbound>,
 ) {
     let tenant = Arc::clone(&auth.tenant);
-    let label = Metrics::tenant(&tenant.id);
-    state.metrics.connections.get_or_create(&label).inc();
+    let connection_id = registration.id;
     tracing::debug!("WebSocket opened");
 
     let mut session = Session {
@@ -113,8 +113,7 @@ async fn serve_connection(
     let exit = session.serve(outbound, expires_at).await;
     session.finish(exit).await;
 
-    tenant.hub.unregister(&auth.user_id, connection_id);
-    state.metrics.connections.get_or_create(&label).dec();
+    drop(registration);
     tracing::debug!("WebSocket closed");
 }
 
@@ -177,26 +176,13 @@ impl Session {
 
     /// Starts every channel of the user at its newest sequence number.
     async fn load_positions(&mut self) -> Result<(), ChatError> {
-        let mut before = None;
-        loop {
-            let page = self
-                .tenant
-                .store
-                .list_channels(&self.user_id, before, POSITIONS_PAGE)
-                .await?;
-            for summary in &page {
-                let channel: Arc<str> = Arc::from(summary.channel.id.as_str());
-                self.positions
-                    .insert(Arc::clone(&channel), summary.channel.last_seq);
-                self.starts.insert(channel, summary.channel.last_seq);
-            }
-            match page.last() {
-                Some(last) if page.len() == POSITIONS_PAGE as usize => {
-                    before = Some((last.channel.last_activity, last.channel.id.clone()));
-                }
-                _ => return Ok(()),
-            }
+        let positions = self.tenant.store.channel_positions(&self.user_id).await?;
+        for (channel_id, last_seq) in positions {
+            let channel: Arc<str> = Arc::from(channel_id.as_str());
+            self.positions.insert(Arc::clone(&channel), last_seq);
+            self.starts.insert(channel, last_seq);
         }
+        Ok(())
     }
 
     async fn on_socket(
@@ -634,9 +620,11 @@ fn message_frame(message: &Message) -> Utf8Bytes {
 /// Computes when an open socket's token expires: `exp` plus the same
 /// leeway that verification allows.
 fn expiry_instant(expires_at: u64, leeway: u64) -> tokio::time::Instant {
-    let deadline = expires_at + leeway;
+    let deadline = expires_at.saturating_add(leeway);
     let remaining = deadline.saturating_sub(crate::auth::unix_now());
-    tokio::time::Instant::now() + Duration::from_secs(remaining)
+    // A token may claim an `exp` centuries away; past a year the timer is
+    // capped, which only matters to a socket open that long.
+    tokio::time::Instant::now() + Duration::from_secs(remaining.min(MAX_EXPIRY_TIMER_SECONDS))
 }
 
 /// Maps a read error to a close: frames over tungstenite's own limit get

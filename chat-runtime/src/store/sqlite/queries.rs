@@ -554,6 +554,17 @@ pub(super) fn member_ids(conn: &Connection, channel_id: &str) -> OpResult<Vec<St
     list_member_ids(conn, channel_id)
 }
 
+pub(super) fn channel_positions(conn: &Connection, user: &str) -> OpResult<Vec<(String, u64)>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT c.id, c.last_seq FROM members m JOIN channels c ON c.id = m.channel_id WHERE m.user_id = ?1",
+    )?;
+    let rows = statement.query_map([user], |row| {
+        Ok((row.get::<_, String>(0)?, get_seq(row, 1)?))
+    })?;
+    let positions = rows.collect::<rusqlite::Result<Vec<(String, u64)>>>()?;
+    Ok(positions)
+}
+
 pub(super) fn list_channels(
     conn: &Connection,
     user: &str,
