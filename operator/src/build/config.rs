@@ -1,0 +1,249 @@
+//! The runtime's configuration file, in the ConfigMap the runtime mounts.
+//!
+//! The file lists one tenant and names its secrets by file path only, so the
+//! ConfigMap contains no secret. Limits are written out in full, defaults
+//! included, so that `status.effective` stays true even if a later runtime
+//! release changes its defaults.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use serde::Serialize;
+
+use super::credentials::{self, Credentials};
+use super::layout;
+use super::object_meta;
+use crate::naming;
+use crate::validate::ValidTenant;
+
+/// Seconds the runtime keeps serving, with `/readyz` failing, between
+/// SIGTERM and closing its listener, so that Services and Ingress
+/// controllers stop routing to the pod before connections are refused.
+pub const SHUTDOWN_DELAY_SECONDS: u64 = 5;
+
+#[derive(Serialize)]
+struct RuntimeConfig<'a> {
+    server: ServerConfig,
+    tenants: [TenantConfig<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ServerConfig {
+    listen: String,
+    data_dir: &'static str,
+    shutdown_delay_seconds: u64,
+}
+
+#[derive(Serialize)]
+struct TenantConfig<'a> {
+    id: &'a str,
+    display_name: &'a str,
+    api_keys: Vec<ApiKeyConfig<'a>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    allowed_origins: &'a [String],
+    limits: LimitsConfig,
+}
+
+#[derive(Serialize)]
+struct ApiKeyConfig<'a> {
+    id: &'a str,
+    secret_file: String,
+}
+
+#[derive(Serialize)]
+struct LimitsConfig {
+    max_message_bytes: u32,
+    messages_per_second: u32,
+    message_burst: u32,
+    max_sockets_per_user: u32,
+}
+
+/// Renders the runtime's configuration file for the tenant. Keys appear in
+/// the order of `credentials`, current key first, because the runtime signs
+/// tokens with the first key it lists.
+pub fn config_yaml(
+    valid: &ValidTenant,
+    credentials: &Credentials,
+) -> Result<String, serde_yaml::Error> {
+    let api_keys = credentials
+        .keys()
+        .map(|key| ApiKeyConfig {
+            id: &key.id,
+            secret_file: layout::secret_path(&credentials::data_key(&key.id)),
+        })
+        .collect();
+    let effective = &valid.effective;
+    let tenant = TenantConfig {
+        id: &valid.tenant_id,
+        display_name: &valid.display_name,
+        api_keys,
+        allowed_origins: &valid.allowed_origins,
+        limits: LimitsConfig {
+            max_message_bytes: effective.max_message_bytes,
+            messages_per_second: effective.messages_per_second,
+            message_burst: effective.message_burst,
+            max_sockets_per_user: effective.max_sockets_per_user,
+        },
+    };
+    // NOTE: 0.0.0.0 accepts IPv4 only, so on an IPv6-only cluster the
+    // runtime is unreachable.
+    let server = ServerConfig {
+        listen: format!("0.0.0.0:{}", layout::HTTP_PORT),
+        data_dir: layout::DATA_DIR,
+        shutdown_delay_seconds: SHUTDOWN_DELAY_SECONDS,
+    };
+    serde_yaml::to_string(&RuntimeConfig {
+        server,
+        tenants: [tenant],
+    })
+}
+
+/// Builds the ConfigMap that contains the configuration file `config_yaml`.
+pub fn config_map(valid: &ValidTenant, config_yaml: String) -> ConfigMap {
+    ConfigMap {
+        metadata: object_meta(valid, naming::RUNTIME),
+        data: Some(BTreeMap::from([(
+            layout::CONFIG_FILE.to_owned(),
+            config_yaml,
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use chat_runtime::config::Config;
+
+    use super::*;
+    use crate::build::credentials::ApiKey;
+    use crate::build::tests::{valid_tenant, valid_tenant_from};
+
+    /// A directory under the system's temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("parley-operator-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn credentials() -> Credentials {
+        Credentials::from_keys(vec![
+            ApiKey {
+                id: "chotot-new".to_owned(),
+                secret: "n".repeat(43),
+            },
+            ApiKey {
+                id: "chotot-old".to_owned(),
+                secret: "o".repeat(43),
+            },
+        ])
+        .unwrap()
+    }
+
+    /// Writes each key's secret where the config expects it, below `root`
+    /// in place of the secrets directory, and parses the config as the
+    /// runtime does.
+    fn parse_with_secrets(yaml: &str, credentials: &Credentials, root: &Path) -> Config {
+        for key in credentials.keys() {
+            let file = root.join(credentials::data_key(&key.id));
+            std::fs::write(file, format!("{}\n", key.secret)).unwrap();
+        }
+        let relocated = yaml.replace(layout::SECRETS_DIR, &root.display().to_string());
+        assert_ne!(relocated, yaml, "config names no secret file");
+        Config::parse(&relocated, root).unwrap()
+    }
+
+    #[test]
+    fn runtime_accepts_minimal_config() {
+        let dir = TempDir::new("minimal-config");
+        let credentials = Credentials::generate("chotot").unwrap();
+        let yaml = config_yaml(&valid_tenant(), &credentials).unwrap();
+        let config = parse_with_secrets(&yaml, &credentials, &dir.0);
+
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(config.server.data_dir, PathBuf::from("/var/lib/parley"));
+        assert_eq!(config.server.shutdown_delay_seconds, 5);
+        let tenant = &config.tenants[0];
+        assert_eq!(config.tenants.len(), 1);
+        assert_eq!(tenant.id, "chotot");
+        assert_eq!(tenant.display_name, "chotot");
+        assert_eq!(tenant.api_keys[0].id, credentials.current().id);
+        assert_eq!(
+            tenant.api_keys[0].secret,
+            credentials.current().secret.as_bytes()
+        );
+        assert!(tenant.allowed_origins.is_empty());
+        assert_eq!(tenant.limits, chat_runtime::config::Limits::default());
+    }
+
+    #[test]
+    fn runtime_accepts_full_config() {
+        let dir = TempDir::new("full-config");
+        let valid = valid_tenant_from(
+            "tenantId: chotot
+displayName: \"Chợ Tốt: mua bán # 1\"
+runtime:
+  limits: {maxMessageBytes: 8192, messagesPerSecond: 5, messageBurst: 30, maxSocketsPerUser: 4}
+allowedOrigins: ['https://www.chotot.example', 'http://localhost:3000']
+",
+        );
+        let credentials = credentials();
+        let yaml = config_yaml(&valid, &credentials).unwrap();
+        let config = parse_with_secrets(&yaml, &credentials, &dir.0);
+
+        let tenant = &config.tenants[0];
+        assert_eq!(tenant.display_name, "Chợ Tốt: mua bán # 1");
+        let ids: Vec<&str> = tenant.api_keys.iter().map(|key| key.id.as_str()).collect();
+        assert_eq!(ids, ["chotot-new", "chotot-old"]);
+        assert_eq!(tenant.api_keys[1].secret, "o".repeat(43).as_bytes());
+        assert_eq!(
+            tenant.allowed_origins,
+            ["https://www.chotot.example", "http://localhost:3000"]
+        );
+        assert_eq!(tenant.limits.max_message_bytes, 8192);
+        assert_eq!(tenant.limits.messages_per_second, 5);
+        assert_eq!(tenant.limits.message_burst, 30);
+        assert_eq!(tenant.limits.max_sockets_per_user, 4);
+    }
+
+    #[test]
+    fn secret_files_are_under_secrets_dir() {
+        let yaml = config_yaml(&valid_tenant(), &credentials()).unwrap();
+        assert!(
+            yaml.contains("secret_file: /etc/parley/secrets/key.chotot-new"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("secret_file: /etc/parley/secrets/key.chotot-old"),
+            "{yaml}"
+        );
+        assert!(!yaml.contains(&"n".repeat(43)), "config contains a secret");
+    }
+
+    #[test]
+    fn config_map_has_config_key() {
+        let valid = valid_tenant();
+        let yaml = config_yaml(&valid, &credentials()).unwrap();
+        let config_map = config_map(&valid, yaml.clone());
+        assert_eq!(config_map.metadata.name.as_deref(), Some("chat-runtime"));
+        assert_eq!(
+            config_map.metadata.namespace.as_deref(),
+            Some("parley-chotot")
+        );
+        assert_eq!(config_map.metadata.labels, Some(naming::labels("chotot")));
+        assert_eq!(config_map.data.unwrap()["config.yaml"], yaml);
+    }
+}

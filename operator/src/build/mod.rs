@@ -1,0 +1,328 @@
+//! Builds every object a tenant needs from a [`ValidTenant`]. Nothing here
+//! calls the API server: the reconciler applies what [`desired`] returns,
+//! and `parley-operator render` prints it.
+
+pub mod config;
+pub mod credentials;
+pub mod layout;
+pub mod namespace;
+pub mod network;
+pub mod quota;
+pub mod workload;
+
+use k8s_openapi::Resource;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, ResourceQuota, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde::Serialize;
+
+use self::credentials::Credentials;
+use crate::naming;
+use crate::validate::ValidTenant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("failed to serialize the runtime configuration")]
+    Config(#[source] serde_yaml::Error),
+}
+
+/// Every object of one tenant. The fields are in apply order: the
+/// namespace first, then the quota and the network policies, so that no
+/// pod runs unconstrained, and the workload last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredObjects {
+    pub namespace: Namespace,
+    pub quota: ResourceQuota,
+    pub default_deny_policy: NetworkPolicy,
+    pub allow_ingress_policy: NetworkPolicy,
+    pub allow_dns_policy: NetworkPolicy,
+    pub service_account: ServiceAccount,
+    pub credentials: Secret,
+    pub config: ConfigMap,
+    pub data_claim: PersistentVolumeClaim,
+    pub deployment: Deployment,
+    pub service: Service,
+    /// `None` when the spec sets no endpoint. An Ingress left from an
+    /// earlier endpoint must then be deleted.
+    pub ingress: Option<Ingress>,
+}
+
+/// Builds every object of the tenant `valid`, with the API keys in
+/// `credentials`, under a namespace owned by `owner`.
+pub fn desired(
+    valid: &ValidTenant,
+    credentials: &Credentials,
+    owner: &OwnerReference,
+) -> Result<DesiredObjects, BuildError> {
+    let config_yaml = config::config_yaml(valid, credentials).map_err(BuildError::Config)?;
+    let config_map = config::config_map(valid, config_yaml);
+    let secret = credentials::secret(valid, credentials);
+    let checksum = workload::config_checksum(&config_map, &secret);
+
+    Ok(DesiredObjects {
+        namespace: namespace::namespace(valid, owner),
+        quota: quota::quota(valid),
+        default_deny_policy: network::default_deny_policy(valid),
+        allow_ingress_policy: network::allow_ingress_policy(valid),
+        allow_dns_policy: network::allow_dns_policy(valid),
+        service_account: workload::service_account(valid),
+        credentials: secret,
+        config: config_map,
+        data_claim: workload::data_claim(valid),
+        deployment: workload::deployment(valid, &checksum),
+        service: network::service(valid),
+        ingress: network::ingress(valid),
+    })
+}
+
+impl DesiredObjects {
+    /// Returns every object in apply order.
+    pub fn manifests(&self) -> Vec<Manifest<'_>> {
+        let mut manifests = vec![
+            Manifest::Namespace(&self.namespace),
+            Manifest::ResourceQuota(&self.quota),
+            Manifest::NetworkPolicy(&self.default_deny_policy),
+            Manifest::NetworkPolicy(&self.allow_ingress_policy),
+            Manifest::NetworkPolicy(&self.allow_dns_policy),
+            Manifest::ServiceAccount(&self.service_account),
+            Manifest::Secret(&self.credentials),
+            Manifest::ConfigMap(&self.config),
+            Manifest::PersistentVolumeClaim(&self.data_claim),
+            Manifest::Deployment(&self.deployment),
+            Manifest::Service(&self.service),
+        ];
+        if let Some(ingress) = &self.ingress {
+            manifests.push(Manifest::Ingress(ingress));
+        }
+        manifests
+    }
+}
+
+/// One object of [`DesiredObjects`], of any kind. It serializes as the
+/// object itself, and k8s-openapi 0.29 writes `apiVersion` and `kind` for
+/// every top-level resource type.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Manifest<'a> {
+    Namespace(&'a Namespace),
+    ResourceQuota(&'a ResourceQuota),
+    NetworkPolicy(&'a NetworkPolicy),
+    ServiceAccount(&'a ServiceAccount),
+    Secret(&'a Secret),
+    ConfigMap(&'a ConfigMap),
+    PersistentVolumeClaim(&'a PersistentVolumeClaim),
+    Deployment(&'a Deployment),
+    Service(&'a Service),
+    Ingress(&'a Ingress),
+}
+
+impl Manifest<'_> {
+    /// Returns the object's `kind`, such as `Deployment`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Namespace(_) => Namespace::KIND,
+            Self::ResourceQuota(_) => ResourceQuota::KIND,
+            Self::NetworkPolicy(_) => NetworkPolicy::KIND,
+            Self::ServiceAccount(_) => ServiceAccount::KIND,
+            Self::Secret(_) => Secret::KIND,
+            Self::ConfigMap(_) => ConfigMap::KIND,
+            Self::PersistentVolumeClaim(_) => PersistentVolumeClaim::KIND,
+            Self::Deployment(_) => Deployment::KIND,
+            Self::Service(_) => Service::KIND,
+            Self::Ingress(_) => Ingress::KIND,
+        }
+    }
+}
+
+/// Returns the metadata of a namespaced object of the tenant.
+fn object_meta(valid: &ValidTenant, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(valid.namespace.clone()),
+        labels: Some(naming::labels(&valid.tenant_id)),
+        ..ObjectMeta::default()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::crd::{ChatTenant, ChatTenantSpec};
+    use crate::settings::OperatorSettings;
+    use crate::validate::validate;
+
+    /// Returns the tenant whose spec is the YAML `spec`.
+    pub(crate) fn valid_tenant_from(spec: &str) -> ValidTenant {
+        let spec: ChatTenantSpec = serde_yaml::from_str(spec).unwrap();
+        validate(
+            &ChatTenant::new("chotot", spec),
+            &OperatorSettings::default(),
+        )
+        .unwrap()
+    }
+
+    /// Returns the tenant `chotot` with every default.
+    pub(crate) fn valid_tenant() -> ValidTenant {
+        valid_tenant_from("{tenantId: chotot}")
+    }
+
+    pub(crate) fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "parley.dev/v1alpha1".to_owned(),
+            kind: "ChatTenant".to_owned(),
+            name: "chotot".to_owned(),
+            uid: "4f6b1c9e-0000-4000-8000-000000000001".to_owned(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }
+    }
+
+    fn objects(spec: &str) -> DesiredObjects {
+        desired(
+            &valid_tenant_from(spec),
+            &Credentials::placeholder(),
+            &owner(),
+        )
+        .unwrap()
+    }
+
+    fn kinds(objects: &DesiredObjects) -> Vec<&'static str> {
+        objects.manifests().iter().map(Manifest::kind).collect()
+    }
+
+    fn json(objects: &DesiredObjects) -> Vec<serde_json::Value> {
+        let manifests = objects.manifests();
+        manifests
+            .iter()
+            .map(|manifest| serde_json::to_value(manifest).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn manifests_in_apply_order() {
+        let objects = objects("{tenantId: chotot, endpoint: {host: chat.chotot.example}}");
+        let expected = [
+            "Namespace",
+            "ResourceQuota",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "ServiceAccount",
+            "Secret",
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Service",
+            "Ingress",
+        ];
+        assert_eq!(kinds(&objects), expected);
+    }
+
+    #[test]
+    fn manifests_without_endpoint_lack_ingress() {
+        let objects = objects("{tenantId: chotot}");
+        assert_eq!(objects.ingress, None);
+        assert!(!kinds(&objects).contains(&"Ingress"));
+    }
+
+    #[test]
+    fn manifests_serialize_kind() {
+        let objects = objects("{tenantId: chotot, endpoint: {host: h}}");
+        let serialized: Vec<serde_json::Value> = json(&objects)
+            .iter()
+            .map(|manifest| manifest["kind"].clone())
+            .collect();
+        assert_eq!(serialized, kinds(&objects));
+    }
+
+    #[test]
+    fn manifests_have_api_version() {
+        let manifests = json(&objects("{tenantId: chotot, endpoint: {host: h}}"));
+        let versions: Vec<&str> = manifests
+            .iter()
+            .map(|manifest| manifest["apiVersion"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            versions,
+            [
+                "v1",
+                "v1",
+                "networking.k8s.io/v1",
+                "networking.k8s.io/v1",
+                "networking.k8s.io/v1",
+                "v1",
+                "v1",
+                "v1",
+                "v1",
+                "apps/v1",
+                "v1",
+                "networking.k8s.io/v1",
+            ]
+        );
+    }
+
+    #[test]
+    fn namespaced_objects_carry_namespace_and_labels() {
+        let manifests = json(&objects("{tenantId: chotot, endpoint: {host: h}}"));
+        let labels = serde_json::to_value(naming::labels("chotot")).unwrap();
+        for manifest in &manifests[1..] {
+            let metadata = &manifest["metadata"];
+            assert_eq!(
+                metadata["namespace"], "parley-chotot",
+                "{}",
+                manifest["kind"]
+            );
+            assert_eq!(metadata["labels"], labels, "{}", manifest["kind"]);
+        }
+    }
+
+    #[test]
+    fn object_names_come_from_naming() {
+        let objects = objects("{tenantId: chotot, endpoint: {host: h}}");
+        let name = |meta: &ObjectMeta| meta.name.clone().unwrap();
+        assert_eq!(name(&objects.quota.metadata), naming::QUOTA);
+        assert_eq!(
+            name(&objects.default_deny_policy.metadata),
+            naming::DEFAULT_DENY_POLICY
+        );
+        assert_eq!(
+            name(&objects.allow_ingress_policy.metadata),
+            naming::ALLOW_INGRESS_POLICY
+        );
+        assert_eq!(
+            name(&objects.allow_dns_policy.metadata),
+            naming::ALLOW_DNS_POLICY
+        );
+        assert_eq!(name(&objects.service_account.metadata), naming::RUNTIME);
+        assert_eq!(
+            name(&objects.credentials.metadata),
+            naming::CREDENTIALS_SECRET
+        );
+        assert_eq!(name(&objects.config.metadata), naming::RUNTIME);
+        assert_eq!(name(&objects.data_claim.metadata), naming::DATA_CLAIM);
+        assert_eq!(name(&objects.deployment.metadata), naming::RUNTIME);
+        assert_eq!(name(&objects.service.metadata), naming::RUNTIME);
+        assert_eq!(name(&objects.ingress.unwrap().metadata), naming::RUNTIME);
+    }
+
+    #[test]
+    fn deployment_checksum_covers_config_and_secret() {
+        let objects = objects("{tenantId: chotot}");
+        let annotations = objects
+            .deployment
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert_eq!(
+            annotations[workload::CONFIG_CHECKSUM_ANNOTATION],
+            workload::config_checksum(&objects.config, &objects.credentials)
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! Operator-wide defaults that apply to every tenant whose spec leaves a
+//! value out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// Runtime image of tenants that name none. An operator release pins the
+/// runtime release it was tested with.
+pub const DEFAULT_RUNTIME_IMAGE: &str = "ghcr.io/parley-dev/chat-runtime:0.1.0";
+
+/// Size of the embedded store's volume when the spec names none.
+pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
+
+/// Defaults the operator was started with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperatorSettings {
+    /// Image of runtimes whose spec sets no `runtime.image`.
+    pub runtime_image: String,
+    /// Size of the data volume when the spec sets no
+    /// `storage.embedded.size`. It must match the CRD's size pattern.
+    pub storage_size: String,
+    /// Requests and limits of runtimes whose spec sets no
+    /// `runtime.resources`.
+    pub runtime_resources: ResourceRequirements,
+}
+
+impl Default for OperatorSettings {
+    fn default() -> Self {
+        Self {
+            runtime_image: DEFAULT_RUNTIME_IMAGE.to_owned(),
+            storage_size: DEFAULT_STORAGE_SIZE.to_owned(),
+            runtime_resources: default_runtime_resources(),
+        }
+    }
+}
+
+/// Requests CPU and memory, and limits memory only. A CPU limit would
+/// throttle the runtime during message bursts even on an idle node, while a
+/// memory limit stops one tenant from exhausting the node.
+fn default_runtime_resources() -> ResourceRequirements {
+    let quantities = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), Quantity((*value).to_owned())))
+            .collect::<BTreeMap<_, _>>()
+    };
+    ResourceRequirements {
+        requests: Some(quantities(&[("cpu", "100m"), ("memory", "128Mi")])),
+        limits: Some(quantities(&[("memory", "512Mi")])),
+        claims: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_image_is_pinned_release() {
+        let settings = OperatorSettings::default();
+        assert_eq!(
+            settings.runtime_image,
+            "ghcr.io/parley-dev/chat-runtime:0.1.0"
+        );
+    }
+
+    #[test]
+    fn default_storage_is_one_gibibyte() {
+        assert_eq!(OperatorSettings::default().storage_size, "1Gi");
+    }
+
+    #[test]
+    fn default_resources_limit_memory_only() {
+        let resources = OperatorSettings::default().runtime_resources;
+        let requests = resources.requests.unwrap();
+        let limits = resources.limits.unwrap();
+        assert_eq!(requests["cpu"], Quantity("100m".to_owned()));
+        assert_eq!(requests["memory"], Quantity("128Mi".to_owned()));
+        assert_eq!(limits["memory"], Quantity("512Mi".to_owned()));
+        assert!(!limits.contains_key("cpu"));
+    }
+}

@@ -1,0 +1,152 @@
+//! The example tenants under `examples/tenants/` render, through the library
+//! and through the `parley-operator render` binary.
+
+use parley_operator::render::render;
+use parley_operator::settings::OperatorSettings;
+use support::{EXAMPLES, documents, find, kinds, read_example, run_render};
+
+// Clippy allows `unwrap` and `panic!` in tests only inside `#[test]`
+// functions and `#[cfg(test)]` modules, so the helpers live in one.
+#[cfg(test)]
+mod support {
+    use std::io::Write;
+    use std::process::{Command, Output, Stdio};
+
+    pub const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/tenants");
+
+    pub fn read_example(name: &str) -> String {
+        std::fs::read_to_string(format!("{EXAMPLES}/{name}")).unwrap()
+    }
+
+    pub fn documents(stream: &str) -> Vec<serde_yaml::Value> {
+        serde_yaml::Deserializer::from_str(stream)
+            .map(|document| serde::Deserialize::deserialize(document).unwrap())
+            .collect()
+    }
+
+    pub fn kinds(documents: &[serde_yaml::Value]) -> Vec<&str> {
+        documents
+            .iter()
+            .map(|document| document["kind"].as_str().unwrap())
+            .collect()
+    }
+
+    pub fn find<'a>(documents: &'a [serde_yaml::Value], kind: &str) -> &'a serde_yaml::Value {
+        documents
+            .iter()
+            .find(|document| document["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in the output"))
+    }
+
+    /// Runs `parley-operator render ARG`, feeding `stdin` to it.
+    pub fn run_render(arg: &str, stdin: &str) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_parley-operator"))
+            .args(["render", arg])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+const KINDS_WITHOUT_INGRESS: [&str; 11] = [
+    "Namespace",
+    "ResourceQuota",
+    "NetworkPolicy",
+    "NetworkPolicy",
+    "NetworkPolicy",
+    "ServiceAccount",
+    "Secret",
+    "ConfigMap",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "Service",
+];
+
+#[test]
+fn marketplace_renders_every_kind() {
+    let stream = render(
+        &read_example("marketplace.yaml"),
+        &OperatorSettings::default(),
+    )
+    .unwrap();
+    let documents = documents(&stream);
+    let mut expected = KINDS_WITHOUT_INGRESS.to_vec();
+    expected.push("Ingress");
+    assert_eq!(kinds(&documents), expected);
+
+    let config = find(&documents, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(config.contains("display_name: Chợ Tốt"), "{config}");
+    let claim = find(&documents, "PersistentVolumeClaim");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "20Gi");
+}
+
+#[test]
+fn minimal_renders_without_ingress() {
+    let stream = render(&read_example("minimal.yaml"), &OperatorSettings::default()).unwrap();
+    let documents = documents(&stream);
+    assert_eq!(kinds(&documents), KINDS_WITHOUT_INGRESS);
+    let namespace = find(&documents, "Namespace");
+    assert_eq!(namespace["metadata"]["name"], "parley-acme");
+}
+
+#[test]
+fn render_binary_prints_ingress_with_tls() {
+    let path = format!("{EXAMPLES}/marketplace.yaml");
+    let output = run_render(&path, "");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let documents = documents(&stdout);
+    let ingress = find(&documents, "Ingress");
+    assert_eq!(ingress["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
+    let tls = &ingress["spec"]["tls"][0];
+    assert_eq!(tls["secretName"], "chat-chotot-tls");
+    assert_eq!(tls["hosts"][0], "chat.chotot.example");
+}
+
+#[test]
+fn render_binary_reads_stdin() {
+    let output = run_render("-", &read_example("minimal.yaml"));
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(documents(&stdout).len(), KINDS_WITHOUT_INGRESS.len());
+}
+
+#[test]
+fn render_binary_reports_invalid_field() {
+    let tenant = read_example("minimal.yaml") + "  runtime:\n    replicas: 3\n";
+    let output = run_render("-", &tenant);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with("invalid ChatTenant: spec.runtime.replicas: "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("embedded store allows one replica"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn render_binary_reports_missing_file() {
+    let output = run_render(&format!("{EXAMPLES}/missing.yaml"), "");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("failed to read"), "{stderr}");
+    assert!(stderr.contains("missing.yaml"), "{stderr}");
+}
