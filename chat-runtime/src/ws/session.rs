@@ -457,6 +457,12 @@ impl Session {
                 if seq <= written {
                     return Ok(());
                 }
+                // NOTE: a message can overtake the `Added` event of a user
+                // who just joined a group. The channel is then unknown here,
+                // starts at 0, and the catch-up writes the group's earlier
+                // history (up to `max_replay`) to the new member's socket.
+                // The member may read that history anyway, but it arrives as
+                // live messages.
                 if seq > written + 1 {
                     self.catch_up(&channel_id, seq - 1).await?;
                 }
