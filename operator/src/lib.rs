@@ -9,8 +9,10 @@
 //! - [`validate`]: checks a ChatTenant and resolves its defaults.
 //! - [`build`]: builds every object of a tenant from the checked spec.
 //! - [`render`]: the `render` subcommand, which prints those objects.
+//! - [`controller`]: the reconcile loop against a cluster.
 
 pub mod build;
+pub mod controller;
 pub mod crd;
 pub mod naming;
 pub mod quantity;
@@ -18,3 +20,15 @@ pub mod render;
 pub mod schema;
 pub mod settings;
 pub mod validate;
+
+/// Joins an error and its causes with ": ", for one log field or message.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

@@ -1,12 +1,12 @@
 //! `parley-operator`: prints the ChatTenant CRD (`crd`) and the objects the
 //! operator builds for a ChatTenant (`render`).
 
-use std::error::Error;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use parley_operator::error_chain;
 use parley_operator::render::{self, RenderError};
 use parley_operator::settings::OperatorSettings;
 
@@ -27,6 +27,16 @@ enum Command {
         /// ChatTenant YAML file, or `-` for standard input.
         file: PathBuf,
     },
+    /// Reconcile ChatTenants in the cluster of the in-cluster service
+    /// account, or of KUBECONFIG, until SIGTERM or Ctrl-C.
+    Run {
+        /// Default runtime image for tenants that do not set one.
+        #[arg(long, env = "PARLEY_RUNTIME_IMAGE")]
+        runtime_image: Option<String>,
+        /// Log format.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +53,68 @@ fn main() -> ExitCode {
             }
         },
         Command::Render { file } => render_file(&file),
+        Command::Run {
+            runtime_image,
+            log_format,
+        } => run(runtime_image, &log_format),
+    }
+}
+
+fn run(runtime_image: Option<String>, log_format: &str) -> ExitCode {
+    init_logging(log_format);
+    let mut settings = OperatorSettings::default();
+    if let Some(image) = runtime_image {
+        settings.runtime_image = image;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("parley-operator: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "Failed to create a Kubernetes client");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!("Starting the ChatTenant controller");
+        parley_operator::controller::run(client, settings, stop_signal()).await;
+        tracing::info!("Stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "Failed to listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
     }
 }
 
@@ -83,16 +155,4 @@ fn read_input(file: &PathBuf) -> std::io::Result<String> {
     } else {
         std::fs::read_to_string(file)
     }
-}
-
-/// Joins an error and its causes with ": ".
-fn error_chain(error: &dyn Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }

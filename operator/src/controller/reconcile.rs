@@ -1,0 +1,358 @@
+//! One reconcile of a ChatTenant, as a pipeline:
+//! validate (pure) → fetch what exists → build (pure) → apply → status.
+//!
+//! ScyllaDB keyspaces and roles will be one more step between fetch and
+//! apply, for tenants whose spec asks for them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::apply::{self, Applied, Mode};
+use super::status::{self, Outcome};
+use super::{Context, Error};
+use crate::build::{self, credentials::Credentials};
+use crate::crd::{ChatTenant, ChatTenantStatus, DeletionPolicy};
+use crate::naming;
+use crate::validate::{self, ValidTenant};
+
+/// How often a healthy tenant is checked again without any event.
+const RESYNC: Duration = Duration::from_secs(600);
+/// How soon a tenant whose runtime is not available yet is checked again.
+const PROGRESS_CHECK: Duration = Duration::from_secs(15);
+
+/// Annotation on a retained namespace: the tenant it belonged to was
+/// deleted with `deletionPolicy: Retain`.
+pub const RETAINED_ANNOTATION: &str = "parley.dev/retained";
+
+/// Brings the cluster in line with `tenant` and records the result in its
+/// status.
+pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Action, Error> {
+    let valid = match validate::validate(&tenant, &ctx.settings) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            let outcome = Outcome::Invalid {
+                field: invalid.field.clone(),
+                message: invalid.message.clone(),
+            };
+            write_status(&tenant, ctx, &outcome, None).await?;
+            // The spec must change before anything can; its change is an
+            // event, so no timed retry is needed.
+            return Ok(Action::await_change());
+        }
+    };
+
+    if let Some(reason) = namespace_conflict(&tenant, &valid, ctx).await? {
+        let outcome = Outcome::Blocked {
+            reason: String::from("NamespaceConflict"),
+            message: reason,
+        };
+        write_status(&tenant, ctx, &outcome, Some(&valid)).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
+
+    let credentials = load_or_generate_credentials(&valid, ctx).await?;
+    let owner = crate::render::owner_reference(&tenant, &tenant.name_any());
+    let desired = build::desired(&valid, &credentials, &owner).map_err(Error::Build)?;
+
+    let mut written = 0;
+    for manifest in desired.manifests() {
+        if apply::apply(&ctx.client, manifest, Mode::WhenChanged)
+            .await
+            .map_err(Error::Apply)?
+            == Applied::Written
+        {
+            written += 1;
+        }
+    }
+    if desired.ingress.is_none() {
+        delete_stale_ingress(&valid, ctx).await?;
+    }
+    if written > 0 {
+        tracing::info!(tenant = %valid.tenant_id, objects = written, "Applied tenant objects");
+    }
+
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    let runtime_available = deployments
+        .get_opt(naming::RUNTIME)
+        .await
+        .map_err(Error::Read)?
+        .is_some_and(|deployment| status::deployment_available(&deployment));
+    let outcome = Outcome::Applied {
+        runtime_available,
+        has_ingress: desired.ingress.is_some(),
+    };
+    write_status(&tenant, ctx, &outcome, Some(&valid)).await?;
+
+    Ok(Action::requeue(if runtime_available {
+        RESYNC
+    } else {
+        PROGRESS_CHECK
+    }))
+}
+
+/// Returns why the tenant namespace cannot be used, if it exists and is not
+/// this tenant's: it lacks our tenant label, or another live ChatTenant
+/// owns it. A namespace left by a deleted tenant of the same id (retained)
+/// is adopted.
+async fn namespace_conflict(
+    tenant: &ChatTenant,
+    valid: &ValidTenant,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let Some(existing) = namespaces
+        .get_opt(&valid.namespace)
+        .await
+        .map_err(Error::Read)?
+    else {
+        return Ok(None);
+    };
+    let labelled = existing.labels().get(naming::TENANT_ID_LABEL) == Some(&valid.tenant_id);
+    if !labelled {
+        return Ok(Some(format!(
+            "namespace {} already exists and is not labelled {}={}",
+            valid.namespace,
+            naming::TENANT_ID_LABEL,
+            valid.tenant_id
+        )));
+    }
+
+    let own_uid = tenant.uid().unwrap_or_default();
+    let tenants: Api<ChatTenant> = Api::all(ctx.client.clone());
+    for owner in existing
+        .owner_references()
+        .iter()
+        .filter(|owner| owner.kind == "ChatTenant")
+    {
+        if owner.uid == own_uid {
+            continue;
+        }
+        let live_owner = tenants.get_opt(&owner.name).await.map_err(Error::Read)?;
+        if live_owner.is_some_and(|other| other.uid().as_deref() == Some(owner.uid.as_str())) {
+            return Ok(Some(format!(
+                "namespace {} belongs to ChatTenant {}",
+                valid.namespace, owner.name
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the tenant's credentials, or generates them when the Secret does
+/// not exist yet. Existing credentials are never regenerated.
+async fn load_or_generate_credentials(
+    valid: &ValidTenant,
+    ctx: &Context,
+) -> Result<Credentials, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    match secrets
+        .get_opt(naming::CREDENTIALS_SECRET)
+        .await
+        .map_err(Error::Read)?
+    {
+        Some(secret) => Credentials::from_secret(&secret).map_err(Error::Credentials),
+        None => Credentials::generate(&valid.tenant_id).map_err(Error::Credentials),
+    }
+}
+
+async fn delete_stale_ingress(valid: &ValidTenant, ctx: &Context) -> Result<(), Error> {
+    let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    if ingresses
+        .get_opt(naming::RUNTIME)
+        .await
+        .map_err(Error::Read)?
+        .is_some()
+    {
+        ingresses
+            .delete(naming::RUNTIME, &DeleteParams::default())
+            .await
+            .map_err(Error::Apply)?;
+        tracing::info!(tenant = %valid.tenant_id, "Deleted the Ingress of a removed endpoint");
+    }
+    Ok(())
+}
+
+/// Writes the status when it differs from the stored one, and records an
+/// Event when `Ready` or `Stalled` flips.
+async fn write_status(
+    tenant: &ChatTenant,
+    ctx: &Context,
+    outcome: &Outcome,
+    valid: Option<&ValidTenant>,
+) -> Result<(), Error> {
+    let previous = tenant.status.clone().unwrap_or_default();
+    let generation = tenant.metadata.generation;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions = status::conditions(&previous.conditions, generation, outcome, &now);
+
+    let next = ChatTenantStatus {
+        observed_generation: generation,
+        conditions,
+        namespace: valid.map(|valid| valid.namespace.clone()),
+        endpoint: valid.map(endpoint_url),
+        credentials_secret: valid.map(|_| naming::CREDENTIALS_SECRET.to_owned()),
+        effective: valid.map(|valid| valid.effective.clone()),
+    };
+    if next == previous {
+        return Ok(());
+    }
+
+    let tenants: Api<ChatTenant> = Api::all(ctx.client.clone());
+    let patch = json!({ "status": next });
+    tenants
+        .patch_status(
+            &tenant.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(Error::Status)?;
+    publish_transitions(tenant, ctx, &previous, &next).await;
+    Ok(())
+}
+
+fn endpoint_url(valid: &ValidTenant) -> String {
+    match &valid.endpoint {
+        Some(endpoint) if endpoint.tls_secret_name.is_some() => {
+            format!("https://{}", endpoint.host)
+        }
+        Some(endpoint) => format!("http://{}", endpoint.host),
+        None => format!("http://{}.{}.svc", naming::RUNTIME, valid.namespace),
+    }
+}
+
+async fn publish_transitions(
+    tenant: &ChatTenant,
+    ctx: &Context,
+    previous: &ChatTenantStatus,
+    next: &ChatTenantStatus,
+) {
+    let flipped = |kind: &str| {
+        let before = status::condition_status(&previous.conditions, kind);
+        let after = status::condition_status(&next.conditions, kind);
+        (before != after).then_some(after).flatten()
+    };
+    let message_of = |kind: &str| {
+        next.conditions
+            .iter()
+            .find(|condition| condition.type_ == kind)
+            .map(|condition| condition.message.clone())
+            .unwrap_or_default()
+    };
+
+    let mut events = Vec::new();
+    if previous.namespace.is_none() && next.namespace.is_some() {
+        events.push((
+            EventType::Normal,
+            "Created",
+            "Created the tenant's objects".to_owned(),
+        ));
+    }
+    if flipped(status::READY) == Some("True") {
+        events.push((
+            EventType::Normal,
+            "Ready",
+            "The tenant is serving".to_owned(),
+        ));
+    }
+    if flipped(status::STALLED) == Some("True") {
+        events.push((EventType::Warning, "Stalled", message_of(status::STALLED)));
+    }
+    for (type_, reason, note) in events {
+        publish(tenant, ctx, type_, reason, note).await;
+    }
+}
+
+/// Records an Event about `tenant`. A failure is logged, never returned:
+/// an Event is a notice, and the reconcile it describes already happened.
+pub async fn publish(
+    tenant: &ChatTenant,
+    ctx: &Context,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
+        tracing::warn!(tenant = %tenant.name_any(), reason, error = %error, "Failed to record an Event");
+    }
+}
+
+/// Cleans up before the ChatTenant goes, according to its deletion policy.
+pub async fn cleanup_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Action, Error> {
+    let tenant_id = tenant.spec.tenant_id.clone();
+    let namespace = naming::namespace(&tenant_id);
+    let policy = tenant.spec.deletion_policy.unwrap_or_default();
+    publish(
+        &tenant,
+        ctx,
+        EventType::Normal,
+        "Deleting",
+        format!("Deleting with policy {policy:?}"),
+    )
+    .await;
+
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let Some(existing) = namespaces.get_opt(&namespace).await.map_err(Error::Read)? else {
+        return Ok(Action::await_change());
+    };
+    let own_uid = tenant.uid().unwrap_or_default();
+    let owned = existing
+        .owner_references()
+        .iter()
+        .any(|owner| owner.uid == own_uid);
+    if !owned {
+        // Someone else's namespace, or one this tenant never adopted.
+        return Ok(Action::await_change());
+    }
+
+    match policy {
+        DeletionPolicy::Delete => {
+            namespaces
+                .delete(&namespace, &DeleteParams::default())
+                .await
+                .map_err(Error::Apply)?;
+            tracing::info!(tenant = %tenant_id, %namespace, "Deleted the tenant namespace");
+        }
+        DeletionPolicy::Retain => {
+            retain_namespace(&namespace, &tenant_id, ctx).await?;
+            tracing::info!(tenant = %tenant_id, %namespace, "Retained the tenant namespace");
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// Drops the namespace's owner reference, so the garbage collector keeps
+/// it, and marks it retained. Applying the namespace without the reference
+/// removes it, because the operator's field manager owned it.
+async fn retain_namespace(namespace: &str, tenant_id: &str, ctx: &Context) -> Result<(), Error> {
+    let mut object = Namespace::default();
+    object.metadata.name = Some(namespace.to_owned());
+    object.metadata.labels = Some(naming::namespace_labels(tenant_id));
+    object.metadata.annotations =
+        Some([(RETAINED_ANNOTATION.to_owned(), "true".to_owned())].into());
+    apply::apply(
+        &ctx.client,
+        build::Manifest::Namespace(&object),
+        Mode::Always,
+    )
+    .await
+    .map_err(Error::Apply)?;
+    Ok(())
+}

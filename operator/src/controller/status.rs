@@ -1,0 +1,271 @@
+//! Status conditions of a ChatTenant, computed from what one reconcile saw.
+//!
+//! The shape follows what kstatus (Flux) and Argo CD read: `Ready` is the
+//! summary, `Reconciling=True` means work is under way, `Stalled=True`
+//! means the operator cannot make progress until the spec or the cluster
+//! changes. A condition's `lastTransitionTime` moves only when its status
+//! flips, so an unchanged tenant gets an unchanged status and no write.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+pub const NAMESPACE_READY: &str = "NamespaceReady";
+pub const CREDENTIALS_READY: &str = "CredentialsReady";
+pub const RUNTIME_READY: &str = "RuntimeReady";
+pub const ENDPOINT_READY: &str = "EndpointReady";
+
+/// What a reconcile pass ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The spec breaks a rule; nothing was applied.
+    Invalid { field: String, message: String },
+    /// The objects cannot be created, for a reason outside the spec (for
+    /// example a namespace of that name that belongs to someone else).
+    Blocked { reason: String, message: String },
+    /// Every object was applied.
+    Applied {
+        runtime_available: bool,
+        has_ingress: bool,
+    },
+}
+
+/// One condition before timestamps are resolved.
+struct Wanted {
+    kind: &'static str,
+    status: bool,
+    reason: String,
+    message: String,
+}
+
+fn wanted(kind: &'static str, status: bool, reason: &str, message: impl Into<String>) -> Wanted {
+    Wanted {
+        kind,
+        status,
+        reason: reason.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Returns the conditions for `outcome`, keeping each previous condition's
+/// `lastTransitionTime` when its status did not change.
+pub fn conditions(
+    previous: &[Condition],
+    generation: Option<i64>,
+    outcome: &Outcome,
+    now: &Time,
+) -> Vec<Condition> {
+    wanted_conditions(outcome)
+        .into_iter()
+        .map(|want| resolve(previous, generation, want, now))
+        .collect()
+}
+
+fn wanted_conditions(outcome: &Outcome) -> Vec<Wanted> {
+    match outcome {
+        Outcome::Invalid { field, message } => {
+            let text = format!("invalid spec: {field}: {message}");
+            vec![
+                wanted(READY, false, "InvalidSpec", text.clone()),
+                wanted(
+                    RECONCILING,
+                    false,
+                    "InvalidSpec",
+                    "waiting for the spec to change",
+                ),
+                wanted(STALLED, true, "InvalidSpec", text),
+            ]
+        }
+        Outcome::Blocked { reason, message } => vec![
+            wanted(READY, false, reason, message.clone()),
+            wanted(
+                RECONCILING,
+                false,
+                reason,
+                "waiting for the cluster or the spec to change",
+            ),
+            wanted(STALLED, true, reason, message.clone()),
+        ],
+        Outcome::Applied {
+            runtime_available,
+            has_ingress,
+        } => applied_conditions(*runtime_available, *has_ingress),
+    }
+}
+
+fn applied_conditions(runtime_available: bool, has_ingress: bool) -> Vec<Wanted> {
+    let runtime = if runtime_available {
+        wanted(
+            RUNTIME_READY,
+            true,
+            "Available",
+            "the runtime Deployment is available",
+        )
+    } else {
+        wanted(
+            RUNTIME_READY,
+            false,
+            "Progressing",
+            "waiting for the runtime Deployment to become available",
+        )
+    };
+    let endpoint = if has_ingress {
+        wanted(
+            ENDPOINT_READY,
+            true,
+            "IngressApplied",
+            "the Ingress for the endpoint host is applied",
+        )
+    } else {
+        wanted(
+            ENDPOINT_READY,
+            true,
+            "ServiceOnly",
+            "no endpoint host is set; the runtime is reachable through its Service",
+        )
+    };
+    let (ready, reconciling) = if runtime_available {
+        (
+            wanted(READY, true, "Ready", "the tenant is serving"),
+            wanted(RECONCILING, false, "Ready", "nothing is in progress"),
+        )
+    } else {
+        (
+            wanted(
+                READY,
+                false,
+                "Progressing",
+                "waiting for the runtime Deployment to become available",
+            ),
+            wanted(
+                RECONCILING,
+                true,
+                "Progressing",
+                "waiting for the runtime Deployment to become available",
+            ),
+        )
+    };
+    vec![
+        ready,
+        reconciling,
+        wanted(STALLED, false, "Progressing", "nothing blocks progress"),
+        wanted(
+            NAMESPACE_READY,
+            true,
+            "Applied",
+            "the tenant namespace is applied",
+        ),
+        wanted(
+            CREDENTIALS_READY,
+            true,
+            "Applied",
+            "the credentials Secret is applied",
+        ),
+        runtime,
+        endpoint,
+    ]
+}
+
+fn resolve(previous: &[Condition], generation: Option<i64>, want: Wanted, now: &Time) -> Condition {
+    let status = if want.status { "True" } else { "False" };
+    let earlier = previous
+        .iter()
+        .find(|condition| condition.type_ == want.kind);
+    let last_transition_time = match earlier {
+        Some(condition) if condition.status == status => condition.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    Condition {
+        type_: want.kind.to_owned(),
+        status: status.to_owned(),
+        reason: want.reason,
+        message: want.message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// True when the Deployment's newest generation has an available pod.
+pub fn deployment_available(deployment: &Deployment) -> bool {
+    let Some(status) = deployment.status.as_ref() else {
+        return false;
+    };
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    let observed = status.observed_generation.unwrap_or(0) >= generation;
+    let available_pods = status.available_replicas.unwrap_or(0) >= 1;
+    let available = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|condition| condition.type_ == "Available" && condition.status == "True");
+    observed && available_pods && available
+}
+
+/// Returns the status of condition `kind`, if present.
+pub fn condition_status<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a str> {
+    conditions
+        .iter()
+        .find(|condition| condition.type_ == kind)
+        .map(|condition| condition.status.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn time(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn applied(available: bool) -> Outcome {
+        Outcome::Applied {
+            runtime_available: available,
+            has_ingress: false,
+        }
+    }
+
+    #[test]
+    fn ready_only_when_runtime_is_available() {
+        let progressing = conditions(&[], Some(1), &applied(false), &time(10));
+        assert_eq!(condition_status(&progressing, READY), Some("False"));
+        assert_eq!(condition_status(&progressing, RECONCILING), Some("True"));
+        let ready = conditions(&progressing, Some(1), &applied(true), &time(20));
+        assert_eq!(condition_status(&ready, READY), Some("True"));
+        assert_eq!(condition_status(&ready, RECONCILING), Some("False"));
+        assert_eq!(condition_status(&ready, STALLED), Some("False"));
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_flip() {
+        let first = conditions(&[], Some(1), &applied(false), &time(10));
+        let again = conditions(&first, Some(1), &applied(false), &time(20));
+        assert_eq!(first, again);
+        let flipped = conditions(&again, Some(1), &applied(true), &time(30));
+        let ready = flipped.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(ready.last_transition_time, time(30));
+        let namespace = flipped.iter().find(|c| c.type_ == NAMESPACE_READY).unwrap();
+        assert_eq!(namespace.last_transition_time, time(10));
+    }
+
+    #[test]
+    fn invalid_spec_stalls_and_names_field() {
+        let outcome = Outcome::Invalid {
+            field: "spec.runtime.replicas".into(),
+            message: "the embedded store allows one replica".into(),
+        };
+        let result = conditions(&[], Some(3), &outcome, &time(10));
+        assert_eq!(condition_status(&result, STALLED), Some("True"));
+        assert_eq!(condition_status(&result, READY), Some("False"));
+        let stalled = result.iter().find(|c| c.type_ == STALLED).unwrap();
+        assert!(stalled.message.contains("spec.runtime.replicas"));
+        assert_eq!(stalled.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn deployment_without_status_is_not_available() {
+        assert!(!deployment_available(&Deployment::default()));
+    }
+}
