@@ -98,15 +98,30 @@ fn to_value<K: Serialize>(object: &K) -> Value {
 /// matter; lists must match element by element.
 pub fn contains(live: &Value, desired: &Value) -> bool {
     match (live, desired) {
-        (Value::Object(live), Value::Object(desired)) => desired.iter().all(|(key, value)| {
-            live.get(key)
-                .is_some_and(|live_value| contains(live_value, value))
-        }),
+        (Value::Object(live), Value::Object(desired)) => {
+            desired.iter().all(|(key, value)| match live.get(key) {
+                Some(live_value) => contains(live_value, value),
+                // The API server leaves out fields at their zero value (Go's
+                // `omitempty`), so `false`, 0, "" and empty lists match absence.
+                None => is_zero(value),
+            })
+        }
         (Value::Array(live), Value::Array(desired)) => {
             live.len() == desired.len() && live.iter().zip(desired).all(|(l, d)| contains(l, d))
         }
         (Value::Number(live), Value::Number(desired)) => live.as_f64() == desired.as_f64(),
         _ => live == desired,
+    }
+}
+
+fn is_zero(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(flag) => !flag,
+        Value::Number(number) => number.as_f64() == Some(0.0),
+        Value::String(text) => text.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        Value::Object(fields) => fields.is_empty(),
     }
 }
 
@@ -134,6 +149,19 @@ mod tests {
         let live = json!({"metadata": {"labels": {"a": "1"}}});
         let desired = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
         assert!(!contains(&live, &desired));
+    }
+
+    #[test]
+    fn zero_values_match_absent_fields() {
+        let live = json!({"volumeMounts": [{"name": "data"}]});
+        assert!(contains(
+            &live,
+            &json!({"volumeMounts": [{"name": "data", "readOnly": false}]})
+        ));
+        assert!(!contains(
+            &live,
+            &json!({"volumeMounts": [{"name": "data", "readOnly": true}]})
+        ));
     }
 
     #[test]
