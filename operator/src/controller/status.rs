@@ -17,7 +17,7 @@ pub const CREDENTIALS_READY: &str = "CredentialsReady";
 pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const ENDPOINT_READY: &str = "EndpointReady";
 
-/// What a reconcile pass ended with.
+/// Result of a reconcile pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The spec breaks a rule; nothing was applied.
@@ -33,15 +33,20 @@ pub enum Outcome {
 }
 
 /// One condition before timestamps are resolved.
-struct Wanted {
+struct DesiredCondition {
     kind: &'static str,
     status: bool,
     reason: String,
     message: String,
 }
 
-fn wanted(kind: &'static str, status: bool, reason: &str, message: impl Into<String>) -> Wanted {
-    Wanted {
+fn desired(
+    kind: &'static str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+) -> DesiredCondition {
+    DesiredCondition {
         kind,
         status,
         reason: reason.to_owned(),
@@ -57,36 +62,36 @@ pub fn conditions(
     outcome: &Outcome,
     now: &Time,
 ) -> Vec<Condition> {
-    wanted_conditions(outcome)
+    desired_conditions(outcome)
         .into_iter()
-        .map(|want| resolve(previous, generation, want, now))
+        .map(|condition| resolve(previous, generation, condition, now))
         .collect()
 }
 
-fn wanted_conditions(outcome: &Outcome) -> Vec<Wanted> {
+fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
     match outcome {
         Outcome::Invalid { field, message } => {
             let text = format!("invalid spec: {field}: {message}");
             vec![
-                wanted(READY, false, "InvalidSpec", text.clone()),
-                wanted(
+                desired(READY, false, "InvalidSpec", text.clone()),
+                desired(
                     RECONCILING,
                     false,
                     "InvalidSpec",
                     "waiting for the spec to change",
                 ),
-                wanted(STALLED, true, "InvalidSpec", text),
+                desired(STALLED, true, "InvalidSpec", text),
             ]
         }
         Outcome::Blocked { reason, message } => vec![
-            wanted(READY, false, reason, message.clone()),
-            wanted(
+            desired(READY, false, reason, message.clone()),
+            desired(
                 RECONCILING,
                 false,
                 reason,
                 "waiting for the cluster or the spec to change",
             ),
-            wanted(STALLED, true, reason, message.clone()),
+            desired(STALLED, true, reason, message.clone()),
         ],
         Outcome::Applied {
             runtime_available,
@@ -95,16 +100,16 @@ fn wanted_conditions(outcome: &Outcome) -> Vec<Wanted> {
     }
 }
 
-fn applied_conditions(runtime_available: bool, has_ingress: bool) -> Vec<Wanted> {
+fn applied_conditions(runtime_available: bool, has_ingress: bool) -> Vec<DesiredCondition> {
     let runtime = if runtime_available {
-        wanted(
+        desired(
             RUNTIME_READY,
             true,
             "Available",
             "the runtime Deployment is available",
         )
     } else {
-        wanted(
+        desired(
             RUNTIME_READY,
             false,
             "Progressing",
@@ -112,14 +117,14 @@ fn applied_conditions(runtime_available: bool, has_ingress: bool) -> Vec<Wanted>
         )
     };
     let endpoint = if has_ingress {
-        wanted(
+        desired(
             ENDPOINT_READY,
             true,
             "IngressApplied",
             "the Ingress for the endpoint host is applied",
         )
     } else {
-        wanted(
+        desired(
             ENDPOINT_READY,
             true,
             "ServiceOnly",
@@ -128,18 +133,18 @@ fn applied_conditions(runtime_available: bool, has_ingress: bool) -> Vec<Wanted>
     };
     let (ready, reconciling) = if runtime_available {
         (
-            wanted(READY, true, "Ready", "the tenant is serving"),
-            wanted(RECONCILING, false, "Ready", "nothing is in progress"),
+            desired(READY, true, "Ready", "the tenant is serving"),
+            desired(RECONCILING, false, "Ready", "nothing is in progress"),
         )
     } else {
         (
-            wanted(
+            desired(
                 READY,
                 false,
                 "Progressing",
                 "waiting for the runtime Deployment to become available",
             ),
-            wanted(
+            desired(
                 RECONCILING,
                 true,
                 "Progressing",
@@ -150,14 +155,14 @@ fn applied_conditions(runtime_available: bool, has_ingress: bool) -> Vec<Wanted>
     vec![
         ready,
         reconciling,
-        wanted(STALLED, false, "Progressing", "nothing blocks progress"),
-        wanted(
+        desired(STALLED, false, "Progressing", "nothing blocks progress"),
+        desired(
             NAMESPACE_READY,
             true,
             "Applied",
             "the tenant namespace is applied",
         ),
-        wanted(
+        desired(
             CREDENTIALS_READY,
             true,
             "Applied",
@@ -168,20 +173,25 @@ fn applied_conditions(runtime_available: bool, has_ingress: bool) -> Vec<Wanted>
     ]
 }
 
-fn resolve(previous: &[Condition], generation: Option<i64>, want: Wanted, now: &Time) -> Condition {
-    let status = if want.status { "True" } else { "False" };
+fn resolve(
+    previous: &[Condition],
+    generation: Option<i64>,
+    desired: DesiredCondition,
+    now: &Time,
+) -> Condition {
+    let status = if desired.status { "True" } else { "False" };
     let earlier = previous
         .iter()
-        .find(|condition| condition.type_ == want.kind);
+        .find(|condition| condition.type_ == desired.kind);
     let last_transition_time = match earlier {
         Some(condition) if condition.status == status => condition.last_transition_time.clone(),
         _ => now.clone(),
     };
     Condition {
-        type_: want.kind.to_owned(),
+        type_: desired.kind.to_owned(),
         status: status.to_owned(),
-        reason: want.reason,
-        message: want.message,
+        reason: desired.reason,
+        message: desired.message,
         observed_generation: generation,
         last_transition_time,
     }
