@@ -14,12 +14,25 @@ require_cargo_subcommand() {
     fi
 }
 
-# Outside services for the tests, such as Redis or a Kubernetes API server.
-# start_services starts them and exports their addresses for the tests, and
-# stop_services stops them when the script exits, also after a failure.
-# The tests need no outside service yet.
+# Outside services for the tests. start_services prepares them and exports
+# what the tests need, and stop_services stops them when the script exits,
+# also after a failure.
+#
+# The operator tests start their own etcd, kube-apiserver and
+# kube-controller-manager on loopback; this finds (or builds once, into a
+# cache outside the checkout) those binaries and exports their directory.
+# They also need openssl, for the test certificates, and curl.
 start_services() {
-    :
+    local missing=()
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    if ((${#missing[@]} > 0)); then
+        echo "scripts/test.sh: installing ${missing[*]}" >&2
+        apt-get update -qq && apt-get install -y -qq "${missing[@]}" >&2
+    fi
+    local assets
+    assets=$(bash scripts/envtest-assets.sh | tail -n 1)
+    export KUBEBUILDER_ASSETS=$assets
 }
 
 stop_services() {
