@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use parley_operator::controller::leader::LeaderElector;
 use parley_operator::error_chain;
+
+/// Name of the leader election Lease.
+const LEASE_NAME: &str = "parley-operator";
 use parley_operator::render::{self, RenderError};
 use parley_operator::settings::OperatorSettings;
 
@@ -36,6 +40,12 @@ enum Command {
         /// Log format.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
+        /// Namespace of the leader election Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "parley-system")]
+        lease_namespace: String,
+        /// Identity in the Lease; the pod name in a cluster.
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
     },
 }
 
@@ -56,11 +66,18 @@ fn main() -> ExitCode {
         Command::Run {
             runtime_image,
             log_format,
-        } => run(runtime_image, &log_format),
+            lease_namespace,
+            identity,
+        } => run(runtime_image, &log_format, &lease_namespace, identity),
     }
 }
 
-fn run(runtime_image: Option<String>, log_format: &str) -> ExitCode {
+fn run(
+    runtime_image: Option<String>,
+    log_format: &str,
+    lease_namespace: &str,
+    identity: Option<String>,
+) -> ExitCode {
     init_logging(log_format);
     let mut settings = OperatorSettings::default();
     if let Some(image) = runtime_image {
@@ -81,8 +98,13 @@ fn run(runtime_image: Option<String>, log_format: &str) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!("Starting the ChatTenant controller");
-        parley_operator::controller::run(client, settings, stop_signal()).await;
+        let identity = identity.unwrap_or_else(|| format!("parley-operator-{}", std::process::id()));
+        let elector = LeaderElector::new(client.clone(), lease_namespace, LEASE_NAME, &identity);
+        tracing::info!(%identity, lease_namespace, "Starting the ChatTenant controller; waiting for the leader Lease");
+        if parley_operator::controller::run_elected(client, settings, elector, stop_signal()).await {
+            tracing::error!("Lost the leader Lease; exiting so a fresh process can campaign again");
+            return ExitCode::FAILURE;
+        }
         tracing::info!("Stopped");
         ExitCode::SUCCESS
     })

@@ -493,3 +493,121 @@ async fn restarted_operator_writes_nothing() {
     );
     drop(restart);
 }
+
+#[tokio::test]
+async fn only_the_leader_reconciles() {
+    use parley_operator::controller::leader::LeaderElector;
+
+    let cluster = Cluster::start().await;
+    let client = cluster.client.clone();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(
+        &PostParams::default(),
+        &parley_operator::schema::chat_tenant_crd(),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(
+            crds,
+            "chattenants.parley.dev",
+            conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let system: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "parley-system"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &system)
+        .await
+        .unwrap();
+
+    let mut replicas = Vec::new();
+    for identity in ["replica-a", "replica-b"] {
+        let (replica_client, writes) = cluster.counting_client().await;
+        let elector = LeaderElector::new(
+            replica_client.clone(),
+            "parley-system",
+            "parley-operator",
+            identity,
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        tokio::spawn(parley_operator::controller::run_elected(
+            replica_client,
+            OperatorSettings::default(),
+            elector,
+            shutdown,
+        ));
+        replicas.push((identity, writes, stop));
+    }
+
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    tenants
+        .create(
+            &PostParams::default(),
+            &tenant("acme", json!({"tenantId": "acme"})),
+        )
+        .await
+        .unwrap();
+    wait_for("the tenant namespace", || {
+        let namespaces = namespaces.clone();
+        async move { namespaces.get_opt("parley-acme").await.unwrap() }
+    })
+    .await;
+
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "parley-system");
+    let lease = leases.get("parley-operator").await.unwrap();
+    let leader = lease.spec.unwrap().holder_identity.unwrap();
+    let counts: Vec<(&str, usize)> = replicas
+        .iter()
+        .map(|(identity, writes, _)| (*identity, writes.load(std::sync::atomic::Ordering::SeqCst)))
+        .collect();
+    for (identity, count) in &counts {
+        if *identity == leader {
+            assert!(
+                *count > 0,
+                "the leader {identity} wrote nothing: {counts:?}"
+            );
+        } else {
+            assert_eq!(*count, 0, "the follower {identity} wrote: {counts:?}");
+        }
+    }
+
+    // When the leader stops, the other replica takes over once the Lease
+    // expires, and reconciles new tenants.
+    let leader_index = replicas
+        .iter()
+        .position(|(identity, _, _)| *identity == leader)
+        .unwrap();
+    let (_, _, stop) = replicas.remove(leader_index);
+    drop(stop);
+    tenants
+        .create(
+            &PostParams::default(),
+            &tenant("globex", json!({"tenantId": "globex"})),
+        )
+        .await
+        .unwrap();
+    wait_for("the follower to take over", || {
+        let namespaces = namespaces.clone();
+        async move { namespaces.get_opt("parley-globex").await.unwrap() }
+    })
+    .await;
+    let successor = leases
+        .get("parley-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert_eq!(successor, replicas[0].0);
+}

@@ -2,6 +2,7 @@
 //! runs [`reconcile`] for each tenant that changed.
 
 pub mod apply;
+pub mod leader;
 pub mod reconcile;
 pub mod status;
 
@@ -204,4 +205,47 @@ where
         config.clone(),
         move |object| tenant_of(&store, &object),
     )
+}
+
+/// Runs the controller while this replica holds the leader Lease. Returns
+/// `true` when leadership was lost (the process should exit so it can
+/// campaign again from a clean state), `false` on shutdown.
+pub async fn run_elected(
+    client: Client,
+    settings: OperatorSettings,
+    elector: leader::LeaderElector,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> bool {
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_sender.send(true);
+    });
+
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = stopped(stop.clone()) => return false,
+    }
+    tracing::info!(identity = elector.identity(), "Became the leader");
+
+    let (lost_sender, lost) = tokio::sync::oneshot::channel::<bool>();
+    let (done_sender, done) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let lost_leadership = tokio::select! {
+            _ = elector.hold() => true,
+            _ = stopped(stop) => false,
+        };
+        let _ = lost_sender.send(lost_leadership);
+        let _ = done_sender.send(());
+    });
+    run(client, settings, async move {
+        let _ = done.await;
+    })
+    .await;
+    lost.await.unwrap_or(false)
+}
+
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone, which happens only after it sent.
+    let _ = stop.wait_for(|stopping| *stopping).await;
 }
