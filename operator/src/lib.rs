@@ -10,6 +10,7 @@
 //! - [`build`]: builds every object of a tenant from the checked spec.
 //! - [`render`]: the `render` subcommand, which prints those objects.
 //! - [`controller`]: the reconcile loop against a cluster.
+//! - [`telemetry`]: health, readiness and metrics endpoints.
 
 pub mod build;
 pub mod controller;
@@ -19,6 +20,7 @@ pub mod quantity;
 pub mod render;
 pub mod schema;
 pub mod settings;
+pub mod telemetry;
 pub mod validate;
 
 /// Joins an error and its causes with ": ", for one log field or message.

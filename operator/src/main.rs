@@ -46,6 +46,9 @@ enum Command {
         /// Identity in the Lease; the pod name in a cluster.
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// Address of `/healthz`, `/readyz` and `/metrics`.
+        #[arg(long, env = "PARLEY_OPERATOR_LISTEN", default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -68,7 +71,14 @@ fn main() -> ExitCode {
             log_format,
             lease_namespace,
             identity,
-        } => run(runtime_image, &log_format, &lease_namespace, identity),
+            listen,
+        } => run(
+            runtime_image,
+            &log_format,
+            &lease_namespace,
+            identity,
+            listen,
+        ),
     }
 }
 
@@ -77,6 +87,7 @@ fn run(
     log_format: &str,
     lease_namespace: &str,
     identity: Option<String>,
+    listen: std::net::SocketAddr,
 ) -> ExitCode {
     init_logging(log_format);
     let mut settings = OperatorSettings::default();
@@ -98,6 +109,25 @@ fn run(
                 return ExitCode::FAILURE;
             }
         };
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%listen, error = %error, "Failed to listen for health and metrics");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, parley_operator::telemetry::router()).await {
+                tracing::error!(error = %error, "Health and metrics listener failed");
+            }
+        });
+        if let Err(error) = client.apiserver_version().await {
+            tracing::error!(error = %error_chain(&error), "Failed to reach the Kubernetes API server");
+            return ExitCode::FAILURE;
+        }
+        parley_operator::telemetry::METRICS.set_ready();
+        tracing::info!(%listen, "Serving health and metrics");
+
         let identity = identity.unwrap_or_else(|| format!("parley-operator-{}", std::process::id()));
         let elector = LeaderElector::new(client.clone(), lease_namespace, LEASE_NAME, &identity);
         tracing::info!(%identity, lease_namespace, "Starting the ChatTenant controller; waiting for the leader Lease");

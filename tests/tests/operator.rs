@@ -198,6 +198,28 @@ async fn tenant_becomes_ready_and_is_deleted() {
     assert_eq!(status.namespace.as_deref(), Some("parley-acme"));
     assert_eq!(status.observed_generation, ready.metadata.generation);
 
+    // The operator's metrics count the reconciles. Every test of this file
+    // shares the process-wide metrics, so only lower bounds are checked.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, parley_operator::telemetry::router()).await });
+    let text = reqwest::get(format!("http://{metrics_address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reconciles = text
+        .lines()
+        .find_map(|line| line.strip_prefix("parley_operator_reconciles_total "))
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(reconciles > 0, "{text}");
+    assert!(
+        text.contains("parley_operator_tenants{ready=\"True\"}"),
+        "{text}"
+    );
+
     // The credentials are generated once and kept.
     let again = Api::<Secret>::namespaced(client.clone(), "parley-acme")
         .get("chat-runtime-credentials")

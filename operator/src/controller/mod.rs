@@ -24,6 +24,7 @@ use crate::build::credentials::CredentialsError;
 use crate::crd::ChatTenant;
 use crate::naming;
 use crate::settings::OperatorSettings;
+use crate::telemetry::METRICS;
 
 /// Finalizer on ChatTenants, so the deletion policy runs before they go.
 /// Objects inside the tenant namespace never get one, so deleting a
@@ -73,6 +74,14 @@ impl Error {
 }
 
 async fn reconcile(tenant: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(tenant, ctx).await;
+    METRICS.reconciles.inc();
+    METRICS.duration.observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(tenant: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let tenants: Api<ChatTenant> = Api::all(ctx.client.clone());
     finalizer::finalizer(&tenants, FINALIZER, tenant, |event| async {
         match event {
@@ -86,6 +95,7 @@ async fn reconcile(tenant: Arc<ChatTenant>, ctx: Arc<Context>) -> Result<Action,
 
 /// Retries with exponential backoff per tenant, capped at [`MAX_BACKOFF`].
 fn error_policy(tenant: Arc<ChatTenant>, error: &Error, _ctx: Arc<Context>) -> Action {
+    METRICS.error(error.reason());
     let message = crate::error_chain(error);
     tracing::warn!(tenant = %tenant.name_any(), reason = error.reason(), error = %message, "Reconcile failed");
     let attempt = BACKOFF.with_attempt(&tenant.name_any());
@@ -166,6 +176,7 @@ pub async fn run(
         watcher::Config::default(),
     );
     let store = controller.store();
+    METRICS.watch_tenants(store.clone());
     let controller = watch_owned::<Namespace>(controller, &client, &managed, &store);
     let controller = watch_owned::<Deployment>(controller, &client, &managed, &store);
     let controller = watch_owned::<ConfigMap>(controller, &client, &managed, &store);
