@@ -24,6 +24,10 @@ pub struct OperatorSettings {
     /// Requests and limits of runtimes whose spec sets no
     /// `runtime.resources`.
     pub runtime_resources: ResourceRequirements,
+    /// How long both keys are accepted after a credential rotation starts.
+    /// An hour covers the default lifetime of user tokens minted by the
+    /// runtime's server API.
+    pub rotation_overlap: std::time::Duration,
 }
 
 impl Default for OperatorSettings {
@@ -32,6 +36,7 @@ impl Default for OperatorSettings {
             runtime_image: DEFAULT_RUNTIME_IMAGE.to_owned(),
             storage_size: DEFAULT_STORAGE_SIZE.to_owned(),
             runtime_resources: default_runtime_resources(),
+            rotation_overlap: std::time::Duration::from_secs(3600),
         }
     }
 }

@@ -20,6 +20,10 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Starts a control plane, installs the CRD and runs the operator in this
 /// process until the returned sender is dropped.
 async fn start() -> (Cluster, tokio::sync::oneshot::Sender<()>) {
+    start_with(OperatorSettings::default()).await
+}
+
+async fn start_with(settings: OperatorSettings) -> (Cluster, tokio::sync::oneshot::Sender<()>) {
     let cluster = Cluster::start().await;
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
     crds.create(
@@ -46,7 +50,7 @@ async fn start() -> (Cluster, tokio::sync::oneshot::Sender<()>) {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        parley_operator::controller::run(client, OperatorSettings::default(), shutdown).await;
+        parley_operator::controller::run(client, settings, shutdown).await;
     });
     (cluster, stop)
 }
@@ -632,4 +636,84 @@ async fn only_the_leader_reconciles() {
         .holder_identity
         .unwrap();
     assert_eq!(successor, replicas[0].0);
+}
+
+/// Key ids in the credentials Secret, current first.
+async fn key_ids(secrets: &Api<Secret>) -> Vec<String> {
+    let secret = secrets.get("chat-runtime-credentials").await.unwrap();
+    let data = secret.data.unwrap();
+    let current = String::from_utf8(data["api-key-id"].0.clone()).unwrap();
+    let mut ids = vec![current.clone()];
+    for key in data.keys().filter_map(|key| key.strip_prefix("key.")) {
+        if key != current {
+            ids.push(key.to_owned());
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn rotation_overlaps_then_drops_the_old_key() {
+    let settings = OperatorSettings {
+        rotation_overlap: Duration::from_secs(3),
+        ..OperatorSettings::default()
+    };
+    let (cluster, _stop) = start_with(settings).await;
+    let client = cluster.client.clone();
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    tenants
+        .create(
+            &PostParams::default(),
+            &tenant("wayne", json!({"tenantId": "wayne"})),
+        )
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "parley-wayne");
+    wait_for("the credentials Secret", || {
+        let secrets = secrets.clone();
+        async move { secrets.get_opt("chat-runtime-credentials").await.unwrap() }
+    })
+    .await;
+    let original = key_ids(&secrets).await;
+    assert_eq!(original.len(), 1);
+
+    let request =
+        json!({"metadata": {"annotations": {"parley.dev/rotate-credentials": "2026-12-04"}}});
+    tenants
+        .patch("wayne", &PatchParams::default(), &Patch::Merge(&request))
+        .await
+        .unwrap();
+    let overlapping = wait_for("a second key", || {
+        let secrets = secrets.clone();
+        async move {
+            let ids = key_ids(&secrets).await;
+            (ids.len() == 2).then_some(ids)
+        }
+    })
+    .await;
+    assert_ne!(overlapping[0], original[0], "the new key signs");
+    assert_eq!(overlapping[1], original[0], "the old key is still accepted");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "parley-wayne");
+    wait_for("the runtime config to list both keys", || {
+        let config_maps = config_maps.clone();
+        let old = original[0].clone();
+        let new = overlapping[0].clone();
+        async move {
+            let config =
+                config_maps.get("chat-runtime").await.unwrap().data.unwrap()["config.yaml"].clone();
+            (config.contains(&old) && config.contains(&new)).then_some(())
+        }
+    })
+    .await;
+
+    // After the overlap window only the new key is left.
+    let after = wait_for("the old key to be dropped", || {
+        let secrets = secrets.clone();
+        async move {
+            let ids = key_ids(&secrets).await;
+            (ids.len() == 1).then_some(ids)
+        }
+    })
+    .await;
+    assert_eq!(after[0], overlapping[0]);
 }

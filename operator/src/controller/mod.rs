@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod leader;
 pub mod reconcile;
+pub mod rotation;
 pub mod status;
 
 use std::sync::Arc;

@@ -18,6 +18,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::apply::{self, Applied, Mode};
+use super::rotation;
 use super::status::{self, Outcome};
 use super::{Context, Error};
 use crate::build::{self, credentials::Credentials};
@@ -60,13 +61,21 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         return Ok(Action::requeue(RESYNC));
     }
 
-    let credentials = load_or_generate_credentials(&valid, ctx).await?;
+    let rotation = plan_credentials(&tenant, &valid, ctx).await?;
     let owner = crate::render::owner_reference(&tenant, &tenant.name_any());
-    let desired = build::desired(&valid, &credentials, &owner).map_err(Error::Build)?;
+    let mut desired =
+        build::desired(&valid, &rotation.credentials, &owner).map_err(Error::Build)?;
+    if !rotation.annotations.is_empty() {
+        desired.credentials.metadata.annotations = Some(rotation.annotations.clone());
+    }
 
     let mut written = 0;
     for manifest in desired.manifests() {
-        if apply::apply(&ctx.client, manifest, Mode::WhenChanged)
+        let mode = match manifest {
+            build::Manifest::Secret(_) if rotation.drops_keys => Mode::Always,
+            _ => Mode::WhenChanged,
+        };
+        if apply::apply(&ctx.client, manifest, mode)
             .await
             .map_err(Error::Apply)?
             == Applied::Written
@@ -93,11 +102,15 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
     };
     write_status(&tenant, ctx, &outcome, Some(&valid)).await?;
 
-    Ok(Action::requeue(if runtime_available {
+    let next = if runtime_available {
         RESYNC
     } else {
         PROGRESS_CHECK
-    }))
+    };
+    let next = rotation
+        .recheck_in
+        .map_or(next, |recheck| next.min(recheck));
+    Ok(Action::requeue(next))
 }
 
 /// Returns why the tenant namespace cannot be used, if it exists and is not
@@ -149,20 +162,51 @@ async fn namespace_conflict(
 }
 
 /// Reads the tenant's credentials, or generates them when the Secret does
-/// not exist yet. Existing credentials are never regenerated.
-async fn load_or_generate_credentials(
+/// not exist yet, and applies a requested rotation. Existing credentials
+/// are never regenerated otherwise.
+async fn plan_credentials(
+    tenant: &ChatTenant,
     valid: &ValidTenant,
     ctx: &Context,
-) -> Result<Credentials, Error> {
+) -> Result<rotation::Plan, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.namespace);
-    match secrets
+    let existing = secrets
         .get_opt(naming::CREDENTIALS_SECRET)
         .await
-        .map_err(Error::Read)?
+        .map_err(Error::Read)?;
+    let Some(secret) = existing else {
+        let credentials = Credentials::generate(&valid.tenant_id).map_err(Error::Credentials)?;
+        return Ok(rotation::Plan {
+            credentials,
+            annotations: Default::default(),
+            recheck_in: None,
+            drops_keys: false,
+        });
+    };
+
+    let credentials = Credentials::from_secret(&secret).map_err(Error::Credentials)?;
+    let record = secret.metadata.annotations.clone().unwrap_or_default();
+    let request = tenant
+        .annotations()
+        .get(rotation::ROTATE_ANNOTATION)
+        .map(String::as_str);
+    let plan = rotation::plan(
+        credentials,
+        &record,
+        request,
+        ctx.settings.rotation_overlap,
+        k8s_openapi::jiff::Timestamp::now(),
+        || Credentials::generate(&valid.tenant_id),
+    )
+    .map_err(Error::Credentials)?;
+    if plan.annotations.get(rotation::HANDLED_ANNOTATION)
+        != record.get(rotation::HANDLED_ANNOTATION)
     {
-        Some(secret) => Credentials::from_secret(&secret).map_err(Error::Credentials),
-        None => Credentials::generate(&valid.tenant_id).map_err(Error::Credentials),
+        let note =
+            String::from("Added a new API key; the old one stays valid for the overlap window");
+        publish(tenant, ctx, EventType::Normal, "RotatingCredentials", note).await;
     }
+    Ok(plan)
 }
 
 async fn delete_stale_ingress(valid: &ValidTenant, ctx: &Context) -> Result<(), Error> {
