@@ -717,3 +717,132 @@ async fn rotation_overlaps_then_drops_the_old_key() {
     .await;
     assert_eq!(after[0], overlapping[0]);
 }
+
+#[tokio::test]
+async fn image_and_limit_changes_roll_out() {
+    let (cluster, _stop) = start().await;
+    let client = cluster.client.clone();
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    tenants
+        .create(
+            &PostParams::default(),
+            &tenant("stark", json!({"tenantId": "stark"})),
+        )
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "parley-stark");
+    let before = wait_for("the runtime Deployment", || {
+        let deployments = deployments.clone();
+        async move { deployments.get_opt("chat-runtime").await.unwrap() }
+    })
+    .await;
+    let checksum = |deployment: &Deployment| {
+        deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["parley.dev/config-checksum"]
+            .clone()
+    };
+    let image = |deployment: &Deployment| {
+        deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .image
+            .clone()
+            .unwrap()
+    };
+    let old_checksum = checksum(&before);
+
+    let change = json!({"spec": {"runtime": {"image": "registry.example/chat-runtime:2.0.0", "limits": {"maxMessageBytes": 2048}}}});
+    tenants
+        .patch("stark", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    let after = wait_for("the new image in the pod template", || {
+        let deployments = deployments.clone();
+        async move {
+            let deployment = deployments.get("chat-runtime").await.unwrap();
+            (image(&deployment) == "registry.example/chat-runtime:2.0.0").then_some(deployment)
+        }
+    })
+    .await;
+    assert_ne!(
+        checksum(&after),
+        old_checksum,
+        "a config change must change the pod template"
+    );
+    let config = Api::<ConfigMap>::namespaced(client.clone(), "parley-stark")
+        .get("chat-runtime")
+        .await
+        .unwrap();
+    assert!(config.data.unwrap()["config.yaml"].contains("max_message_bytes: 2048"));
+}
+
+#[tokio::test]
+async fn invalid_spec_makes_no_request_storm() {
+    let cluster = Cluster::start().await;
+    let client = cluster.client.clone();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(
+        &PostParams::default(),
+        &parley_operator::schema::chat_tenant_crd(),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(
+            crds,
+            "chattenants.parley.dev",
+            conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (operator_client, writes) = cluster.counting_client().await;
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        parley_operator::controller::run(operator_client, OperatorSettings::default(), shutdown)
+            .await;
+    });
+
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    let spec = json!({"tenantId": "oscorp", "runtime": {"replicas": 2}});
+    tenants
+        .create(&PostParams::default(), &tenant("oscorp", spec))
+        .await
+        .unwrap();
+    wait_for("Stalled=True", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("oscorp").await.unwrap();
+            (condition(&tenant, "Stalled").as_deref() == Some("True")).then_some(())
+        }
+    })
+    .await;
+    let settled = writes.load(std::sync::atomic::Ordering::SeqCst);
+
+    // NOTE: a request storm can only be seen over time, so this watches a
+    // fixed window after the tenant stalled.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let later = writes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(settled <= 4, "writes until stalled: {settled}");
+    assert_eq!(later, settled, "writes while the spec did not change");
+}
