@@ -198,6 +198,14 @@ async fn tenant_becomes_ready_and_is_deleted() {
         }
     })
     .await;
+    assert_eq!(condition(&ready, "KindsServed").as_deref(), Some("True"));
+    let served = parley_operator::controller::served::check(&client)
+        .await
+        .unwrap();
+    assert!(
+        served.is_empty(),
+        "kinds reported missing on a 1.20 server: {served:?}"
+    );
     let status = ready.status.unwrap();
     assert_eq!(status.namespace.as_deref(), Some("parley-acme"));
     assert_eq!(status.observed_generation, ready.metadata.generation);

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod leader;
 pub mod reconcile;
 pub mod rotation;
+pub mod served;
 pub mod status;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct Context {
     pub client: Client,
     pub settings: OperatorSettings,
     pub recorder: Recorder,
+    /// Managed kinds the API server does not serve, found at start.
+    pub missing_kinds: Vec<served::ManagedKind>,
 }
 
 /// Errors of one reconcile, named after the operation that failed. Each is
@@ -161,10 +164,25 @@ pub async fn run(
         controller: String::from(naming::FIELD_MANAGER),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let missing_kinds = match served::check(&client).await {
+        Ok(missing) => missing,
+        Err(error) => {
+            tracing::warn!(error = %crate::error_chain(&error), "Failed to list the API server's kinds; assuming all are served");
+            Vec::new()
+        }
+    };
+    for kind in &missing_kinds {
+        tracing::warn!(
+            kind = kind.kind,
+            api_version = kind.api_version,
+            "The API server does not serve a managed kind; skipping it"
+        );
+    }
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
         recorder: Recorder::new(client.clone(), reporter),
+        missing_kinds,
     });
 
     let managed = watcher::Config::default().labels(&format!(

@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::apply::{self, Applied, Mode};
 use super::rotation;
+use super::served;
 use super::status::{self, Outcome};
 use super::{Context, Error};
 use crate::build::{self, credentials::Credentials};
@@ -61,6 +62,24 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         return Ok(Action::requeue(RESYNC));
     }
 
+    let missing_required: Vec<&str> = ctx
+        .missing_kinds
+        .iter()
+        .map(|kind| kind.kind)
+        .filter(|kind| served::REQUIRED_KINDS.contains(kind))
+        .collect();
+    if !missing_required.is_empty() {
+        let outcome = Outcome::Blocked {
+            reason: String::from("KindNotServed"),
+            message: format!(
+                "the API server does not serve {}",
+                missing_required.join(", ")
+            ),
+        };
+        write_status(&tenant, ctx, &outcome, Some(&valid)).await?;
+        return Ok(Action::await_change());
+    }
+
     let rotation = plan_credentials(&tenant, &valid, ctx).await?;
     let owner = crate::render::owner_reference(&tenant, &tenant.name_any());
     let mut desired =
@@ -71,6 +90,13 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
 
     let mut written = 0;
     for manifest in desired.manifests() {
+        if ctx
+            .missing_kinds
+            .iter()
+            .any(|kind| kind.kind == manifest.kind())
+        {
+            continue;
+        }
         let mode = match manifest {
             build::Manifest::Secret(_) if rotation.drops_keys => Mode::Always,
             _ => Mode::WhenChanged,
@@ -83,7 +109,8 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
             written += 1;
         }
     }
-    if desired.ingress.is_none() {
+    let ingress_served = !ctx.missing_kinds.iter().any(|kind| kind.kind == "Ingress");
+    if desired.ingress.is_none() && ingress_served {
         delete_stale_ingress(&valid, ctx).await?;
     }
     if written > 0 {
@@ -96,9 +123,16 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         .await
         .map_err(Error::Read)?
         .is_some_and(|deployment| status::deployment_available(&deployment));
+    let skipped_kinds: Vec<String> = ctx
+        .missing_kinds
+        .iter()
+        .map(|kind| kind.kind.to_owned())
+        .collect();
     let outcome = Outcome::Applied {
         runtime_available,
-        has_ingress: desired.ingress.is_some(),
+        has_ingress: desired.ingress.is_some()
+            && !skipped_kinds.iter().any(|kind| kind == "Ingress"),
+        skipped_kinds,
     };
     write_status(&tenant, ctx, &outcome, Some(&valid)).await?;
 

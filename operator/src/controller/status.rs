@@ -16,6 +16,7 @@ pub const NAMESPACE_READY: &str = "NamespaceReady";
 pub const CREDENTIALS_READY: &str = "CredentialsReady";
 pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const ENDPOINT_READY: &str = "EndpointReady";
+pub const KINDS_SERVED: &str = "KindsServed";
 
 /// Result of a reconcile pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub enum Outcome {
     Applied {
         runtime_available: bool,
         has_ingress: bool,
+        /// Kinds skipped because the API server does not serve them.
+        skipped_kinds: Vec<String>,
     },
 }
 
@@ -96,7 +99,12 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
         Outcome::Applied {
             runtime_available,
             has_ingress,
-        } => applied_conditions(*runtime_available, *has_ingress),
+            skipped_kinds,
+        } => {
+            let mut conditions = applied_conditions(*runtime_available, *has_ingress);
+            conditions.push(kinds_served(skipped_kinds));
+            conditions
+        }
     }
 }
 
@@ -173,6 +181,23 @@ fn applied_conditions(runtime_available: bool, has_ingress: bool) -> Vec<Desired
     ]
 }
 
+fn kinds_served(skipped: &[String]) -> DesiredCondition {
+    if skipped.is_empty() {
+        desired(
+            KINDS_SERVED,
+            true,
+            "AllServed",
+            "the API server serves every kind the tenant needs",
+        )
+    } else {
+        let message = format!(
+            "the API server does not serve {}; those objects were skipped",
+            skipped.join(", ")
+        );
+        desired(KINDS_SERVED, false, "KindNotServed", message)
+    }
+}
+
 fn resolve(
     previous: &[Condition],
     generation: Option<i64>,
@@ -234,6 +259,7 @@ mod tests {
         Outcome::Applied {
             runtime_available: available,
             has_ingress: false,
+            skipped_kinds: Vec::new(),
         }
     }
 
@@ -272,6 +298,19 @@ mod tests {
         let stalled = result.iter().find(|c| c.type_ == STALLED).unwrap();
         assert!(stalled.message.contains("spec.runtime.replicas"));
         assert_eq!(stalled.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn skipped_kinds_are_reported() {
+        let outcome = Outcome::Applied {
+            runtime_available: true,
+            has_ingress: false,
+            skipped_kinds: vec![String::from("NetworkPolicy")],
+        };
+        let result = conditions(&[], Some(1), &outcome, &time(10));
+        assert_eq!(condition_status(&result, KINDS_SERVED), Some("False"));
+        let served = result.iter().find(|c| c.type_ == KINDS_SERVED).unwrap();
+        assert!(served.message.contains("NetworkPolicy"));
     }
 
     #[test]
