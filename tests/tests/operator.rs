@@ -854,3 +854,92 @@ async fn invalid_spec_makes_no_request_storm() {
     assert!(settled <= 4, "writes until stalled: {settled}");
     assert_eq!(later, settled, "writes while the spec did not change");
 }
+
+/// Number of tenants in the scale test.
+const MANY_TENANTS: usize = 200;
+
+#[tokio::test]
+async fn many_tenants_settle_into_a_quiet_state() {
+    let cluster = Cluster::start().await;
+    let client = cluster.client.clone();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(
+        &PostParams::default(),
+        &parley_operator::schema::chat_tenant_crd(),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        await_condition(
+            crds,
+            "chattenants.parley.dev",
+            conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (operator_client, writes) = cluster.counting_client().await;
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        parley_operator::controller::run(operator_client, OperatorSettings::default(), shutdown)
+            .await;
+    });
+
+    let started = std::time::Instant::now();
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    for index in 0..MANY_TENANTS {
+        let id = format!("t{index:03}");
+        tenants
+            .create(
+                &PostParams::default(),
+                &tenant(&id, json!({"tenantId": id})),
+            )
+            .await
+            .unwrap();
+    }
+    let long_wait = Duration::from_secs(600);
+    let deadline = tokio::time::Instant::now() + long_wait;
+    let mut made_available = std::collections::BTreeSet::new();
+    loop {
+        let deployments: Api<Deployment> = Api::all(client.clone());
+        for deployment in deployments.list(&Default::default()).await.unwrap() {
+            let namespace = deployment.metadata.namespace.clone().unwrap();
+            if made_available.insert(namespace.clone()) {
+                make_available(&client, &namespace).await;
+            }
+        }
+        let ready = tenants
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|tenant| condition(tenant, "Ready").as_deref() == Some("True"))
+            .count();
+        if ready == MANY_TENANTS {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {ready} of {MANY_TENANTS} tenants Ready"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let to_ready = started.elapsed();
+    let writes_to_ready = writes.load(std::sync::atomic::Ordering::SeqCst);
+
+    // NOTE: a quiet state can only be seen over time: this watches a fixed
+    // window after every tenant became Ready.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let quiet_writes = writes.load(std::sync::atomic::Ordering::SeqCst) - writes_to_ready;
+    eprintln!(
+        "{MANY_TENANTS} tenants Ready in {:.1} s with {writes_to_ready} write requests; {quiet_writes} writes in the next 10 s",
+        to_ready.as_secs_f64()
+    );
+    assert_eq!(quiet_writes, 0, "writes in steady state");
+}
