@@ -56,6 +56,8 @@ start_services
 
 cargo fmt --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The Helm chart and the objects the operator renders: lint, schemas, checkov.
+bash scripts/chart-check.sh
 
 # --no-fail-fast runs every test binary even after one fails, so a single run
 # reports every failure. cargo test prints one "test result" line per test
