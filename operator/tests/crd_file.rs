@@ -52,3 +52,28 @@ fn every_spec_field_has_a_description() {
         }
     }
 }
+
+#[test]
+fn tenant_id_is_immutable_by_rule() {
+    let yaml = parley_operator::schema::chat_tenant_crd_yaml().unwrap();
+    let value: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let tenant_id = &value["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["tenantId"];
+    let rules = tenant_id["x-kubernetes-validations"].as_sequence().unwrap();
+    assert!(
+        rules.iter().any(|rule| rule["rule"] == "self == oldSelf"),
+        "{rules:?}"
+    );
+}
+
+#[test]
+fn printer_columns_are_listed() {
+    let crd = parley_operator::schema::chat_tenant_crd();
+    let names: Vec<String> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|column| column.name.clone())
+        .collect();
+    assert_eq!(names, ["Ready", "Namespace", "Endpoint", "Age"]);
+}

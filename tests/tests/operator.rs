@@ -83,6 +83,39 @@ where
     }
 }
 
+/// Reasons of the Events recorded about the ChatTenant `name`. Events of
+/// cluster-scoped objects live in the `default` namespace.
+async fn event_reasons(client: &kube::Client, name: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "default");
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|event| {
+            event
+                .regarding
+                .as_ref()
+                .and_then(|regarding| regarding.name.as_deref())
+                == Some(name)
+        })
+        .filter_map(|event| event.reason)
+        .collect()
+}
+
+async fn wait_for_event(client: &kube::Client, name: &str, reason: &str) {
+    wait_for(&format!("a {reason} Event"), || async {
+        event_reasons(client, name)
+            .await
+            .iter()
+            .any(|r| r == reason)
+            .then_some(())
+    })
+    .await;
+}
+
 fn condition(tenant: &ChatTenant, kind: &str) -> Option<String> {
     let status = tenant.status.as_ref()?;
     status
@@ -210,6 +243,9 @@ async fn tenant_becomes_ready_and_is_deleted() {
     assert_eq!(status.namespace.as_deref(), Some("parley-acme"));
     assert_eq!(status.observed_generation, ready.metadata.generation);
 
+    wait_for_event(&client, "acme", "Created").await;
+    wait_for_event(&client, "acme", "Ready").await;
+
     // The operator's metrics count the reconciles. Every test of this file
     // shares the process-wide metrics, so only lower bounds are checked.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -244,6 +280,7 @@ async fn tenant_becomes_ready_and_is_deleted() {
         .delete("acme", &DeleteParams::default())
         .await
         .unwrap();
+    wait_for_event(&client, "acme", "Deleting").await;
     wait_for("the tenant namespace to be deleted", || {
         let namespaces = namespaces.clone();
         async move {
@@ -285,6 +322,7 @@ async fn invalid_spec_stalls_with_field_named() {
         .unwrap()
         .message;
     assert!(message.contains("spec.runtime.replicas"), "{message}");
+    wait_for_event(&cluster.client, "globex", "Stalled").await;
 
     // Nothing was created for it.
     let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
@@ -413,6 +451,8 @@ async fn hand_edits_and_deletes_are_undone() {
         }
     })
     .await;
+
+    wait_for_event(&client, "hooli", "DriftCorrected").await;
 
     // A deleted object is created again.
     let services: Api<Service> = Api::namespaced(client.clone(), "parley-hooli");
@@ -937,8 +977,15 @@ async fn many_tenants_settle_into_a_quiet_state() {
     // window after every tenant became Ready.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let quiet_writes = writes.load(std::sync::atomic::Ordering::SeqCst) - writes_to_ready;
+    // The operator runs inside this test process, so the process's resident
+    // memory bounds the operator's from above.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let resident = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: unknown");
     eprintln!(
-        "{MANY_TENANTS} tenants Ready in {:.1} s with {writes_to_ready} write requests; {quiet_writes} writes in the next 10 s",
+        "{MANY_TENANTS} tenants Ready in {:.1} s with {writes_to_ready} write requests; {quiet_writes} writes in the next 10 s; test process {resident}",
         to_ready.as_secs_f64()
     );
     assert_eq!(quiet_writes, 0, "writes in steady state");

@@ -15,7 +15,6 @@ use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -40,7 +39,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub struct Context {
     pub client: Client,
     pub settings: OperatorSettings,
-    pub recorder: Recorder,
+    /// Name of this replica in the Events it records.
+    pub reporting_instance: String,
     /// Managed kinds the API server does not serve, found at start.
     pub missing_kinds: Vec<served::ManagedKind>,
 }
@@ -160,10 +160,8 @@ pub async fn run(
     settings: OperatorSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let reporter = Reporter {
-        controller: String::from(naming::FIELD_MANAGER),
-        instance: std::env::var("POD_NAME").ok(),
-    };
+    let reporting_instance = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("parley-operator-{}", std::process::id()));
     let missing_kinds = match served::check(&client).await {
         Ok(missing) => missing,
         Err(error) => {
@@ -181,7 +179,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
-        recorder: Recorder::new(client.clone(), reporter),
+        reporting_instance,
         missing_kinds,
     });
 

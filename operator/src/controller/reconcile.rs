@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -115,6 +115,12 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
     }
     if written > 0 {
         tracing::info!(tenant = %valid.tenant_id, objects = written, "Applied tenant objects");
+        let rotating = rotation.recheck_in.is_some() || rotation.drops_keys;
+        if is_drift(&tenant) && !rotating {
+            let note =
+                format!("Restored {written} object(s) changed or deleted outside the operator");
+            publish(&tenant, ctx, EventType::Normal, "DriftCorrected", note).await;
+        }
     }
 
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &valid.namespace);
@@ -145,6 +151,15 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         .recheck_in
         .map_or(next, |recheck| next.min(recheck));
     Ok(Action::requeue(next))
+}
+
+/// True when objects had to be written although the spec was already
+/// handled: someone changed or deleted them by hand.
+fn is_drift(tenant: &ChatTenant) -> bool {
+    let Some(status) = tenant.status.as_ref() else {
+        return false;
+    };
+    status.namespace.is_some() && status.observed_generation == tenant.metadata.generation
 }
 
 /// Returns why the tenant namespace cannot be used, if it exists and is not
@@ -360,15 +375,52 @@ pub async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: reason.to_owned(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
+    let event = core_event(tenant, &ctx.reporting_instance, type_, reason, note);
+    let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), EVENT_NAMESPACE);
+    if let Err(error) = events.create(&PostParams::default(), &event).await {
         tracing::warn!(tenant = %tenant.name_any(), reason, error = %error, "Failed to record an Event");
+    }
+}
+
+/// Namespace of Events about ChatTenants, which are cluster-scoped.
+const EVENT_NAMESPACE: &str = "default";
+
+/// Builds a core/v1 Event. The events.k8s.io/v1 API of older servers (1.20)
+/// rejects Events about cluster-scoped objects, while core/v1 accepts them
+/// in the `default` namespace on every supported version.
+fn core_event(
+    tenant: &ChatTenant,
+    instance: &str,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) -> CoreEvent {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let suffix = now.0.as_nanosecond();
+    CoreEvent {
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{}.{suffix:x}", tenant.name_any())),
+            namespace: Some(EVENT_NAMESPACE.to_owned()),
+            ..Default::default()
+        },
+        involved_object: tenant.object_ref(&()),
+        reason: Some(reason.to_owned()),
+        message: Some(note),
+        type_: Some(match type_ {
+            EventType::Normal => String::from("Normal"),
+            EventType::Warning => String::from("Warning"),
+        }),
+        action: Some(reason.to_owned()),
+        count: Some(1),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        reporting_component: Some(naming::FIELD_MANAGER.to_owned()),
+        reporting_instance: Some(instance.to_owned()),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some(naming::FIELD_MANAGER.to_owned()),
+            host: None,
+        }),
+        ..CoreEvent::default()
     }
 }
 

@@ -40,7 +40,7 @@ pub const MANAGED_KINDS: [ManagedKind; 12] = [
     managed("networking.k8s.io/v1", "ingresses", "Ingress"),
     managed("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy"),
     managed("coordination.k8s.io/v1", "leases", "Lease"),
-    managed("events.k8s.io/v1", "events", "Event"),
+    managed("v1", "events", "Event"),
 ];
 
 /// Kinds whose absence stops a tenant: without them it cannot run at all.
