@@ -990,3 +990,107 @@ async fn many_tenants_settle_into_a_quiet_state() {
     );
     assert_eq!(quiet_writes, 0, "writes in steady state");
 }
+
+#[tokio::test]
+async fn foreign_namespace_and_changed_tenant_id_stall() {
+    let (cluster, _stop) = start().await;
+    let client = cluster.client.clone();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let foreign: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "parley-acme"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    tenants
+        .create(
+            &PostParams::default(),
+            &tenant("acme", json!({"tenantId": "acme"})),
+        )
+        .await
+        .unwrap();
+    let stalled = wait_for("Stalled=True for a foreign namespace", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("acme").await.unwrap();
+            (condition(&tenant, "Stalled").as_deref() == Some("True")).then_some(tenant)
+        }
+    })
+    .await;
+    let message = &stalled
+        .status
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("parley-acme"), "{message}");
+    let untouched = namespaces.get("parley-acme").await.unwrap();
+    assert!(
+        untouched
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+
+    // A changed tenantId is refused, since the 1.20 server ignores the
+    // CRD's immutability rule.
+    tenants
+        .create(
+            &PostParams::default(),
+            &tenant("globex", json!({"tenantId": "globex"})),
+        )
+        .await
+        .unwrap();
+    wait_for("the globex namespace", || {
+        let namespaces = namespaces.clone();
+        async move { namespaces.get_opt("parley-globex").await.unwrap() }
+    })
+    .await;
+    wait_for("globex status to name its namespace", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("globex").await.unwrap();
+            tenant.status.and_then(|status| status.namespace)
+        }
+    })
+    .await;
+    let change = json!({"spec": {"tenantId": "initech"}});
+    tenants
+        .patch("globex", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    let refused = wait_for("Stalled=True for a changed tenantId", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("globex").await.unwrap();
+            (condition(&tenant, "Stalled").as_deref() == Some("True")).then_some(tenant)
+        }
+    })
+    .await;
+    let message = refused
+        .status
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("spec.tenantId"), "{message}");
+    // NOTE: "never created" can only be watched over a window; the status
+    // write above triggers another reconcile within it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        namespaces
+            .get_opt("parley-initech")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

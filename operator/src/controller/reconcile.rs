@@ -62,6 +62,21 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         return Ok(Action::requeue(RESYNC));
     }
 
+    // Older API servers ignore the CRD's immutability rule, so a changed
+    // tenantId is caught here: following it would orphan the old namespace.
+    let recorded = tenant
+        .status
+        .as_ref()
+        .and_then(|status| status.namespace.as_deref());
+    if let Some(recorded) = recorded.filter(|recorded| *recorded != valid.namespace) {
+        let outcome = Outcome::Invalid {
+            field: String::from("spec.tenantId"),
+            message: format!("tenantId is immutable; this tenant lives in namespace {recorded}"),
+        };
+        write_status(&tenant, ctx, &outcome, None).await?;
+        return Ok(Action::await_change());
+    }
+
     let missing_required: Vec<&str> = ctx
         .missing_kinds
         .iter()
@@ -291,7 +306,11 @@ async fn write_status(
     let next = ChatTenantStatus {
         observed_generation: generation,
         conditions,
-        namespace: valid.map(|valid| valid.namespace.clone()),
+        // The namespace stays recorded while the spec is invalid, so a
+        // changed tenantId is still recognised on the next pass.
+        namespace: valid
+            .map(|valid| valid.namespace.clone())
+            .or(previous.namespace.clone()),
         endpoint: valid.map(endpoint_url),
         credentials_secret: valid.map(|_| naming::CREDENTIALS_SECRET.to_owned()),
         effective: valid.map(|valid| valid.effective.clone()),
