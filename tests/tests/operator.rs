@@ -17,6 +17,26 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Creates the ChatTenant CRD and waits until the server serves it.
+async fn install_crd(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(
+        &PostParams::default(),
+        &parley_operator::schema::chat_tenant_crd(),
+    )
+    .await
+    .unwrap();
+    let established = await_condition(
+        crds,
+        "chattenants.parley.dev",
+        conditions::is_crd_established(),
+    );
+    tokio::time::timeout(WAIT, established)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// Starts a control plane, installs the CRD and runs the operator in this
 /// process until the returned sender is dropped.
 async fn start() -> (Cluster, tokio::sync::oneshot::Sender<()>) {
@@ -25,24 +45,7 @@ async fn start() -> (Cluster, tokio::sync::oneshot::Sender<()>) {
 
 async fn start_with(settings: OperatorSettings) -> (Cluster, tokio::sync::oneshot::Sender<()>) {
     let cluster = Cluster::start().await;
-    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
-    crds.create(
-        &PostParams::default(),
-        &parley_operator::schema::chat_tenant_crd(),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(
-        WAIT,
-        await_condition(
-            crds,
-            "chattenants.parley.dev",
-            conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    install_crd(&cluster.client).await;
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let client = cluster.client.clone();
@@ -574,24 +577,7 @@ async fn only_the_leader_reconciles() {
 
     let cluster = Cluster::start().await;
     let client = cluster.client.clone();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(
-        &PostParams::default(),
-        &parley_operator::schema::chat_tenant_crd(),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(
-        WAIT,
-        await_condition(
-            crds,
-            "chattenants.parley.dev",
-            conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    install_crd(&client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let system: Namespace =
         serde_json::from_value(json!({"metadata": {"name": "parley-system"}})).unwrap();
@@ -843,24 +829,7 @@ async fn image_and_limit_changes_roll_out() {
 async fn invalid_spec_makes_no_request_storm() {
     let cluster = Cluster::start().await;
     let client = cluster.client.clone();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(
-        &PostParams::default(),
-        &parley_operator::schema::chat_tenant_crd(),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(
-        WAIT,
-        await_condition(
-            crds,
-            "chattenants.parley.dev",
-            conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    install_crd(&client).await;
     let (operator_client, writes) = cluster.counting_client().await;
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -902,24 +871,7 @@ const MANY_TENANTS: usize = 200;
 async fn many_tenants_settle_into_a_quiet_state() {
     let cluster = Cluster::start().await;
     let client = cluster.client.clone();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(
-        &PostParams::default(),
-        &parley_operator::schema::chat_tenant_crd(),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(
-        WAIT,
-        await_condition(
-            crds,
-            "chattenants.parley.dev",
-            conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    install_crd(&client).await;
     let (operator_client, writes) = cluster.counting_client().await;
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
