@@ -26,7 +26,7 @@ pub const OUTBOUND_QUEUE: usize = 256;
 
 pub type ConnectionId = u64;
 
-/// What the hub hands to a connection.
+/// Event the hub hands to a connection.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A stored message. `frame` is the serialised `message` frame, shared
@@ -73,7 +73,7 @@ pub struct Hub {
     next_id: std::sync::atomic::AtomicU64,
 }
 
-/// Why a registration was refused.
+/// Error of a registration beyond the user's socket limit.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TooManyConnections;
 
@@ -153,7 +153,7 @@ impl Hub {
     }
 }
 
-/// Queues `event`, or asks the connection to close when its queue is full.
+/// Queues `event`, or tells the connection to close when its queue is full.
 /// Returns whether the event was queued.
 fn offer(sender: &mpsc::Sender<Outbound>, event: Outbound) -> bool {
     match sender.try_send(event) {

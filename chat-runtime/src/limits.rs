@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::config::Limits;
 use crate::store::Content;
 
-/// Why content was rejected, with the code and message clients receive.
+/// Rejection of content, with the code and message clients receive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContentError {
     pub code: &'static str,
@@ -23,9 +23,9 @@ impl ContentError {
     }
 }
 
-/// Longest location label, in bytes.
+/// Maximum location label, in bytes.
 const MAX_LABEL_BYTES: usize = 256;
-/// Longest client message id, in bytes.
+/// Maximum client message id, in bytes.
 pub const MAX_CLIENT_ID_BYTES: usize = 128;
 
 pub fn check_client_id(client_id: &str) -> Result<(), ContentError> {

@@ -27,7 +27,7 @@ use crate::tenant::{TenantError, Tenants};
 /// writing the file.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Longest wait for sockets to close at shutdown before stores are flushed
+/// Maximum wait for sockets to close at shutdown before stores are flushed
 /// regardless.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -186,7 +186,7 @@ pub async fn run(
         );
     }
     // NOTE: the HTTP server sets no header-read timeout, so a client that
-    // never finishes its request headers holds a connection open; this bound
+    // never finishes its request headers keeps a connection open, and this bound
     // keeps such a client from delaying shutdown past the drain timeout.
     match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
         Ok(Ok(Err(error))) => tracing::error!(error = %error, "HTTP server failed"),

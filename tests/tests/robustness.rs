@@ -16,7 +16,7 @@ use common::{
 use serde_json::{Value, json};
 
 /// Sends a WebSocket upgrade request and resets the connection at once,
-/// before the server can answer with 101.
+/// before the server can respond with 101.
 fn abort_upgrade(runtime: &Runtime, token: &str) {
     let mut stream = TcpStream::connect(runtime.address).unwrap();
     let request = format!(

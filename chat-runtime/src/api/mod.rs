@@ -46,7 +46,7 @@ pub async fn shutdown_started(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
-/// Error body of every REST answer that is not a success:
+/// Error body of every REST response that is not a success:
 /// `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug)]
 pub struct ApiError(pub ChatError);

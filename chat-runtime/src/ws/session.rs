@@ -6,7 +6,7 @@
 //! written (`positions`). A message at or below it is a duplicate and is
 //! dropped. A message above the next expected one means that others are
 //! still in flight or were written by another process, so the missing ones
-//! are read from the store and written first. Every member socket therefore sees
+//! are read from the store and written first. Every member socket therefore receives
 //! each message once, in sequence order, without any cross-task lock on the
 //! send path.
 //!
@@ -36,15 +36,15 @@ use crate::tenant::Tenant;
 /// A typing indicator ends by itself this long after its last refresh.
 const TYPING_TTL: Duration = Duration::from_secs(6);
 
-/// Longest timer set for a token's expiry: one year.
+/// Maximum timer set for a token's expiry: one year.
 const MAX_EXPIRY_TIMER_SECONDS: u64 = 365 * 24 * 3600;
 
-/// Longest wait for one frame to be written. A healthy client reads a
+/// Maximum wait for one frame to be written. A healthy client reads a
 /// frame of a few KiB within milliseconds; ten seconds leaves room for slow
 /// mobile links.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest wait for the client's answer to the server's close frame.
+/// Maximum wait for the client's reply to the server's close frame.
 const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reason the session loop ended.
@@ -604,7 +604,7 @@ impl Session {
         self.await_close_reply().await;
     }
 
-    /// Reads until the client answers the close frame, so the TCP
+    /// Reads until the client replies to the close frame, so the TCP
     /// connection ends only after close frames went both ways (RFC 6455,
     /// section 7.1.1). Without this, a client with a frame still in flight
     /// may see a connection reset instead of the close code.

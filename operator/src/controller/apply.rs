@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::build::Manifest;
 use crate::naming::FIELD_MANAGER;
 
-/// What [`apply`] did.
+/// Result of [`apply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// The live object already matched; nothing was written.

@@ -32,10 +32,10 @@ use crate::telemetry::METRICS;
 /// namespace can never hang on the operator.
 pub const FINALIZER: &str = "parley.dev/cleanup";
 
-/// Longest wait between retries of a failing reconcile.
+/// Maximum wait between retries of a failing reconcile.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// What every reconcile shares.
+/// State every reconcile shares.
 pub struct Context {
     pub client: Client,
     pub settings: OperatorSettings,

@@ -81,7 +81,7 @@ pub async fn check(client: &Client) -> Result<Vec<ManagedKind>, kube::Error> {
                     .into_iter()
                     .map(|resource| (api_version.to_owned(), resource.name)),
             ),
-            // A group version the server does not know answers 404.
+            // The server returns 404 for a group version it does not serve.
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error),
         }

@@ -20,7 +20,7 @@ use kube::Client;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-/// Longest wait for a component to become ready.
+/// Maximum wait for a component to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct Cluster {
