@@ -23,6 +23,10 @@ type LatencyFamily = Family<TenantLabel, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     registry: Registry,
     pub connections: Family<TenantLabel, Gauge>,
+    /// Read operations started on the tenant's store since it opened. Set
+    /// from the store when `/metrics` is read; a gauge because a reloaded
+    /// tenant starts again from zero.
+    pub store_reads: Family<TenantLabel, Gauge>,
     pub messages_stored: Family<TenantLabel, Counter>,
     pub deliveries: Family<TenantLabel, Counter>,
     pub delivery_seconds: LatencyFamily,
@@ -38,6 +42,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("parley");
         let connections = Family::<TenantLabel, Gauge>::default();
+        let store_reads = Family::<TenantLabel, Gauge>::default();
         let messages_stored = Family::<TenantLabel, Counter>::default();
         let deliveries = Family::<TenantLabel, Counter>::default();
         let delivery_seconds: LatencyFamily = Family::new_with_constructor(latency_histogram);
@@ -64,6 +69,11 @@ impl Default for Metrics {
             delivery_seconds.clone(),
         );
         registry.register(
+            "store_reads",
+            "Read operations started on the tenant's store since it opened",
+            store_reads.clone(),
+        );
+        registry.register(
             "errors",
             "Errors returned to clients, by code",
             errors.clone(),
@@ -72,6 +82,7 @@ impl Default for Metrics {
         Self {
             registry,
             connections,
+            store_reads,
             messages_stored,
             deliveries,
             delivery_seconds,

@@ -115,3 +115,31 @@ async fn shutdown_delay_fails_readiness_first() {
     );
     assert!(runtime.terminate().success());
 }
+
+fn store_reads(text: &str, tenant: &str) -> u64 {
+    let prefix = format!("parley_store_reads{{tenant=\"{tenant}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no store reads for {tenant} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn store_reads_count_each_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::start(dir.path(), &config_yaml(""));
+    let alice = runtime.api("acme").user("alice").await;
+    let before = store_reads(&metrics_text(&runtime).await, "acme");
+
+    for _ in 0..3 {
+        let (status, _) = alice.get("/v1/channels").await;
+        assert_eq!(status, 200);
+    }
+
+    let after = store_reads(&metrics_text(&runtime).await, "acme");
+    // Each request reads the user's token state and then the channel list.
+    assert!(after >= before + 3, "before {before}, after {after}");
+    let globex = store_reads(&metrics_text(&runtime).await, "globex");
+    assert_eq!(globex, 0, "reads of acme counted for globex");
+}

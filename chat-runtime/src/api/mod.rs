@@ -225,6 +225,12 @@ async fn metrics(State(state): State<SharedState>) -> Response {
             .connections
             .get_or_create(&Metrics::tenant(&tenant.id))
             .set(tenant.hub.connection_count() as i64);
+        let reads = i64::try_from(tenant.store.reads_started()).unwrap_or(i64::MAX);
+        state
+            .metrics
+            .store_reads
+            .get_or_create(&Metrics::tenant(&tenant.id))
+            .set(reads);
     }
     match state.metrics.encode() {
         Ok(text) => (

@@ -341,4 +341,7 @@ pub trait Store: Send + Sync + 'static {
     /// Finishes queued writes and flushes everything to disk. Later calls
     /// return `Unavailable`.
     async fn close(&self) -> StoreResult<()>;
+
+    /// Read operations started since the store opened, for metrics.
+    fn reads_started(&self) -> u64;
 }

@@ -27,6 +27,7 @@ mod schema;
 mod writer;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -82,6 +83,8 @@ pub struct SqliteStore {
     write_queue: Mutex<Option<mpsc::Sender<BoxedRequest>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<ReadPool>,
+    /// Read transactions started, for `parley_store_reads`.
+    reads: AtomicU64,
 }
 
 /// Read-only connections. The semaphore has one permit per connection, so
@@ -195,6 +198,7 @@ impl SqliteStore {
             write_queue: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(writer_thread)),
             readers: Arc::new(readers),
+            reads: AtomicU64::new(0),
         })
     }
 
@@ -228,6 +232,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> OpResult<T> + Send + 'static,
     {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let permit = Arc::clone(&self.readers.permits)
             .acquire_owned()
             .await
@@ -456,6 +461,10 @@ impl Store for SqliteStore {
         }
         tracing::info!("closed SQLite store");
         Ok(())
+    }
+
+    fn reads_started(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 }
 
