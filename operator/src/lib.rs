@@ -11,8 +11,10 @@
 //! - [`render`]: the `render` subcommand, which prints those objects.
 //! - [`controller`]: the reconcile loop against a cluster.
 //! - [`telemetry`]: health, readiness and metrics endpoints.
+//! - [`cli`]: the `parley-operator` command line.
 
 pub mod build;
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod naming;

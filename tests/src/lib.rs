@@ -1,1 +1,4 @@
-//! Cross-crate tests live in `tests/`; this library is empty on purpose.
+//! Cross-crate tests live in `tests/`. This library contains what they share
+//! with the benchmarks: [`cluster`], a real Kubernetes control plane.
+
+pub mod cluster;

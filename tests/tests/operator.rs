@@ -1,11 +1,8 @@
 //! The operator against a real API server: a ChatTenant becomes a tenant
 //! namespace with its objects, reports Ready, and cleans up by policy.
 
-mod cluster;
-
 use std::time::Duration;
 
-use cluster::Cluster;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -13,6 +10,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use parley_operator::crd::ChatTenant;
 use parley_operator::settings::OperatorSettings;
+use parley_tests::cluster::Cluster;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);

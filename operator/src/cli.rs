@@ -1,0 +1,215 @@
+//! The `parley-operator` command line: `crd` prints the ChatTenant CRD,
+//! `render` prints the objects the operator builds for a ChatTenant, and
+//! `run` reconciles ChatTenants in a cluster. It is a library module so
+//! that other executables, such as the benchmarks, can run the operator as
+//! a process of their own.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::controller::leader::LeaderElector;
+use crate::error_chain;
+use crate::render::{self, RenderError};
+use crate::settings::OperatorSettings;
+
+/// Name of the leader election Lease.
+const LEASE_NAME: &str = "parley-operator";
+
+#[derive(Parser)]
+#[command(version, about = "Kubernetes operator for Parley chat tenants")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the ChatTenant CustomResourceDefinition as YAML.
+    Crd,
+    /// Print every object the operator creates for a ChatTenant, as a
+    /// multi-document YAML stream, with placeholder credentials.
+    Render {
+        /// ChatTenant YAML file, or `-` for standard input.
+        file: PathBuf,
+    },
+    /// Reconcile ChatTenants in the cluster of the in-cluster service
+    /// account, or of KUBECONFIG, until SIGTERM or Ctrl-C.
+    Run {
+        /// Default runtime image for tenants that do not set one.
+        #[arg(long, env = "PARLEY_RUNTIME_IMAGE")]
+        runtime_image: Option<String>,
+        /// Log format.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+        /// Namespace of the leader election Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "parley-system")]
+        lease_namespace: String,
+        /// Identity in the Lease; the pod name in a cluster.
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Address of `/healthz`, `/readyz` and `/metrics`.
+        #[arg(long, env = "PARLEY_OPERATOR_LISTEN", default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// Parses `std::env::args` and runs the subcommand it names.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => match crate::schema::chat_tenant_crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("parley-operator: failed to render the CRD: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Render { file } => render_file(&file),
+        Command::Run {
+            runtime_image,
+            log_format,
+            lease_namespace,
+            identity,
+            listen,
+        } => run(
+            runtime_image,
+            &log_format,
+            &lease_namespace,
+            identity,
+            listen,
+        ),
+    }
+}
+
+fn run(
+    runtime_image: Option<String>,
+    log_format: &str,
+    lease_namespace: &str,
+    identity: Option<String>,
+    listen: std::net::SocketAddr,
+) -> ExitCode {
+    init_logging(log_format);
+    let mut settings = OperatorSettings::default();
+    if let Some(image) = runtime_image {
+        settings.runtime_image = image;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("parley-operator: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "Failed to create a Kubernetes client");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%listen, error = %error, "Failed to listen for health and metrics");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, crate::telemetry::router()).await {
+                tracing::error!(error = %error, "Health and metrics listener failed");
+            }
+        });
+        if let Err(error) = client.apiserver_version().await {
+            tracing::error!(error = %error_chain(&error), "Failed to reach the Kubernetes API server");
+            return ExitCode::FAILURE;
+        }
+        crate::telemetry::METRICS.set_ready();
+        tracing::info!(%listen, "Serving health and metrics");
+
+        let identity = identity.unwrap_or_else(|| format!("parley-operator-{}", std::process::id()));
+        let elector = LeaderElector::new(client.clone(), lease_namespace, LEASE_NAME, &identity);
+        tracing::info!(%identity, lease_namespace, "Starting the ChatTenant controller; waiting for the leader Lease");
+        if crate::controller::run_elected(client, settings, elector, stop_signal()).await {
+            tracing::error!("Lost the leader Lease; exiting so a fresh process can campaign again");
+            return ExitCode::FAILURE;
+        }
+        tracing::info!("Stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "Failed to listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+fn render_file(file: &PathBuf) -> ExitCode {
+    let yaml = match read_input(file) {
+        Ok(yaml) => yaml,
+        Err(error) => {
+            eprintln!(
+                "parley-operator: failed to read {}: {error}",
+                file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match render::render(&yaml, &OperatorSettings::default()) {
+        Ok(stream) => {
+            print!("{stream}");
+            ExitCode::SUCCESS
+        }
+        // The message names the field, and an invalid spec has no cause to
+        // append.
+        Err(error @ RenderError::Invalid(_)) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("parley-operator: {}", error_chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_input(file: &PathBuf) -> std::io::Result<String> {
+    if file.as_os_str() == "-" {
+        let mut yaml = String::new();
+        std::io::stdin().read_to_string(&mut yaml)?;
+        Ok(yaml)
+    } else {
+        std::fs::read_to_string(file)
+    }
+}
