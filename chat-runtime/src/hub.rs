@@ -26,6 +26,12 @@ pub const OUTBOUND_QUEUE: usize = 256;
 
 pub type ConnectionId = u64;
 
+/// What a connection's queue carries. One event goes to many sockets, so it
+/// is shared, and a queue slot is one pointer: tokio's bounded channel
+/// allocates its slots 32 at a time, and at the size of `Outbound` that
+/// block was about 2.5 KiB on every idle socket.
+pub type Queued = Arc<Outbound>;
+
 /// Event the hub hands to a connection.
 #[derive(Debug, Clone)]
 pub enum Outbound {
@@ -63,7 +69,7 @@ pub enum Outbound {
 #[derive(Debug)]
 struct Registered {
     id: ConnectionId,
-    sender: mpsc::Sender<Outbound>,
+    sender: mpsc::Sender<Queued>,
 }
 
 /// Open sockets of one tenant, by user.
@@ -83,7 +89,7 @@ impl Hub {
         &self,
         user: &str,
         max: u32,
-    ) -> Result<(ConnectionId, mpsc::Receiver<Outbound>), TooManyConnections> {
+    ) -> Result<(ConnectionId, mpsc::Receiver<Queued>), TooManyConnections> {
         let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUE);
         let id = self
             .next_id
@@ -115,6 +121,7 @@ impl Hub {
         event: &Outbound,
         skip: Option<ConnectionId>,
     ) -> usize {
+        let event = Arc::new(event.clone());
         let users_map = lock(&self.users);
         let mut handed = 0;
         for user in users {
@@ -122,7 +129,7 @@ impl Hub {
                 continue;
             };
             for socket in sockets.iter().filter(|socket| Some(socket.id) != skip) {
-                handed += usize::from(offer(&socket.sender, event.clone()));
+                handed += usize::from(offer(&socket.sender, Arc::clone(&event)));
             }
         }
         handed
@@ -155,7 +162,7 @@ impl Hub {
 
 /// Queues `event`, or tells the connection to close when its queue is full.
 /// Returns whether the event was queued.
-fn offer(sender: &mpsc::Sender<Outbound>, event: Outbound) -> bool {
+fn offer(sender: &mpsc::Sender<Queued>, event: Queued) -> bool {
     match sender.try_send(event) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -174,17 +181,12 @@ fn offer(sender: &mpsc::Sender<Outbound>, event: Outbound) -> bool {
 /// A close must get through even when the queue is full, so it goes on a
 /// spawned task that waits for room; the connection drains its queue while
 /// it shuts down, so the wait is short.
-fn force_close(
-    sender: &mpsc::Sender<Outbound>,
-    close_code: u16,
-    code: &'static str,
-    message: &str,
-) {
-    let close = Outbound::Close {
+fn force_close(sender: &mpsc::Sender<Queued>, close_code: u16, code: &'static str, message: &str) {
+    let close = Arc::new(Outbound::Close {
         close_code,
         code,
         message: message.to_owned(),
-    };
+    });
     if let Err(mpsc::error::TrySendError::Full(close)) = sender.try_send(close) {
         let sender = sender.clone();
         tokio::spawn(async move {
@@ -218,8 +220,14 @@ mod tests {
 
         let handed = hub.send_to_users(&["alice".to_owned()], &event("hi"), None);
         assert_eq!(handed, 2);
-        assert!(matches!(alice_phone.try_recv(), Ok(Outbound::Event(_))));
-        assert!(matches!(alice_laptop.try_recv(), Ok(Outbound::Event(_))));
+        assert!(matches!(
+            alice_phone.try_recv().as_deref(),
+            Ok(Outbound::Event(_))
+        ));
+        assert!(matches!(
+            alice_laptop.try_recv().as_deref(),
+            Ok(Outbound::Event(_))
+        ));
         assert!(carol.try_recv().is_err());
     }
 
@@ -252,8 +260,8 @@ mod tests {
         }
         let mut saw_close = false;
         for _ in 0..OUTBOUND_QUEUE + 1 {
-            if let Some(Outbound::Close { code, .. }) = receiver.recv().await {
-                assert_eq!(code, "slow_consumer");
+            if let Some(Outbound::Close { code, .. }) = receiver.recv().await.as_deref() {
+                assert_eq!(*code, "slow_consumer");
                 saw_close = true;
                 break;
             }

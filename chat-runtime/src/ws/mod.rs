@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::api::{ApiError, SharedState, TokenSources, UserAuth};
 use crate::chat::ChatError;
 use crate::config::max_frame_bytes;
-use crate::hub::{ConnectionId, Outbound, TooManyConnections};
+use crate::hub::{ConnectionId, Queued, TooManyConnections};
 use crate::tenant::Tenant;
 
 /// Bytes tungstenite reads from the socket at a time. Its default of
@@ -108,7 +108,7 @@ impl Registration {
         tenant: &Arc<Tenant>,
         user_id: &str,
         max_sockets: u32,
-    ) -> Result<(Registration, mpsc::Receiver<Outbound>), TooManyConnections> {
+    ) -> Result<(Registration, mpsc::Receiver<Queued>), TooManyConnections> {
         let (id, outbound) = tenant.hub.register(user_id, max_sockets)?;
         let registration = Registration {
             tenant: Arc::clone(tenant),
