@@ -1,0 +1,208 @@
+//! The benchmarks, B0 to B8, and the run that chains them into one report.
+
+mod fanout;
+mod floors;
+mod idle;
+mod latency;
+mod operator;
+mod reconnect;
+mod rest;
+mod slow;
+mod soak;
+mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+
+use crate::client::Kind;
+use crate::profile::Profile;
+use crate::report::{Benchmark, Report};
+use crate::servers::Server;
+use crate::system::Machine;
+use crate::tenant::Api;
+
+/// What every benchmark gets: the profile and a scratch folder of its own.
+pub struct Context {
+    pub profile: Profile,
+    scratch: tempfile::TempDir,
+    /// Deliveries per second at capacity found by B2, by server and room
+    /// size, for the benchmarks that load a server to a share of it.
+    capacities: Mutex<HashMap<(Kind, usize), f64>>,
+}
+
+impl Context {
+    /// A new empty folder for one server or one step.
+    pub fn folder(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.scratch.path().join(name);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+        }
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("failed to create {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Offered deliveries per second of a capacity search's first step,
+    /// `PARLEY_BENCH_FIRST_STEP` or 2,000.
+    pub fn first_step_deliveries(&self) -> f64 {
+        std::env::var("PARLEY_BENCH_FIRST_STEP")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(2_000.0)
+    }
+
+    pub fn remember_capacity(&self, kind: Kind, members: usize, deliveries_per_second: f64) {
+        let mut capacities = self
+            .capacities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        capacities.insert((kind, members), deliveries_per_second);
+    }
+
+    /// The runtime's capacity for rooms of `members`, from B2 when it ran,
+    /// otherwise from a search of its own on `server`.
+    pub async fn runtime_capacity(
+        &self,
+        server: &Server,
+        api: &Api,
+        members: usize,
+    ) -> anyhow::Result<f64> {
+        let known = {
+            let capacities = self
+                .capacities
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            capacities.get(&(Kind::Runtime, members)).copied()
+        };
+        if let Some(capacity) = known.filter(|capacity| *capacity > 0.0) {
+            return Ok(capacity);
+        }
+        let search = fanout::search(self, server, Kind::Runtime, Some(api), members, "cap").await?;
+        let capacity = search.capacity();
+        if capacity <= 0.0 {
+            anyhow::bail!(
+                "the runtime met the p99 bound at no offered rate for rooms of {members}"
+            );
+        }
+        self.remember_capacity(Kind::Runtime, members, capacity);
+        Ok(capacity)
+    }
+}
+
+type Runner =
+    for<'a> fn(&'a Context) -> futures_util::future::LocalBoxFuture<'a, anyhow::Result<Benchmark>>;
+
+/// Every benchmark in run order: id, title and the function that runs it.
+fn benchmarks() -> Vec<(&'static str, &'static str, Runner)> {
+    vec![
+        ("B0", "Floors: the bare cost of each kind of work", |ctx| {
+            Box::pin(floors::run(ctx))
+        }),
+        ("B1", "Idle connections: memory per connection", |ctx| {
+            Box::pin(idle::run(ctx))
+        }),
+        (
+            "B2",
+            "Fan-out: deliveries per second with p99 under 25 ms",
+            |ctx| Box::pin(fanout::run(ctx)),
+        ),
+        ("B3", "Delivery latency at half of capacity", |ctx| {
+            Box::pin(latency::run(ctx))
+        }),
+        ("B4", "REST: history reads and channel lists", |ctx| {
+            Box::pin(rest::run(ctx))
+        }),
+        ("B5", "Reconnect storm: resume after a mass drop", |ctx| {
+            Box::pin(reconnect::run(ctx))
+        }),
+        ("B6", "Slow consumers: 1 % of clients stop reading", |ctx| {
+            Box::pin(slow::run(ctx))
+        }),
+        ("B7", "Soak: connection churn over time", |ctx| {
+            Box::pin(soak::run(ctx))
+        }),
+        (
+            "B8",
+            "Operator: time to Ready, memory and steady-state writes",
+            |ctx| Box::pin(operator::run(ctx)),
+        ),
+    ]
+}
+
+/// Runs the selected benchmarks (all when `only` is empty) and writes the
+/// report into `out`. A benchmark that fails is reported with its error and
+/// the others still run; the run fails at the end if any did.
+pub async fn run_all(
+    profile: Profile,
+    out: PathBuf,
+    only: Vec<String>,
+    pinned: bool,
+) -> anyhow::Result<()> {
+    crate::system::raise_open_files_limit()?;
+    let started_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs();
+    let label = profile.label().to_owned();
+    let ctx = Context {
+        profile,
+        scratch: tempfile::Builder::new().prefix("parley-bench-").tempdir()?,
+        capacities: Mutex::default(),
+    };
+
+    let mut results = Vec::new();
+    let mut failures = 0;
+    for (id, title, runner) in benchmarks() {
+        if !only.is_empty() && !only.iter().any(|wanted| wanted.eq_ignore_ascii_case(id)) {
+            continue;
+        }
+        eprintln!("parley-bench: {id} {title}");
+        let started = std::time::Instant::now();
+        let benchmark = match runner(&ctx).await {
+            Ok(benchmark) => benchmark,
+            Err(error) => {
+                eprintln!("parley-bench: {id} failed: {error:#}");
+                failures += 1;
+                Benchmark::failed(id, title, &error)
+            }
+        };
+        eprintln!(
+            "parley-bench: {id} took {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        results.push(benchmark);
+        // Let sockets of the finished benchmark leave TIME_WAIT accounting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let report = Report {
+        profile: label,
+        started_at,
+        machine: Machine::describe(),
+        pinning: pinning_description(pinned),
+        benchmarks: results,
+    };
+    report.write(&out)?;
+    println!("{}", crate::markdown::render(&report));
+    eprintln!("parley-bench: wrote {}", out.join("report.md").display());
+    if failures > 0 {
+        anyhow::bail!("{failures} benchmark(s) failed; see the report");
+    }
+    Ok(())
+}
+
+fn pinning_description(pinned: bool) -> String {
+    let servers = crate::system::taskset_available() && crate::system::cpus() > 1;
+    match (pinned, servers) {
+        (true, true) => format!(
+            "servers on CPU {}, load generator on CPU {}",
+            crate::servers::SERVER_CPU,
+            crate::servers::LOAD_GENERATOR_CPU
+        ),
+        (true, false) => "load generator pinned; servers unpinned (no taskset)".to_owned(),
+        _ => "not pinned (one CPU or no affinity support)".to_owned(),
+    }
+}
