@@ -66,6 +66,16 @@ bash scripts/chart-check.sh
 test_output=$(mktemp)
 test_status=0
 cargo test --workspace --no-fail-fast | tee "$test_output" || test_status=$?
+
+# The quick benchmark profile, in a debug build, keeps the benchmark harness
+# working: it fails when a benchmark cannot run, never on a figure.
+bench_status=0
+cargo run -p parley-bench -- run --profile quick --out target/bench-quick >/dev/null || bench_status=$?
+
 awk '/^test result:/ { runs++; passed += $4; failed += $6 }
     END { if (runs > 0) printf "tests: %d passed, %d failed\n", passed, failed }' "$test_output"
+if ((bench_status != 0)); then
+    echo "scripts/test.sh: the quick benchmark profile failed (exit status $bench_status)" >&2
+    exit "$bench_status"
+fi
 exit "$test_status"

@@ -142,6 +142,7 @@ pub async fn run_all(
     only: Vec<String>,
     pinned: bool,
 ) -> anyhow::Result<()> {
+    check_selection(&only)?;
     crate::system::raise_open_files_limit()?;
     let started_at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)?
@@ -194,6 +195,20 @@ pub async fn run_all(
     Ok(())
 }
 
+/// Rejects an `--only` list that names no benchmark, before anything runs.
+fn check_selection(only: &[String]) -> anyhow::Result<()> {
+    let known: Vec<&str> = benchmarks().iter().map(|(id, _, _)| *id).collect();
+    for wanted in only {
+        if !known.iter().any(|id| id.eq_ignore_ascii_case(wanted)) {
+            anyhow::bail!(
+                "unknown benchmark {wanted:?} in --only; expected some of {}",
+                known.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 fn pinning_description(pinned: bool) -> String {
     let servers = crate::system::taskset_available() && crate::system::cpus() > 1;
     match (pinned, servers) {
@@ -204,5 +219,22 @@ fn pinning_description(pinned: bool) -> String {
         ),
         (true, false) => "load generator pinned; servers unpinned (no taskset)".to_owned(),
         _ => "not pinned (one CPU or no affinity support)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_rejects_unknown_id() {
+        assert!(check_selection(&["B9".to_owned()]).is_err());
+        assert!(check_selection(&["B2 ".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn selection_accepts_any_case() {
+        assert!(check_selection(&["b2".to_owned(), "B8".to_owned()]).is_ok());
+        assert!(check_selection(&[]).is_ok());
     }
 }
