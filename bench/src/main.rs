@@ -25,7 +25,10 @@ use clap::{Parser, Subcommand};
 use crate::profile::{Profile, ProfileName};
 
 #[derive(Parser)]
-#[command(about = "Benchmarks of the Parley runtime and operator against bare floors")]
+#[command(
+    version,
+    about = "Benchmarks of the Parley runtime and operator against bare floors"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,14 +38,15 @@ struct Cli {
 enum Command {
     /// Runs the benchmarks and writes report.json, report.md and SVG charts.
     Run {
-        /// Sizes and durations: `quick` takes about two minutes, `full`
-        /// about an hour.
+        /// Sizes and durations: `quick` takes about 2½ minutes and only
+        /// checks the harness; `full` takes about 50 minutes.
         #[arg(long, value_enum, default_value_t = ProfileName::Quick)]
         profile: ProfileName,
         /// Folder for the results; created if missing.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
-        /// Benchmarks to run, such as `B2,B3`; all when left out.
+        /// Benchmarks to run, such as `B2,B3` (B0 to B8, any case); all
+        /// when left out.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
