@@ -43,7 +43,8 @@ pub fn now_micros() -> u64 {
 
 /// Largest latency a histogram records, in microseconds (one minute).
 const MAX_LATENCY_MICROS: u64 = 60_000_000;
-/// Wait for a server's `ready` frame after the upgrade.
+/// Longest wait for the WebSocket upgrade, and again for the server's
+/// `ready` frame after it.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,10 +86,14 @@ pub async fn connect(
         let value = HeaderValue::from_str(&format!("Bearer {}", tenant::token(user)?))?;
         request.headers_mut().insert("authorization", value);
     }
-    let stream = tcp_connect(target.addr, source).await?;
-    let (mut socket, _) = tokio_tungstenite::client_async(request, stream)
+    let upgrade = async {
+        let stream = tcp_connect(target.addr, source).await?;
+        let upgraded = tokio_tungstenite::client_async(request, stream).await;
+        upgraded.with_context(|| format!("WebSocket upgrade to {url} failed"))
+    };
+    let (mut socket, _) = tokio::time::timeout(READY_TIMEOUT, upgrade)
         .await
-        .with_context(|| format!("WebSocket upgrade to {url} failed"))?;
+        .with_context(|| format!("timed out connecting to {url}"))??;
     if target.kind == Kind::Runtime {
         wait_for_ready(&mut socket).await?;
     }

@@ -214,6 +214,9 @@ impl Rooms {
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        if !crate::system::is_alive(server_pid) {
+            anyhow::bail!("the server (pid {server_pid}) exited during step {step}");
+        }
         let stats = self.recorder.take(step);
         let offered = rate_per_room * (self.channels.len() * self.members) as f64;
         Ok(StepResult {

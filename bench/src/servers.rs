@@ -166,8 +166,9 @@ impl Drop for Server {
 /// exists, with its output appended to `log_path`.
 fn server_command(log_path: &Path) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("failed to find the benchmark executable")?;
-    let mut command = if system::taskset_available() && system::cpus() > 1 {
-        let mut command = Command::new("taskset");
+    let taskset = system::taskset_path().filter(|_| system::cpus() > 1);
+    let mut command = if let Some(taskset) = taskset {
+        let mut command = Command::new(taskset);
         command.arg("-c").arg(SERVER_CPU.to_string()).arg(exe);
         command
     } else {

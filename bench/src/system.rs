@@ -105,6 +105,17 @@ fn field_kib(text: &str, name: &str) -> Option<u64> {
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// Whether a process is still running: it exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
+}
+
 /// CPU use of a process over an interval, in percent of one core.
 pub struct CpuMeter {
     pid: u32,
@@ -179,9 +190,17 @@ pub fn raise_open_files_limit() -> anyhow::Result<u64> {
     Ok(hard)
 }
 
-/// Whether `taskset` (util-linux) can start a process on one CPU.
+/// Where `taskset` (util-linux) is, when it exists.
+pub fn taskset_path() -> Option<&'static Path> {
+    ["/usr/bin/taskset", "/bin/taskset"]
+        .into_iter()
+        .map(Path::new)
+        .find(|path| path.exists())
+}
+
+/// Whether `taskset` can start a process on one CPU.
 pub fn taskset_available() -> bool {
-    Path::new("/usr/bin/taskset").exists() || Path::new("/bin/taskset").exists()
+    taskset_path().is_some()
 }
 
 #[cfg(test)]
@@ -209,6 +228,12 @@ mod tests {
     #[test]
     fn sockstat_without_tcp() {
         assert_eq!(parse_sockstat_tcp_pages("UDP: inuse 1 mem 2\n"), None);
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        assert!(is_alive(std::process::id()));
+        assert!(!is_alive(u32::MAX));
     }
 
     #[test]

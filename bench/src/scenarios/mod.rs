@@ -143,6 +143,12 @@ pub async fn run_all(
     pinned: bool,
 ) -> anyhow::Result<()> {
     check_selection(&only)?;
+    // Fails now, not after an hour of benchmarks, when the report cannot be
+    // written there.
+    std::fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
+    let probe = out.join(".parley-bench-probe");
+    std::fs::write(&probe, b"").with_context(|| format!("cannot write into {}", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
     crate::system::raise_open_files_limit()?;
     let started_at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)?
