@@ -43,7 +43,7 @@ pub fn now_micros() -> u64 {
 
 /// Largest latency a histogram records, in microseconds (one minute).
 const MAX_LATENCY_MICROS: u64 = 60_000_000;
-/// Longest wait for the WebSocket upgrade, and again for the server's
+/// Maximum wait for the WebSocket upgrade, and again for the server's
 /// `ready` frame after it.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -22,7 +22,7 @@ pub const PUBLISHERS_PER_ROOM: usize = 8;
 /// Time between scheduling a step and its first send, so every publisher
 /// task is waiting before the schedule begins.
 const SCHEDULE_LEAD: Duration = Duration::from_millis(50);
-/// Longest wait for a step's deliveries after its last send.
+/// Maximum wait for a step's deliveries after its last send.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Sockets connected at once while a room fills.
 const CONNECT_CONCURRENCY: usize = 128;
@@ -63,7 +63,7 @@ impl StepResult {
         self.stats.latency.value_at_quantile(0.99) as f64 / 1000.0
     }
 
-    /// Whether every expected delivery arrived.
+    /// Returns whether every expected delivery arrived.
     pub fn complete(&self) -> bool {
         self.send_failures == 0 && self.stats.deliveries >= self.expected_deliveries
     }

@@ -28,7 +28,7 @@ pub struct Report {
 pub struct Benchmark {
     /// Short id, `B0` to `B8`.
     pub id: String,
-    /// What it measures, for headings.
+    /// Description of what it measures, for headings.
     pub title: String,
     pub figures: Vec<Figure>,
     pub charts: Vec<Chart>,
@@ -135,7 +135,8 @@ impl Benchmark {
         }
     }
 
-    /// A benchmark that could not run, with the reason as its only note.
+    /// Builds the entry of a benchmark that could not run, with the reason
+    /// as its only note.
     pub fn failed(id: &str, title: &str, error: &anyhow::Error) -> Benchmark {
         let mut benchmark = Benchmark::new(id, title);
         benchmark.notes.push(format!("failed: {error:#}"));

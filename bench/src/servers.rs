@@ -129,7 +129,7 @@ impl Server {
             }
             if started.elapsed() > START_TIMEOUT {
                 bail!(
-                    "server did not answer {url} within {START_TIMEOUT:?}; see {}",
+                    "server did not respond to {url} within {START_TIMEOUT:?}; see {}",
                     self.log_path.display()
                 );
             }
@@ -186,7 +186,7 @@ fn server_command(log_path: &Path) -> anyhow::Result<Command> {
     Ok(command)
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// Returns a loopback address with a port that was free a moment ago.
 pub fn free_address() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("failed to bind a loopback port")?;
     Ok(listener.local_addr()?)

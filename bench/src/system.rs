@@ -105,7 +105,7 @@ fn field_kib(text: &str, name: &str) -> Option<u64> {
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
-/// Whether a process is still running: it exists and is not a zombie.
+/// Returns whether a process is still running: it exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
@@ -190,7 +190,7 @@ pub fn raise_open_files_limit() -> anyhow::Result<u64> {
     Ok(hard)
 }
 
-/// Where `taskset` (util-linux) is, when it exists.
+/// Returns the path of `taskset` (util-linux), when it exists.
 pub fn taskset_path() -> Option<&'static Path> {
     ["/usr/bin/taskset", "/bin/taskset"]
         .into_iter()
@@ -198,7 +198,7 @@ pub fn taskset_path() -> Option<&'static Path> {
         .find(|path| path.exists())
 }
 
-/// Whether `taskset` can start a process on one CPU.
+/// Returns whether `taskset` can start a process on one CPU.
 pub fn taskset_available() -> bool {
     taskset_path().is_some()
 }

@@ -26,10 +26,10 @@ pub const OUTBOUND_QUEUE: usize = 256;
 
 pub type ConnectionId = u64;
 
-/// What a connection's queue carries. One event goes to many sockets, so it
-/// is shared, and a queue slot is one pointer: tokio's bounded channel
-/// allocates its slots 32 at a time, and at the size of `Outbound` that
-/// block was about 2.5 KiB on every idle socket.
+/// Item of a connection's queue. One event goes to many sockets, so it is
+/// shared and a queue slot is one pointer. tokio's bounded channel allocates
+/// its slots 32 at a time, and at the size of `Outbound` that block was
+/// about 2.5 KiB on every idle socket.
 pub type Queued = Arc<Outbound>;
 
 /// Event the hub hands to a connection.

@@ -151,7 +151,7 @@ struct Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        // Closing standard input tells it to close its sockets and exit.
+        // Closing its standard input makes it close its sockets and exit.
         drop(self.child.stdin.take());
         let _ = self.child.wait();
     }

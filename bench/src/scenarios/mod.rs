@@ -25,7 +25,7 @@ use crate::servers::Server;
 use crate::system::Machine;
 use crate::tenant::Api;
 
-/// What every benchmark gets: the profile and a scratch folder of its own.
+/// Shared state of a run: the profile and a scratch folder per benchmark.
 pub struct Context {
     pub profile: Profile,
     scratch: tempfile::TempDir,
@@ -35,7 +35,7 @@ pub struct Context {
 }
 
 impl Context {
-    /// A new empty folder for one server or one step.
+    /// Creates a new empty folder for one server or one step.
     pub fn folder(&self, name: &str) -> anyhow::Result<PathBuf> {
         let path = self.scratch.path().join(name);
         if path.exists() {
@@ -63,8 +63,8 @@ impl Context {
         capacities.insert((kind, members), deliveries_per_second);
     }
 
-    /// The runtime's capacity for rooms of `members`, from B2 when it ran,
-    /// otherwise from a search of its own on `server`.
+    /// Returns the runtime's capacity for rooms of `members`, from B2 when
+    /// it ran, otherwise from a search of its own on `server`.
     pub async fn runtime_capacity(
         &self,
         server: &Server,

@@ -31,7 +31,7 @@ const JITTER: Duration = Duration::from_secs(1);
 /// Reconnects in flight at once; the rest wait for a slot after their
 /// jitter, as a client library's connection pool would.
 const MAX_CONNECTING: usize = 1024;
-/// Longest a single client may take to resync before it counts as failed.
+/// Maximum time a single client may take to resync before it counts as failed.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Target: every client resynced within this time.
 const TARGET_SECONDS: f64 = 5.0;
