@@ -21,6 +21,13 @@ use crate::tenant::Tenant;
 /// frames are small, and a larger frame is simply read in several steps.
 pub const READ_BUFFER_BYTES: usize = 4096;
 
+/// Bytes of frames tungstenite collects before it writes them to the
+/// socket without waiting for a flush. The session flushes after each batch
+/// of frames, so this only caps the bytes of one batch that wait before
+/// they are written. tungstenite keeps the buffer's capacity after writing
+/// it, so a socket that once wrote a batch keeps up to about twice this.
+pub const WRITE_BUFFER_BYTES: usize = 2048;
+
 /// Ratio of tungstenite's frame limit to the limit the session enforces.
 const HARD_FRAME_LIMIT_FACTOR: usize = 4;
 
@@ -79,7 +86,7 @@ pub async fn upgrade(State(state): State<SharedState>, request: Request) -> Resp
     let frame_limit = max_frame_bytes(&settings.limits);
     let mut upgrade = upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(frame_limit * 4)
         .max_message_size(frame_limit * HARD_FRAME_LIMIT_FACTOR)
         .max_frame_size(frame_limit * HARD_FRAME_LIMIT_FACTOR);

@@ -19,8 +19,11 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use axum::http::StatusCode;
+use futures_util::SinkExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
-use tokio::time::{MissedTickBehavior, interval, sleep_until};
+use tokio::time::{Instant as Deadline, MissedTickBehavior, interval, sleep_until};
 use tracing::Instrument;
 
 use super::Registration;
@@ -47,6 +50,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Maximum wait for the client's reply to the server's close frame.
 const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Maximum queued events written before one flush. Under load a socket's
+/// queue fills while other sockets are served, and writing what is waiting
+/// with one flush costs one system call instead of one per frame. The cap
+/// keeps one busy socket from holding the worker thread for long.
+const MAX_WRITE_BATCH: usize = 64;
+
 /// Reason the session loop ended.
 enum Exit {
     /// The client closed or the connection broke.
@@ -69,8 +78,15 @@ struct Session {
     /// Position of each channel when the socket started tracking it.
     starts: HashMap<Arc<str>, u64>,
     removed: HashSet<Arc<str>>,
-    typing: HashMap<String, Instant>,
+    /// Channels the user is typing in, with the time each indicator ends.
+    typing: HashMap<String, Deadline>,
     last_received: Instant,
+    /// Frames fed to the socket since the last flush.
+    unflushed: bool,
+    /// The tenant's delivery metrics, looked up once per socket instead of
+    /// once per delivery.
+    deliveries: Counter,
+    delivery_seconds: Histogram,
 }
 
 pub async fn run(
@@ -97,6 +113,9 @@ async fn serve_connection(
     let connection_id = registration.id;
     tracing::debug!("WebSocket opened");
 
+    let label = Metrics::tenant(&tenant.id);
+    let deliveries = state.metrics.deliveries.get_or_create(&label).clone();
+    let delivery_seconds = state.metrics.delivery_seconds.get_or_create(&label).clone();
     let mut session = Session {
         state: Arc::clone(&state),
         tenant: Arc::clone(&tenant),
@@ -108,6 +127,9 @@ async fn serve_connection(
         removed: HashSet::new(),
         typing: HashMap::new(),
         last_received: Instant::now(),
+        unflushed: false,
+        deliveries,
+        delivery_seconds,
     };
     let expires_at = auth.token.expires_at;
     let exit = session.serve(outbound, expires_at).await;
@@ -139,10 +161,15 @@ impl Session {
         let heartbeat = Duration::from_secs(self.state.server.heartbeat_seconds);
         let mut ping = interval(heartbeat);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut tick = interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let expiry = expiry_instant(token_expires_at, self.state.server.token_leeway_seconds);
-        let mut shutdown = self.state.shutdown.clone();
+        // One timer serves both the token's expiry and the earliest typing
+        // indicator to end, so an idle socket has two timers in all and
+        // wakes only when one of them is due.
+        let deadline = sleep_until(expiry);
+        tokio::pin!(deadline);
+        let mut shutdown_signal = self.state.shutdown.clone();
+        let shutdown = crate::api::shutdown_started(&mut shutdown_signal);
+        tokio::pin!(shutdown);
 
         // The handlers are boxed, so an idle socket's task keeps only this
         // loop's state and no room for the largest handler's. That cut about
@@ -152,17 +179,12 @@ impl Session {
             let step = tokio::select! {
                 frame = self.socket.recv() => Box::pin(self.on_socket(frame)).await,
                 event = outbound.recv() => match event {
-                    Some(event) => Box::pin(self.on_outbound(event)).await,
+                    Some(event) => Box::pin(self.on_outbound_batch(event, &mut outbound)).await,
                     None => Err(Exit::Gone),
                 },
                 _ = ping.tick() => Box::pin(self.on_ping(heartbeat)).await,
-                _ = tick.tick() => Box::pin(self.expire_typing()).await,
-                _ = sleep_until(expiry) => Err(Exit::Close {
-                    code: close::TOKEN_EXPIRED,
-                    error: "token_expired",
-                    message: String::from("the user token expired; connect again with a new token"),
-                }),
-                _ = crate::api::shutdown_started(&mut shutdown) => Err(Exit::Close {
+                () = deadline.as_mut() => Box::pin(self.on_deadline(expiry)).await,
+                () = shutdown.as_mut() => Err(Exit::Close {
                     code: 1001,
                     error: "shutting_down",
                     message: String::from("the server is shutting down; reconnect and resume"),
@@ -171,7 +193,33 @@ impl Session {
             if let Err(exit) = step {
                 return exit;
             }
+            if let Err(exit) = self.flush().await {
+                return exit;
+            }
+            let next = self.next_deadline(expiry);
+            if next != deadline.deadline() {
+                deadline.as_mut().reset(next);
+            }
         }
+    }
+
+    /// Returns when the timer should fire next: at the token's expiry, or
+    /// earlier when a typing indicator ends before it.
+    fn next_deadline(&self, expiry: Deadline) -> Deadline {
+        self.typing.values().copied().fold(expiry, Deadline::min)
+    }
+
+    /// Closes the socket when its token expired, and otherwise ends the
+    /// typing indicators that were not refreshed in time.
+    async fn on_deadline(&mut self, expiry: Deadline) -> Result<(), Exit> {
+        if Deadline::now() >= expiry {
+            return Err(Exit::Close {
+                code: close::TOKEN_EXPIRED,
+                error: "token_expired",
+                message: String::from("the user token expired; connect again with a new token"),
+            });
+        }
+        self.expire_typing().await
     }
 
     /// Starts every channel of the user at its newest sequence number.
@@ -316,7 +364,7 @@ impl Session {
             return self.send_error(reference, &error).await;
         }
         match state {
-            TypingState::Start => self.typing.insert(channel_id, Instant::now() + TYPING_TTL),
+            TypingState::Start => self.typing.insert(channel_id, Deadline::now() + TYPING_TTL),
             TypingState::Stop => self.typing.remove(&channel_id),
         };
         Ok(())
@@ -324,7 +372,7 @@ impl Session {
 
     /// Ends typing indicators that were not refreshed in time.
     async fn expire_typing(&mut self) -> Result<(), Exit> {
-        let now = Instant::now();
+        let now = Deadline::now();
         let expired: Vec<String> = self
             .typing
             .iter()
@@ -442,6 +490,23 @@ impl Session {
         Ok(())
     }
 
+    /// Writes `first` and whatever else is already queued, up to
+    /// [`MAX_WRITE_BATCH`] events. The loop flushes them together.
+    async fn on_outbound_batch(
+        &mut self,
+        first: Queued,
+        outbound: &mut mpsc::Receiver<Queued>,
+    ) -> Result<(), Exit> {
+        self.on_outbound(first).await?;
+        for _ in 1..MAX_WRITE_BATCH {
+            let Ok(event) = outbound.try_recv() else {
+                break;
+            };
+            self.on_outbound(event).await?;
+        }
+        Ok(())
+    }
+
     async fn on_outbound(&mut self, event: Queued) -> Result<(), Exit> {
         // The fields are reference-counted, so taking them out of a shared
         // event copies no frame.
@@ -515,13 +580,9 @@ impl Session {
     ) -> Result<(), Exit> {
         self.write(frame).await?;
         self.positions.insert(Arc::clone(channel), seq);
-        let label = Metrics::tenant(&self.tenant.id);
-        self.state.metrics.deliveries.get_or_create(&label).inc();
+        self.deliveries.inc();
         if let Some(stored_at) = stored_at {
-            self.state
-                .metrics
-                .delivery_seconds
-                .get_or_create(&label)
+            self.delivery_seconds
                 .observe(stored_at.elapsed().as_secs_f64());
         }
         Ok(())
@@ -549,23 +610,25 @@ impl Session {
         self.write(frame.to_text()).await
     }
 
+    /// Hands `frame` to the socket without flushing it. The session loop
+    /// flushes once per step, so a batch of frames leaves together.
     async fn write(&mut self, frame: Utf8Bytes) -> Result<(), Exit> {
-        self.send_bounded(WsMessage::Text(frame)).await
+        self.unflushed = true;
+        bounded(self.socket.feed(WsMessage::Text(frame))).await
     }
 
-    /// Sends one WebSocket message, giving up after [`WRITE_TIMEOUT`]. A
-    /// client that stops reading fills the TCP buffers and would otherwise
-    /// block this loop forever, so heartbeat, shutdown and slow-consumer
-    /// closes could never run.
-    async fn send_bounded(&mut self, message: WsMessage) -> Result<(), Exit> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Exit::Gone),
-            Err(_) => {
-                tracing::debug!("WebSocket write timed out; dropping the connection");
-                Err(Exit::Gone)
-            }
+    /// Flushes the frames fed since the last flush.
+    async fn flush(&mut self) -> Result<(), Exit> {
+        if !std::mem::take(&mut self.unflushed) {
+            return Ok(());
         }
+        bounded(self.socket.flush()).await
+    }
+
+    /// Sends one WebSocket message and flushes it with what was fed before.
+    async fn send_bounded(&mut self, message: WsMessage) -> Result<(), Exit> {
+        self.unflushed = false;
+        bounded(self.socket.send(message)).await
     }
 
     /// Clears typing indicators and closes the socket as `exit` requests.
@@ -617,6 +680,21 @@ impl Session {
             if let WsMessage::Close(_) = frame {
                 return;
             }
+        }
+    }
+}
+
+/// Runs one write to the socket, giving up after [`WRITE_TIMEOUT`]. A
+/// client that stops reading fills the TCP buffers and would otherwise block
+/// the session loop forever, so heartbeat, shutdown and slow-consumer closes
+/// could never run.
+async fn bounded(write: impl Future<Output = Result<(), axum::Error>>) -> Result<(), Exit> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Exit::Gone),
+        Err(_) => {
+            tracing::debug!("WebSocket write timed out; dropping the connection");
+            Err(Exit::Gone)
         }
     }
 }
