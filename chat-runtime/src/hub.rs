@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
@@ -70,6 +71,10 @@ pub enum Outbound {
 struct Registered {
     id: ConnectionId,
     sender: mpsc::Sender<Queued>,
+    /// Set once the connection was sent a slow-consumer close. Later
+    /// events are dropped instead of each starting another close, since
+    /// the client resumes from its last sequence number anyway.
+    closing: AtomicBool,
 }
 
 /// Open sockets of one tenant, by user.
@@ -99,7 +104,11 @@ impl Hub {
         if sockets.len() >= max as usize {
             return Err(TooManyConnections);
         }
-        sockets.push(Registered { id, sender });
+        sockets.push(Registered {
+            id,
+            sender,
+            closing: AtomicBool::new(false),
+        });
         Ok((id, receiver))
     }
 
@@ -129,7 +138,7 @@ impl Hub {
                 continue;
             };
             for socket in sockets.iter().filter(|socket| Some(socket.id) != skip) {
-                handed += usize::from(offer(&socket.sender, Arc::clone(&event)));
+                handed += usize::from(offer(socket, Arc::clone(&event)));
             }
         }
         handed
@@ -162,13 +171,17 @@ impl Hub {
 
 /// Queues `event`, or tells the connection to close when its queue is full.
 /// Returns whether the event was queued.
-fn offer(sender: &mpsc::Sender<Queued>, event: Queued) -> bool {
-    match sender.try_send(event) {
+fn offer(socket: &Registered, event: Queued) -> bool {
+    if socket.closing.load(Ordering::Relaxed) {
+        return false;
+    }
+    match socket.sender.try_send(event) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Closed(_)) => false,
         Err(mpsc::error::TrySendError::Full(_)) => {
+            socket.closing.store(true, Ordering::Relaxed);
             force_close(
-                sender,
+                &socket.sender,
                 4008,
                 "slow_consumer",
                 "the socket did not read fast enough; reconnect and resume",
@@ -267,6 +280,27 @@ mod tests {
             }
         }
         assert!(saw_close);
+    }
+
+    #[tokio::test]
+    async fn slow_consumer_gets_one_close() {
+        let hub = Hub::default();
+        let (_, mut receiver) = hub.register("alice", 1).unwrap();
+        for _ in 0..OUTBOUND_QUEUE * 3 {
+            hub.send_to_users(&["alice".to_owned()], &event("x"), None);
+        }
+        let mut closes = 0;
+        let mut events = 0;
+        while let Ok(Some(queued)) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), receiver.recv()).await
+        {
+            match queued.as_ref() {
+                Outbound::Close { .. } => closes += 1,
+                _ => events += 1,
+            }
+        }
+        assert_eq!(events, OUTBOUND_QUEUE);
+        assert_eq!(closes, 1);
     }
 
     #[tokio::test]
