@@ -141,8 +141,7 @@ fn apply_batch(conn: &Connection, batch: &mut [BoxedRequest]) -> Result<(), Stri
 }
 
 fn apply_in_savepoint(conn: &Connection, request: &mut dyn WriteRequest) -> Result<(), String> {
-    conn.execute_batch("SAVEPOINT request")
-        .map_err(|error| format!("SAVEPOINT failed: {error}"))?;
+    run_cached(conn, "SAVEPOINT request").map_err(|error| format!("SAVEPOINT failed: {error}"))?;
     let succeeded = request.apply(conn);
     // Some errors (disk full, I/O errors) make SQLite roll back the whole
     // transaction by itself. The requests before this one are then rolled back too.
@@ -150,11 +149,18 @@ fn apply_in_savepoint(conn: &Connection, request: &mut dyn WriteRequest) -> Resu
         return Err("SQLite rolled back the transaction after a failed request".to_owned());
     }
     if !succeeded {
-        conn.execute_batch("ROLLBACK TO request")
+        run_cached(conn, "ROLLBACK TO request")
             .map_err(|error| format!("ROLLBACK TO SAVEPOINT failed: {error}"))?;
     }
-    conn.execute_batch("RELEASE request")
+    run_cached(conn, "RELEASE request")
         .map_err(|error| format!("RELEASE SAVEPOINT failed: {error}"))
+}
+
+/// Runs a statement without parameters through the statement cache. Every
+/// request runs a savepoint's statements, and parsing them each time showed
+/// in profiles of the writer thread.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 fn roll_back(conn: &Connection) {
