@@ -23,7 +23,7 @@ use futures_util::SinkExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
-use tokio::time::{Instant as Deadline, MissedTickBehavior, interval, sleep_until};
+use tokio::time::{Instant as Deadline, sleep_until};
 use tracing::Instrument;
 
 use super::Registration;
@@ -55,6 +55,14 @@ const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// with one flush costs one system call instead of one per frame. The cap
 /// keeps one busy socket from holding the worker thread for long.
 const MAX_WRITE_BATCH: usize = 64;
+
+/// Deadlines the session loop's single timer serves, besides typing.
+struct Timers {
+    /// When the token expires, with the verification leeway added.
+    expiry: Deadline,
+    heartbeat: Duration,
+    next_ping: Deadline,
+}
 
 /// Reason the session loop ended.
 enum Exit {
@@ -109,7 +117,12 @@ async fn serve_connection(
     registration: Registration,
     outbound: mpsc::Receiver<Queued>,
 ) {
-    let tenant = Arc::clone(&auth.tenant);
+    // Taken apart so that nothing of the token outlives the session's start.
+    let UserAuth {
+        tenant,
+        user_id,
+        token,
+    } = auth;
     let connection_id = registration.id;
     tracing::debug!("WebSocket opened");
 
@@ -119,7 +132,7 @@ async fn serve_connection(
     let mut session = Session {
         state: Arc::clone(&state),
         tenant: Arc::clone(&tenant),
-        user_id: auth.user_id.clone(),
+        user_id,
         connection_id,
         socket,
         positions: HashMap::new(),
@@ -131,7 +144,8 @@ async fn serve_connection(
         deliveries,
         delivery_seconds,
     };
-    let expires_at = auth.token.expires_at;
+    let expires_at = token.expires_at;
+    drop(token);
     let exit = session.serve(outbound, expires_at).await;
     session.finish(exit).await;
 
@@ -154,18 +168,25 @@ impl Session {
             heartbeat_seconds: self.state.server.heartbeat_seconds,
             token_expires_at,
         };
-        if self.write(ready.to_text()).await.is_err() {
+        if self
+            .send_bounded(WsMessage::Text(ready.to_text()))
+            .await
+            .is_err()
+        {
             return Exit::Gone;
         }
 
         let heartbeat = Duration::from_secs(self.state.server.heartbeat_seconds);
-        let mut ping = interval(heartbeat);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let expiry = expiry_instant(token_expires_at, self.state.server.token_leeway_seconds);
-        // One timer serves both the token's expiry and the earliest typing
-        // indicator to end, so an idle socket has two timers in all and
-        // wakes only when one of them is due.
-        let deadline = sleep_until(expiry);
+        let mut timers = Timers {
+            expiry,
+            heartbeat,
+            next_ping: Deadline::now() + heartbeat,
+        };
+        // One timer serves the heartbeat, the token's expiry and the earliest
+        // typing indicator to end, so an idle socket has a single timer entry
+        // and wakes only when one of them is due.
+        let deadline = sleep_until(timers.next_ping.min(expiry));
         tokio::pin!(deadline);
         let mut shutdown_signal = self.state.shutdown.clone();
         let shutdown = crate::api::shutdown_started(&mut shutdown_signal);
@@ -182,8 +203,7 @@ impl Session {
                     Some(event) => Box::pin(self.on_outbound_batch(event, &mut outbound)).await,
                     None => Err(Exit::Gone),
                 },
-                _ = ping.tick() => Box::pin(self.on_ping(heartbeat)).await,
-                () = deadline.as_mut() => Box::pin(self.on_deadline(expiry)).await,
+                () = deadline.as_mut() => Box::pin(self.on_deadline(&mut timers)).await,
                 () = shutdown.as_mut() => Err(Exit::Close {
                     code: 1001,
                     error: "shutting_down",
@@ -196,28 +216,37 @@ impl Session {
             if let Err(exit) = self.flush().await {
                 return exit;
             }
-            let next = self.next_deadline(expiry);
-            if next != deadline.deadline() {
+            // A timer that fired stays elapsed until it is reset, even when
+            // the next deadline is the same instant.
+            let next = self.next_deadline(&timers);
+            if next != deadline.deadline() || deadline.is_elapsed() {
                 deadline.as_mut().reset(next);
             }
         }
     }
 
-    /// Returns when the timer should fire next: at the token's expiry, or
-    /// earlier when a typing indicator ends before it.
-    fn next_deadline(&self, expiry: Deadline) -> Deadline {
-        self.typing.values().copied().fold(expiry, Deadline::min)
+    /// Returns when the timer should fire next: the next heartbeat, the
+    /// token's expiry or the end of a typing indicator, whichever is first.
+    fn next_deadline(&self, timers: &Timers) -> Deadline {
+        let first = timers.next_ping.min(timers.expiry);
+        self.typing.values().copied().fold(first, Deadline::min)
     }
 
-    /// Closes the socket when its token expired, and otherwise ends the
-    /// typing indicators that were not refreshed in time.
-    async fn on_deadline(&mut self, expiry: Deadline) -> Result<(), Exit> {
-        if Deadline::now() >= expiry {
+    /// Closes the socket when its token expired. Otherwise sends a ping when
+    /// one is due and ends the typing indicators that were not refreshed in
+    /// time.
+    async fn on_deadline(&mut self, timers: &mut Timers) -> Result<(), Exit> {
+        let now = Deadline::now();
+        if now >= timers.expiry {
             return Err(Exit::Close {
                 code: close::TOKEN_EXPIRED,
                 error: "token_expired",
                 message: String::from("the user token expired; connect again with a new token"),
             });
+        }
+        if now >= timers.next_ping {
+            timers.next_ping = now + timers.heartbeat;
+            self.on_ping(timers.heartbeat).await?;
         }
         self.expire_typing().await
     }
