@@ -100,7 +100,11 @@ impl Hub {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut users = lock(&self.users);
-        let sockets = users.entry(user.to_owned()).or_default();
+        // Most users have one socket open, and `Vec`'s default first
+        // allocation would make room for four.
+        let sockets = users
+            .entry(user.to_owned())
+            .or_insert_with(|| Vec::with_capacity(1));
         if sockets.len() >= max as usize {
             return Err(TooManyConnections);
         }
