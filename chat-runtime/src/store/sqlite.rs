@@ -197,7 +197,7 @@ impl SqliteStore {
         };
 
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_CAPACITY);
-        let writer_thread = writer::spawn(writer_conn, receiver, max_batch)
+        let writer_thread = writer::spawn(writer_conn, receiver, max_batch, path)
             .map_err(|error| StoreError::Unavailable(Box::new(error)))?;
         tracing::info!(
             path = %path.display(),

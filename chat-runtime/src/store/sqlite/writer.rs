@@ -6,6 +6,7 @@
 //! its own savepoint, so a request that fails is rolled back alone. No
 //! request gets its result before COMMIT has returned.
 
+use std::path::Path;
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
@@ -90,10 +91,14 @@ pub(super) fn spawn(
     conn: Connection,
     queue: mpsc::Receiver<BoxedRequest>,
     max_batch: usize,
+    path: &Path,
 ) -> std::io::Result<JoinHandle<()>> {
+    // The thread's logs name the file, so a failed batch can be traced to
+    // its tenant.
+    let span = tracing::info_span!("sqlite_writer", path = %path.display());
     std::thread::Builder::new()
         .name("sqlite-writer".to_owned())
-        .spawn(move || run(conn, queue, max_batch))
+        .spawn(move || span.in_scope(|| run(conn, queue, max_batch)))
 }
 
 fn run(conn: Connection, mut queue: mpsc::Receiver<BoxedRequest>, max_batch: usize) {
