@@ -231,6 +231,11 @@ impl Rooms {
         })
     }
 
+    /// Returns whether every socket is still open, so another step can run.
+    pub fn intact(&self) -> bool {
+        self.recorder.closed.load(Ordering::Relaxed) == 0
+    }
+
     /// Closes every socket and waits for the readers.
     pub async fn close(self) {
         for reader in &self.readers {

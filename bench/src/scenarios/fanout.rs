@@ -3,8 +3,10 @@
 //! CPU each delivery costs.
 //!
 //! The offered rate grows by half each step until a step misses the p99
-//! bound, loses a delivery or has a socket closed; the last step that did
-//! none of those is the capacity.
+//! bound, loses a delivery or has a socket closed. When every socket is
+//! still open, a few more steps then bisect between the last rate that
+//! passed and the first that failed. The highest step that passed is the
+//! capacity.
 
 use std::time::Duration;
 
@@ -28,6 +30,10 @@ const MEMBERS_PER_SEARCH: usize = 1_000;
 const GENERATOR_BUSY_PERCENT: f64 = 80.0;
 /// Steps before a search gives up growing.
 const MAX_STEPS: u32 = 16;
+/// Steps that bisect between the last passing and the first failing rate.
+/// Three of them narrow a factor of 1.5 to about 1.05, so a capacity is
+/// not understated by up to a third only because of where the steps fell.
+const REFINE_STEPS: u32 = 3;
 
 /// One step's figures, kept for the report.
 #[derive(Debug, Clone, Copy)]
@@ -61,9 +67,54 @@ impl Search {
     }
 }
 
+impl Search {
+    /// Returns each step's deliveries per second and p99, by increasing
+    /// throughput, so the bisecting steps fall in place on the chart.
+    pub fn points(&self) -> Vec<[f64; 2]> {
+        let mut points: Vec<[f64; 2]> = self
+            .steps
+            .iter()
+            .map(|step| [step.achieved, step.p99_ms])
+            .collect();
+        points.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        points
+    }
+}
+
 /// Rooms of `members` that one search loads at once.
 pub fn rooms_for(members: usize) -> usize {
     (MEMBERS_PER_SEARCH / members.max(1)).max(1)
+}
+
+/// Runs one step at `rate` messages per second per room and logs it.
+async fn run_step(
+    rooms: &mut load::Rooms,
+    server: &Server,
+    kind: Kind,
+    members: usize,
+    rate: f64,
+    duration: Duration,
+    step: u32,
+) -> anyhow::Result<StepSummary> {
+    let result = rooms.run_step(rate, duration, step, server.pid).await?;
+    let summary = summarize(&result);
+    let ack = match kind {
+        Kind::Runtime => format!(
+            ", ack p99 {:.2} ms",
+            result.stats.ack_latency.value_at_quantile(0.99) as f64 / 1000.0
+        ),
+        // The floor sends no acks.
+        Kind::Floor => String::new(),
+    };
+    eprintln!(
+        "parley-bench:   {} rooms of {members}: offered {:.0}/s, delivered {:.0}/s, p50 {:.2} ms, p99 {:.2} ms{ack}",
+        kind.label(),
+        summary.offered,
+        summary.achieved,
+        result.stats.latency.value_at_quantile(0.5) as f64 / 1000.0,
+        summary.p99_ms,
+    );
+    Ok(summary)
 }
 
 fn summarize(result: &StepResult) -> StepSummary {
@@ -101,32 +152,40 @@ pub async fn search(
         .max(2.0 / ctx.profile.step_seconds);
 
     let mut steps = Vec::new();
-    let mut best = None;
+    let mut best: Option<StepSummary> = None;
+    let mut failed_rate = None;
     for step in 0..MAX_STEPS {
-        let result = rooms.run_step(rate, duration, step, server.pid).await?;
-        let summary = summarize(&result);
-        let ack = match kind {
-            Kind::Runtime => format!(
-                ", ack p99 {:.2} ms",
-                result.stats.ack_latency.value_at_quantile(0.99) as f64 / 1000.0
-            ),
-            // The floor sends no acks.
-            Kind::Floor => String::new(),
-        };
-        eprintln!(
-            "parley-bench:   {} rooms of {members}: offered {:.0}/s, delivered {:.0}/s, p50 {:.2} ms, p99 {:.2} ms{ack}",
-            kind.label(),
-            summary.offered,
-            summary.achieved,
-            result.stats.latency.value_at_quantile(0.5) as f64 / 1000.0,
-            summary.p99_ms,
-        );
+        let summary = run_step(&mut rooms, server, kind, members, rate, duration, step).await?;
         steps.push(summary);
         if !summary.passed {
+            failed_rate = Some(rate);
             break;
         }
         best = Some(summary);
         rate *= STEP_GROWTH;
+    }
+
+    // Rates are per room here. The last passing one is the failing one
+    // divided by the growth factor.
+    if let Some(mut failed) = failed_rate.filter(|_| best.is_some()) {
+        let mut passed = failed / STEP_GROWTH;
+        let first_refine_step = steps.len() as u32;
+        for step in first_refine_step..first_refine_step + REFINE_STEPS {
+            if !rooms.intact() {
+                break;
+            }
+            let rate = (passed * failed).sqrt();
+            let summary = run_step(&mut rooms, server, kind, members, rate, duration, step).await?;
+            steps.push(summary);
+            if summary.passed {
+                passed = rate;
+                if best.is_none_or(|best| summary.achieved > best.achieved) {
+                    best = Some(summary);
+                }
+            } else {
+                failed = rate;
+            }
+        }
     }
     rooms.close().await;
     Ok(Search { steps, best })
@@ -172,18 +231,15 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Benchmark> {
         for (label, search) in [("runtime", &on_runtime), ("floor", &on_floor)] {
             chart.lines.push(Line {
                 label: format!("{label}, rooms of {members}"),
-                points: search
-                    .steps
-                    .iter()
-                    .map(|step| [step.achieved, step.p99_ms])
-                    .collect(),
+                points: search.points(),
             });
         }
     }
     benchmark.charts.push(chart);
     benchmark.note(format!(
         "Rooms of up to 1,000 members one at a time, smaller rooms {MEMBERS_PER_SEARCH} members' worth at once \
-         (100 rooms of 10, 10 of 100); {} publishers per room; steps of {} s, each offering {STEP_GROWTH}× the last; \
+         (100 rooms of 10, 10 of 100); {} publishers per room; steps of {} s, each offering {STEP_GROWTH}× the last, \
+         then {REFINE_STEPS} steps bisecting between the last rate that passed and the first that failed; \
          a delivery is one message frame read by one member socket, the sender's included.",
         load::PUBLISHERS_PER_ROOM,
         ctx.profile.step_seconds
@@ -282,5 +338,39 @@ fn add_first_step_figures(
              burst of {members} frames that the server writes and the load generator reads one after another, \
              each on one core, so the last frames of a burst arrive later than the bound allows."
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(achieved: f64, p99_ms: f64, passed: bool) -> StepSummary {
+        StepSummary {
+            offered: achieved,
+            achieved,
+            p99_ms,
+            cpu_micros_per_delivery: 10.0,
+            generator_cpu_percent: 50.0,
+            passed,
+        }
+    }
+
+    #[test]
+    fn points_sorted_by_throughput() {
+        // Growth steps, then bisecting steps between 3,000 and 4,500.
+        let search = Search {
+            steps: vec![
+                step(2_000.0, 1.0, true),
+                step(3_000.0, 2.0, true),
+                step(4_500.0, 90.0, false),
+                step(3_674.0, 30.0, false),
+                step(3_320.0, 4.0, true),
+            ],
+            best: Some(step(3_320.0, 4.0, true)),
+        };
+        let throughputs: Vec<f64> = search.points().iter().map(|point| point[0]).collect();
+        assert_eq!(throughputs, [2_000.0, 3_000.0, 3_320.0, 3_674.0, 4_500.0]);
+        assert_eq!(search.capacity(), 3_320.0);
     }
 }
