@@ -47,14 +47,6 @@ use writer::{BoxedRequest, WRITE_QUEUE_CAPACITY};
 /// re-preparing them.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
 
-/// WAL size, in pages, at which a commit copies the WAL into the database
-/// file. SQLite's default of 1,000 pages (4 MiB) meant several checkpoints
-/// a second under load, each reading back and rewriting the channel and
-/// member pages that every message changes. At 10,000 pages (40 MiB) hot
-/// pages are copied once for many more commits; the cost is a longer WAL
-/// to replay after a crash.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
-
 /// Pause between attempts to switch a new file to WAL mode.
 const WAL_RETRY_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -177,9 +169,6 @@ impl SqliteStore {
         // writes, so only it needs FULL.
         writer_conn
             .pragma_update(None, "synchronous", "FULL")
-            .map_err(sqlite_error)?;
-        writer_conn
-            .pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
             .map_err(sqlite_error)?;
         schema::ensure_schema(&writer_conn)?;
 
