@@ -10,6 +10,8 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Limits block for acme with a 64-byte text limit.
 const SMALL_TEXT: &str = "    limits:\n      max_message_bytes: 64\n";
@@ -230,6 +232,23 @@ async fn binary_frame_closes_with_1003() {
     socket.socket.send(Message::binary(frame)).await.unwrap();
     let (code, frames) = socket.expect_close().await;
     assert_eq!(code, 1003, "close code, frames before it: {frames:?}");
+}
+
+#[tokio::test]
+async fn client_close_gets_close_reply() {
+    let chat = start_chat("").await;
+    let mut socket = Ws::connect(&chat.runtime, "acme", &chat.alice.token).await;
+
+    socket
+        .socket
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+    let (code, frames) = socket.expect_close().await;
+    assert_eq!(code, 1000, "close code, frames before it: {frames:?}");
 }
 
 #[tokio::test]

@@ -286,7 +286,12 @@ impl Session {
                 error: "binary_not_supported",
                 message: String::from("frames must be JSON text"),
             }),
-            Some(Ok(WsMessage::Close(_))) => Err(Exit::Gone),
+            Some(Ok(WsMessage::Close(_))) => {
+                // tungstenite queued the reply to the client's close frame;
+                // it leaves only with a flush.
+                let _ = bounded(self.socket.flush()).await;
+                Err(Exit::Gone)
+            }
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Ok(()),
         }
     }
