@@ -37,10 +37,20 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // tungstenite logs frame payloads at trace level, and those carry message
     // bodies and tokens, so its logs stop at debug whatever PARLEY_LOG says.
-    let filter = ["tungstenite=debug", "tokio_tungstenite=debug"]
-        .into_iter()
-        .filter_map(|directive| directive.parse().ok())
-        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
+    // The cap is added only when some directive reaches trace, because the
+    // directive would otherwise raise tungstenite from the default level to
+    // debug and log every socket close.
+    let reaches_trace = filter
+        .max_level_hint()
+        .is_none_or(|level| level > tracing_subscriber::filter::LevelFilter::DEBUG);
+    let filter = if reaches_trace {
+        ["tungstenite=debug", "tokio_tungstenite=debug"]
+            .into_iter()
+            .filter_map(|directive| directive.parse().ok())
+            .fold(filter, tracing_subscriber::EnvFilter::add_directive)
+    } else {
+        filter
+    };
     // Colours only for a terminal, so log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
