@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -119,6 +120,14 @@ fn open_connection(
     conn.busy_timeout(options.busy_timeout)
         .map_err(sqlite_error)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    // Without the query planner stability guarantee, SQLite 3.54 marks a
+    // statement for re-preparing when its plan used a bound value, such as a
+    // LIMIT or `seq = ?` beside a join. rusqlite clears the bindings of every
+    // statement it returns to its cache, so each use parsed the SQL again.
+    // That was about 30 % of the server's CPU for history and channel-list
+    // requests (perf, `parley-bench --only B4`).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(sqlite_error)?;
     Ok(conn)
 }
 
@@ -486,6 +495,40 @@ mod tests {
         let path = dir.path().join("tenant.sqlite");
         let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
         (dir, path, store)
+    }
+
+    #[tokio::test]
+    async fn cached_reads_are_not_prepared_again() {
+        let (_dir, path, store) = temp_store();
+        add_users(&store, &["ann", "bob"]).await;
+        let channel = group_of(&store, "ann", &["bob"]).await;
+        for client_id in ["c1", "c2"] {
+            store
+                .append_message(message(&channel.id, "ann", client_id, text("hi")))
+                .await
+                .unwrap();
+        }
+
+        // A join beside `seq = ?` and a bound LIMIT are the shapes that made
+        // SQLite re-prepare after every rebinding.
+        let conn = open_connection(&path, OpenFlags::default(), &SqliteOptions::default()).unwrap();
+        let sql = "SELECT m.seq, u.deleted FROM messages m LEFT JOIN users u ON u.id = m.sender_id \
+                   WHERE m.channel_id = ?1 AND m.seq = ?2 LIMIT ?3";
+        for seq in [1_i64, 2, 1, 2] {
+            let found: i64 = conn
+                .prepare_cached(sql)
+                .unwrap()
+                .query_row(rusqlite::params![channel.id, seq, seq + 1], |row| {
+                    row.get(0)
+                })
+                .unwrap();
+            assert_eq!(found, seq);
+        }
+        let statement = conn.prepare_cached(sql).unwrap();
+        assert_eq!(
+            statement.get_status(rusqlite::StatementStatus::RePrepare),
+            0
+        );
     }
 
     async fn add_users(store: &SqliteStore, ids: &[&str]) {
