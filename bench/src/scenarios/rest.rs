@@ -679,6 +679,8 @@ struct Paced {
     pacing_lateness: Histogram<u64>,
     generator_cpu_percent: f64,
     server_cpu_percent: f64,
+    /// Server CPU time per successful request, in microseconds.
+    server_cpu_micros: f64,
 }
 
 /// Sends requests at `rate` per second for `duration`, each at its
@@ -752,6 +754,7 @@ async fn open_loop(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let server_cpu_percent = server_cpu.percent()?;
+    let server_cpu_seconds = server_cpu.cpu_seconds()?;
     let generator_cpu_percent = generator.percent()?;
 
     let mut recorder = lock(&recorder);
@@ -768,6 +771,7 @@ async fn open_loop(
     Ok(Paced {
         rate,
         achieved_rate: tally.successes as f64 / elapsed,
+        server_cpu_micros: server_cpu_seconds * 1e6 / tally.successes.max(1) as f64,
         scheduled,
         latency: Latency::from_histogram(&histogram)
             .with_context(|| format!("no {} request completed at {rate:.0}/s", workload.name))?,
@@ -952,6 +956,16 @@ fn add_operation_figures(benchmark: &mut Benchmark, result: &OperationResult, co
             )
             .with_floor(floor.achieved_rate)
             .with_generator_cpu(product.generator_cpu_percent),
+        );
+        // Paced requests arrive one at a time, so they share fewer wake-ups
+        // than the closed loop's and can cost more CPU each than at capacity.
+        benchmark.figures.push(
+            Figure::new(
+                format!("{label}: server CPU per request"),
+                "µs",
+                product.server_cpu_micros,
+            )
+            .with_floor(floor.server_cpu_micros),
         );
         benchmark.figures.push(
             Figure::new(format!("{label}: p50"), "ms", product.latency.p50_ms)
