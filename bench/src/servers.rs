@@ -179,6 +179,7 @@ fn server_command(log_path: &Path) -> anyhow::Result<Command> {
         .append(true)
         .open(log_path)
         .with_context(|| format!("failed to open {}", log_path.display()))?;
+    system::kill_with_parent(&mut command);
     command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

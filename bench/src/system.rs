@@ -181,6 +181,30 @@ pub fn pin_self(cpu: usize) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Makes the process that `command` starts receive SIGKILL when this process
+/// ends, even by SIGKILL, so no server outlives the run that started it.
+///
+/// Linux sends the signal when the thread that started the child ends, so
+/// `command` must be spawned from a thread that lives as long as the run:
+/// the main thread, which runs the benchmarks' single-threaded runtime.
+pub fn kill_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec, and makes
+    // only the prctl and getppid system calls, which are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The parent may have ended before the line above took effect.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("the benchmark process has ended"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Raises the open-files soft limit to the hard limit and returns it.
 pub fn raise_open_files_limit() -> anyhow::Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -206,6 +230,25 @@ pub fn taskset_available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_killed_when_starter_thread_ends() {
+        use std::os::unix::process::ExitStatusExt;
+
+        // Linux ties the signal to the thread that started the child, so a
+        // short-lived thread plays the part of a benchmark process that ends.
+        let mut child = std::thread::spawn(|| {
+            let mut command = std::process::Command::new("sleep");
+            command.arg("30");
+            kill_with_parent(&mut command);
+            command.spawn().unwrap()
+        })
+        .join()
+        .unwrap();
+
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "child ended with {status}");
+    }
 
     #[test]
     fn stat_cpu_with_spaces_in_name() {

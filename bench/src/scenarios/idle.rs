@@ -202,7 +202,9 @@ async fn measure_spread(ctx: &Context, total: usize, processes: usize) -> anyhow
 
 fn spawn_holder(runtime: &Server, count: usize, index: usize) -> anyhow::Result<Holder> {
     let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    crate::system::kill_with_parent(&mut command);
+    let child = command
         .args([
             "hold",
             "--target",
