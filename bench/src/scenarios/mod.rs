@@ -32,6 +32,30 @@ pub struct Context {
     /// Deliveries per second at capacity found by B2, by server and room
     /// size, for the benchmarks that load a server to a share of it.
     capacities: Mutex<HashMap<(Kind, usize), f64>>,
+    /// Offered deliveries per second of a capacity search's first step.
+    first_step: f64,
+}
+
+/// Environment variable that sets the first step of B2's capacity search.
+const FIRST_STEP_VARIABLE: &str = "PARLEY_BENCH_FIRST_STEP";
+
+/// First step of a capacity search when [`FIRST_STEP_VARIABLE`] is not set.
+const DEFAULT_FIRST_STEP: f64 = 2_000.0;
+
+/// Reads the first step of a capacity search from the value of
+/// [`FIRST_STEP_VARIABLE`], if set. A search needs a finite, positive rate to
+/// multiply, so anything else is rejected before a benchmark starts.
+fn parse_first_step(value: Option<&str>) -> anyhow::Result<f64> {
+    let Some(value) = value else {
+        return Ok(DEFAULT_FIRST_STEP);
+    };
+    match value.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => anyhow::bail!(
+            "{FIRST_STEP_VARIABLE} must be a positive number of deliveries per second, \
+             got `{value}`"
+        ),
+    }
 }
 
 impl Context {
@@ -46,13 +70,9 @@ impl Context {
         Ok(path)
     }
 
-    /// Offered deliveries per second of a capacity search's first step,
-    /// `PARLEY_BENCH_FIRST_STEP` or 2,000.
+    /// Offered deliveries per second of a capacity search's first step.
     pub fn first_step_deliveries(&self) -> f64 {
-        std::env::var("PARLEY_BENCH_FIRST_STEP")
-            .ok()
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(2_000.0)
+        self.first_step
     }
 
     pub fn remember_capacity(&self, kind: Kind, members: usize, deliveries_per_second: f64) {
@@ -143,6 +163,7 @@ pub async fn run_all(
     pinned: bool,
 ) -> anyhow::Result<()> {
     check_selection(&only)?;
+    let first_step = parse_first_step(std::env::var(FIRST_STEP_VARIABLE).ok().as_deref())?;
     // Fails now, not after an hour of benchmarks, when the report cannot be
     // written there.
     std::fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
@@ -158,6 +179,7 @@ pub async fn run_all(
         profile,
         scratch: tempfile::Builder::new().prefix("parley-bench-").tempdir()?,
         capacities: Mutex::default(),
+        first_step,
     };
 
     let mut results = Vec::new();
@@ -231,6 +253,26 @@ fn pinning_description(pinned: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_step_defaults_when_unset() {
+        assert_eq!(parse_first_step(None).unwrap(), DEFAULT_FIRST_STEP);
+    }
+
+    #[test]
+    fn first_step_accepts_positive_rate() {
+        assert_eq!(parse_first_step(Some("45000")).unwrap(), 45_000.0);
+        assert_eq!(parse_first_step(Some(" 2.5e4 ")).unwrap(), 25_000.0);
+    }
+
+    #[test]
+    fn first_step_rejects_unusable_rates() {
+        for value in ["inf", "NaN", "0", "-100", "fast", ""] {
+            let error = parse_first_step(Some(value)).unwrap_err().to_string();
+            assert!(error.contains(FIRST_STEP_VARIABLE), "{value}: {error}");
+            assert!(error.contains(&format!("`{value}`")), "{value}: {error}");
+        }
+    }
 
     #[test]
     fn selection_rejects_unknown_id() {
