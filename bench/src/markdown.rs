@@ -426,6 +426,21 @@ mod tests {
     }
 
     #[test]
+    fn missed_correctness_targets_named() {
+        let mut reconnect = Benchmark::new("B5", "Reconnect storm");
+        reconnect
+            .figures
+            .push(Figure::new("gaps", "", 2.0).with_correctness_target("0", false));
+        reconnect
+            .figures
+            .push(Figure::new("duplicates", "", 0.0).with_correctness_target("0", true));
+        // A missed speed target, as B2's here, does not count.
+        let report = report(vec![fanout(), reconnect]);
+
+        assert_eq!(report.missed_correctness_targets(), vec!["B5: gaps"]);
+    }
+
+    #[test]
     fn format_number_cases() {
         let cases = [
             (0.0, "0"),

@@ -60,6 +60,9 @@ pub struct Target {
     /// The goal in words, such as `ratio >= 0.5`.
     pub goal: String,
     pub met: bool,
+    /// Whether a miss means messages were lost, repeated or skipped rather
+    /// than slow. Such a miss makes the run exit with an error.
+    pub correctness: bool,
 }
 
 /// A chart drawn to `<file_stem>.svg`.
@@ -119,6 +122,18 @@ impl Figure {
         self.target = Some(Target {
             goal: goal.into(),
             met,
+            correctness: false,
+        });
+        self
+    }
+
+    /// Sets a target that counts messages lost, repeated or skipped, whose
+    /// miss fails the run.
+    pub fn with_correctness_target(mut self, goal: impl Into<String>, met: bool) -> Figure {
+        self.target = Some(Target {
+            goal: goal.into(),
+            met,
+            correctness: true,
         });
         self
     }
@@ -149,6 +164,22 @@ impl Benchmark {
 }
 
 impl Report {
+    /// Names the figures, as `B3: name`, whose correctness target was missed.
+    pub fn missed_correctness_targets(&self) -> Vec<String> {
+        let mut missed = Vec::new();
+        for benchmark in &self.benchmarks {
+            for figure in &benchmark.figures {
+                if let Some(target) = &figure.target
+                    && target.correctness
+                    && !target.met
+                {
+                    missed.push(format!("{}: {}", benchmark.id, figure.name));
+                }
+            }
+        }
+        missed
+    }
+
     /// Writes `report.json`, `report.md` and the charts into `folder`.
     pub fn write(&self, folder: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(folder)

@@ -162,10 +162,11 @@ fn add_figures(benchmark: &mut Benchmark, runtime: &Measured, floor: &Measured) 
         .expected_deliveries
         .saturating_sub(runtime.result.stats.deliveries);
     benchmark.figures.push(
-        Figure::new("messages not accounted for", "deliveries", lost as f64).with_target(
-            "every message acked and delivered once, in order",
-            runtime.accounted_for(),
-        ),
+        Figure::new("messages not accounted for", "deliveries", lost as f64)
+            .with_correctness_target(
+                "every message acked and delivered once, in order",
+                runtime.accounted_for(),
+            ),
     );
 }
 

@@ -217,6 +217,13 @@ pub async fn run_all(
     report.write(&out)?;
     println!("{}", crate::markdown::render(&report));
     eprintln!("parley-bench: wrote {}", out.join("report.md").display());
+    let missed = report.missed_correctness_targets();
+    if !missed.is_empty() {
+        anyhow::bail!(
+            "messages were lost, repeated or skipped in: {}; see the report",
+            missed.join(", ")
+        );
+    }
     if failures > 0 {
         anyhow::bail!("{failures} benchmark(s) failed; see the report");
     }

@@ -112,10 +112,10 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Benchmark> {
     let duplicates = storm.recorder.duplicates.load(Ordering::Relaxed) as f64;
     benchmark
         .figures
-        .push(Figure::new("gaps", "", gaps).with_target("0", gaps == 0.0));
-    benchmark
-        .figures
-        .push(Figure::new("duplicates", "", duplicates).with_target("0", duplicates == 0.0));
+        .push(Figure::new("gaps", "", gaps).with_correctness_target("0", gaps == 0.0));
+    benchmark.figures.push(
+        Figure::new("duplicates", "", duplicates).with_correctness_target("0", duplicates == 0.0),
+    );
     benchmark.figures.push(
         Figure::new(
             "clients that failed to resync",

@@ -122,7 +122,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Benchmark> {
             "",
             missing as f64,
         )
-        .with_target("0", missing == 0),
+        .with_correctness_target("0", missing == 0),
     );
     benchmark.charts.push(Chart {
         file_stem: "b6-memory".to_owned(),

@@ -149,9 +149,9 @@ fn add_figures(benchmark: &mut Benchmark, memory: &[[f64; 2]], p99: &[[f64; 2]],
     benchmark.figures.push(
         Figure::new("p99, worst window", "ms", worst_p99).with_target("< 25 ms", worst_p99 < 25.0),
     );
-    benchmark
-        .figures
-        .push(Figure::new("deliveries lost", "", lost as f64).with_target("0", lost == 0));
+    benchmark.figures.push(
+        Figure::new("deliveries lost", "", lost as f64).with_correctness_target("0", lost == 0),
+    );
 }
 
 fn over_time(file_stem: &str, title: &str, y_label: &str, points: Vec<[f64; 2]>) -> Chart {
