@@ -23,19 +23,90 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct Cluster {
-    processes: Vec<(&'static str, Child)>,
+    // Kept only to be dropped. Declared first, so the processes stop before
+    // their data directory is removed.
+    _processes: Processes,
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
     pub client: Client,
 }
 
-impl Drop for Cluster {
+/// The control-plane processes started so far. Dropping it kills them in
+/// reverse order, also when a later one fails to start and the test panics.
+#[derive(Default)]
+struct Processes(Vec<Component>);
+
+struct Component {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Processes {
     fn drop(&mut self) {
-        for (_, child) in self.processes.iter_mut().rev() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for component in self.0.iter_mut().rev() {
+            let _ = component.child.kill();
+            let _ = component.child.wait();
         }
     }
+}
+
+/// Lines of a component's log quoted when it fails to start.
+const LOG_TAIL_LINES: usize = 20;
+
+impl Processes {
+    fn start(&mut self, name: &'static str, program: &Path, args: &[String], log: &Path) {
+        let file = std::fs::File::create(log).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("failed to start {name} ({}): {error}", program.display())
+            });
+        self.0.push(Component {
+            name,
+            child,
+            log: log.to_owned(),
+        });
+    }
+
+    /// Waits until `ready` returns true for the component started last.
+    /// Panics with the end of its log when it exits or is not ready within
+    /// [`START_TIMEOUT`].
+    fn wait_ready(&mut self, mut ready: impl FnMut() -> bool) {
+        let Some(component) = self.0.last_mut() else {
+            return;
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !ready() {
+            if let Ok(Some(status)) = component.child.try_wait() {
+                panic!(
+                    "{} exited with {status} before it was ready; its log ends with:\n{}",
+                    component.name,
+                    log_tail(&component.log)
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} was not ready within {START_TIMEOUT:?}; its log ends with:\n{}",
+                    component.name,
+                    log_tail(&component.log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Returns the last [`LOG_TAIL_LINES`] lines of the file at `path`. The
+/// temporary directory, logs included, is removed when a failed start
+/// unwinds, so a panic message is the only place left to show them.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
 /// Directory holding etcd, kube-apiserver and kube-controller-manager.
@@ -152,28 +223,6 @@ fn kubeconfig_yaml(dir: &Path, port: u16, token: &str) -> String {
     )
 }
 
-fn spawn(name: &'static str, program: &Path, args: &[String], log: &Path) -> (&'static str, Child) {
-    let log = std::fs::File::create(log).unwrap();
-    let child = Command::new(program)
-        .args(args)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|error| panic!("failed to start {name} ({}): {error}", program.display()));
-    (name, child)
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + START_TIMEOUT;
-    while !ready() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} was not ready within {START_TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn http_ok(url: &str, insecure: bool, ca: Option<&Path>, token: Option<&str>) -> bool {
     let mut command = Command::new("curl");
     command.args([
@@ -228,13 +277,17 @@ impl Cluster {
 
     /// Starts the control plane and returns an admin client.
     pub async fn start() -> Cluster {
-        let assets = assets();
+        Cluster::start_with(&assets()).await
+    }
+
+    /// Starts the control plane from the binaries in `assets`.
+    pub async fn start_with(assets: &Path) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_owned();
         let token = write_credentials(&path);
         let (etcd_port, etcd_peer, apiserver_port, manager_port) =
             (free_port(), free_port(), free_port(), free_port());
-        let mut processes = Vec::new();
+        let mut processes = Processes::default();
 
         let etcd_args: Vec<String> = vec![
             "--data-dir".into(),
@@ -250,13 +303,13 @@ impl Cluster {
             "--initial-cluster".into(),
             format!("default=http://127.0.0.1:{etcd_peer}"),
         ];
-        processes.push(spawn(
+        processes.start(
             "etcd",
             &assets.join("etcd"),
             &etcd_args,
             &path.join("etcd.log"),
-        ));
-        wait_until("etcd", || {
+        );
+        processes.wait_ready(|| {
             http_ok(
                 &format!("http://127.0.0.1:{etcd_port}/health"),
                 false,
@@ -302,14 +355,14 @@ impl Cluster {
             "--endpoint-reconciler-type".into(),
             "none".into(),
         ];
-        processes.push(spawn(
+        processes.start(
             "kube-apiserver",
             &assets.join("kube-apiserver"),
             &apiserver_args,
             &path.join("apiserver.log"),
-        ));
+        );
         let ca = path.join("ca.crt");
-        wait_until("kube-apiserver", || {
+        processes.wait_ready(|| {
             http_ok(
                 &format!("https://127.0.0.1:{apiserver_port}/readyz"),
                 false,
@@ -342,13 +395,13 @@ impl Cluster {
             "--cert-dir".into(),
             path.join("manager-certs").display().to_string(),
         ];
-        processes.push(spawn(
+        processes.start(
             "kube-controller-manager",
             &assets.join("kube-controller-manager"),
             &manager_args,
             &path.join("manager.log"),
-        ));
-        wait_until("kube-controller-manager", || {
+        );
+        processes.wait_ready(|| {
             http_ok(
                 &format!("https://127.0.0.1:{manager_port}/healthz"),
                 true,
@@ -365,10 +418,73 @@ impl Cluster {
         .unwrap();
         let client = Client::try_from(config).unwrap();
         Cluster {
-            processes,
+            _processes: processes,
             dir,
             kubeconfig,
             client,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn write_executable(dir: &Path, name: &str, text: &str) {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A stand-in etcd: it writes its pid to `etcd.pid` beside itself and
+    /// returns 200 for every GET on the port of `--listen-client-urls`.
+    const FAKE_ETCD: &str = r#"#!/usr/bin/env python3
+import http.server, os, sys
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "etcd.pid"), "w") as f:
+    f.write(str(os.getpid()))
+url = sys.argv[sys.argv.index("--listen-client-urls") + 1]
+port = int(url.rsplit(":", 1)[1])
+
+class Healthy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+http.server.HTTPServer(("127.0.0.1", port), Healthy).serve_forever()
+"#;
+
+    #[test]
+    fn failed_start_stops_earlier_components() {
+        let assets = tempfile::tempdir().unwrap();
+        write_executable(assets.path(), "etcd", FAKE_ETCD);
+        write_executable(
+            assets.path(),
+            "kube-apiserver",
+            "#!/bin/sh\necho 'invalid flag in this test' >&2\nexit 3\n",
+        );
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(Cluster::start_with(assets.path()))
+        }));
+
+        let message = *outcome.err().unwrap().downcast::<String>().unwrap();
+        assert!(
+            message.contains("kube-apiserver exited with exit status: 3"),
+            "{message}"
+        );
+        assert!(message.contains("invalid flag in this test"), "{message}");
+        let pid = std::fs::read_to_string(assets.path().join("etcd.pid")).unwrap();
+        let pid = pid.trim();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the stand-in etcd (pid {pid}) is still running"
+        );
     }
 }
