@@ -12,6 +12,7 @@ mod soak;
 mod store;
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -42,18 +43,24 @@ const FIRST_STEP_VARIABLE: &str = "PARLEY_BENCH_FIRST_STEP";
 /// First step of a capacity search when [`FIRST_STEP_VARIABLE`] is not set.
 const DEFAULT_FIRST_STEP: f64 = 2_000.0;
 
+/// Largest accepted first step. A load generator on one core sends a few
+/// hundred thousand frames per second at most, and a step far beyond that
+/// would run for hours instead of seconds.
+const MAX_FIRST_STEP: f64 = 10_000_000.0;
+
 /// Reads the first step of a capacity search from the value of
-/// [`FIRST_STEP_VARIABLE`], if set. A search needs a finite, positive rate to
-/// multiply, so anything else is rejected before a benchmark starts.
-fn parse_first_step(value: Option<&str>) -> anyhow::Result<f64> {
+/// [`FIRST_STEP_VARIABLE`], if set. Anything but a positive rate up to
+/// [`MAX_FIRST_STEP`] is rejected before a benchmark starts.
+fn parse_first_step(value: Option<&OsStr>) -> anyhow::Result<f64> {
     let Some(value) = value else {
         return Ok(DEFAULT_FIRST_STEP);
     };
-    match value.trim().parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+    let text = value.to_string_lossy();
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= MAX_FIRST_STEP => Ok(rate),
         _ => anyhow::bail!(
-            "{FIRST_STEP_VARIABLE} must be a positive number of deliveries per second, \
-             got `{value}`"
+            "{FIRST_STEP_VARIABLE} must be a number of deliveries per second above 0 and \
+             at most {MAX_FIRST_STEP}, got `{text}`"
         ),
     }
 }
@@ -163,7 +170,7 @@ pub async fn run_all(
     pinned: bool,
 ) -> anyhow::Result<()> {
     check_selection(&only)?;
-    let first_step = parse_first_step(std::env::var(FIRST_STEP_VARIABLE).ok().as_deref())?;
+    let first_step = parse_first_step(std::env::var_os(FIRST_STEP_VARIABLE).as_deref())?;
     // Fails now, not after an hour of benchmarks, when the report cannot be
     // written there.
     std::fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
@@ -268,17 +275,37 @@ mod tests {
 
     #[test]
     fn first_step_accepts_positive_rate() {
-        assert_eq!(parse_first_step(Some("45000")).unwrap(), 45_000.0);
-        assert_eq!(parse_first_step(Some(" 2.5e4 ")).unwrap(), 25_000.0);
+        assert_eq!(
+            parse_first_step(Some(OsStr::new("45000"))).unwrap(),
+            45_000.0
+        );
+        assert_eq!(
+            parse_first_step(Some(OsStr::new(" 2.5e4 "))).unwrap(),
+            25_000.0
+        );
+        assert_eq!(
+            parse_first_step(Some(OsStr::new("1e7"))).unwrap(),
+            MAX_FIRST_STEP
+        );
     }
 
     #[test]
     fn first_step_rejects_unusable_rates() {
-        for value in ["inf", "NaN", "0", "-100", "fast", ""] {
-            let error = parse_first_step(Some(value)).unwrap_err().to_string();
+        for value in ["inf", "NaN", "0", "-100", "fast", "", "1e300", "10000001"] {
+            let error = parse_first_step(Some(OsStr::new(value)))
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(FIRST_STEP_VARIABLE), "{value}: {error}");
             assert!(error.contains(&format!("`{value}`")), "{value}: {error}");
         }
+    }
+
+    #[test]
+    fn first_step_rejects_non_unicode() {
+        use std::os::unix::ffi::OsStrExt;
+
+        let value = OsStr::from_bytes(b"\xff2000");
+        assert!(parse_first_step(Some(value)).is_err());
     }
 
     #[test]
