@@ -224,15 +224,19 @@ pub async fn run_all(
     report.write(&out)?;
     println!("{}", crate::markdown::render(&report));
     eprintln!("parley-bench: wrote {}", out.join("report.md").display());
+    let mut problems = Vec::new();
     let missed = report.missed_correctness_targets();
     if !missed.is_empty() {
-        anyhow::bail!(
-            "messages were lost, repeated or skipped in: {}; see the report",
+        problems.push(format!(
+            "messages were lost, repeated or skipped in: {}",
             missed.join(", ")
-        );
+        ));
     }
     if failures > 0 {
-        anyhow::bail!("{failures} benchmark(s) failed; see the report");
+        problems.push(format!("{failures} benchmark(s) failed"));
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}; see the report", problems.join("; "));
     }
     Ok(())
 }

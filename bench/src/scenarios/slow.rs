@@ -6,6 +6,7 @@
 //!
 //! The floor runs the same two phases at the same rate.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::Context;
@@ -31,6 +32,10 @@ struct Phases {
     expected_healthy: u64,
     /// Seconds since the slow phase began, and resident memory in MiB.
     memory: Vec<[f64; 2]>,
+    /// Skipped and repeated messages over both phases. A repeat could hide
+    /// a loss in the delivery count, so both are reported on their own.
+    gaps: u64,
+    duplicates: u64,
 }
 
 impl Phases {
@@ -124,6 +129,14 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Benchmark> {
         )
         .with_correctness_target("0", missing == 0),
     );
+    let (gaps, duplicates) = (on_runtime.gaps, on_runtime.duplicates);
+    benchmark
+        .figures
+        .push(Figure::new("gaps", "", gaps as f64).with_correctness_target("0", gaps == 0));
+    benchmark.figures.push(
+        Figure::new("duplicates", "", duplicates as f64)
+            .with_correctness_target("0", duplicates == 0),
+    );
     benchmark.charts.push(Chart {
         file_stem: "b6-memory".to_owned(),
         title: "Server memory while 1 % of clients do not read".to_owned(),
@@ -198,6 +211,8 @@ async fn phases(
         .run_step(rate_per_room, duration, 1, server.pid)
         .await?;
     let memory = sampler.await?;
+    let gaps = rooms.recorder.gaps.load(Ordering::Relaxed);
+    let duplicates = rooms.recorder.duplicates.load(Ordering::Relaxed);
     rooms.close().await;
 
     Ok(Phases {
@@ -205,5 +220,7 @@ async fn phases(
         baseline,
         slow,
         memory,
+        gaps,
+        duplicates,
     })
 }

@@ -89,9 +89,19 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Benchmark> {
     for task in tasks {
         task.abort();
     }
+    let gaps = rooms.recorder.gaps.load(Ordering::Relaxed);
+    let duplicates = rooms.recorder.duplicates.load(Ordering::Relaxed);
     rooms.close().await;
 
     add_figures(&mut benchmark, &memory, &p99, lost);
+    // A repeated message could hide a lost one in the delivery count.
+    benchmark
+        .figures
+        .push(Figure::new("gaps", "", gaps as f64).with_correctness_target("0", gaps == 0));
+    benchmark.figures.push(
+        Figure::new("duplicates", "", duplicates as f64)
+            .with_correctness_target("0", duplicates == 0),
+    );
     benchmark.figures.push(Figure::new(
         "connections churned",
         "",
