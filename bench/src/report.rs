@@ -140,6 +140,19 @@ impl Figure {
 }
 
 impl Benchmark {
+    /// Adds the messages a benchmark's sockets saw skipped (`gaps`) and
+    /// repeated (`duplicates`) as figures whose miss fails the run. They are
+    /// reported on their own because a repeat can hide a loss in a count of
+    /// deliveries.
+    pub fn add_order_figures(&mut self, gaps: u64, duplicates: u64) {
+        self.figures
+            .push(Figure::new("gaps", "", gaps as f64).with_correctness_target("0", gaps == 0));
+        self.figures.push(
+            Figure::new("duplicates", "", duplicates as f64)
+                .with_correctness_target("0", duplicates == 0),
+        );
+    }
+
     pub fn new(id: &str, title: &str) -> Benchmark {
         Benchmark {
             id: id.to_owned(),

@@ -108,13 +108,9 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Benchmark> {
         "reads",
         (reads_after - reads_before) / clients as f64,
     ));
-    let gaps = storm.recorder.gaps.load(Ordering::Relaxed) as f64;
-    let duplicates = storm.recorder.duplicates.load(Ordering::Relaxed) as f64;
-    benchmark
-        .figures
-        .push(Figure::new("gaps", "", gaps).with_correctness_target("0", gaps == 0.0));
-    benchmark.figures.push(
-        Figure::new("duplicates", "", duplicates).with_correctness_target("0", duplicates == 0.0),
+    benchmark.add_order_figures(
+        storm.recorder.gaps.load(Ordering::Relaxed),
+        storm.recorder.duplicates.load(Ordering::Relaxed),
     );
     benchmark.figures.push(
         Figure::new(

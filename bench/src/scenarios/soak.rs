@@ -94,14 +94,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Benchmark> {
     rooms.close().await;
 
     add_figures(&mut benchmark, &memory, &p99, lost);
-    // A repeated message could hide a lost one in the delivery count.
-    benchmark
-        .figures
-        .push(Figure::new("gaps", "", gaps as f64).with_correctness_target("0", gaps == 0));
-    benchmark.figures.push(
-        Figure::new("duplicates", "", duplicates as f64)
-            .with_correctness_target("0", duplicates == 0),
-    );
+    benchmark.add_order_figures(gaps, duplicates);
     benchmark.figures.push(Figure::new(
         "connections churned",
         "",
