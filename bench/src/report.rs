@@ -118,22 +118,21 @@ impl Figure {
         self
     }
 
-    pub fn with_target(mut self, goal: impl Into<String>, met: bool) -> Figure {
-        self.target = Some(Target {
-            goal: goal.into(),
-            met,
-            correctness: false,
-        });
-        self
+    pub fn with_target(self, goal: impl Into<String>, met: bool) -> Figure {
+        self.with_goal(goal.into(), met, false)
     }
 
     /// Sets a target that counts messages lost, repeated or skipped, whose
     /// miss fails the run.
-    pub fn with_correctness_target(mut self, goal: impl Into<String>, met: bool) -> Figure {
+    pub fn with_correctness_target(self, goal: impl Into<String>, met: bool) -> Figure {
+        self.with_goal(goal.into(), met, true)
+    }
+
+    fn with_goal(mut self, goal: String, met: bool, correctness: bool) -> Figure {
         self.target = Some(Target {
-            goal: goal.into(),
+            goal,
             met,
-            correctness: true,
+            correctness,
         });
         self
     }
