@@ -198,7 +198,9 @@ pub fn kill_with_parent(command: &mut std::process::Command) {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             // The parent may have ended before the line above took effect.
             if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("the benchmark process has ended"));
+                return Err(std::io::Error::other(
+                    "the benchmark process ended before this child started",
+                ));
             }
             Ok(())
         });

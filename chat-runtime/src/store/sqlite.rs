@@ -120,12 +120,13 @@ fn open_connection(
     conn.busy_timeout(options.busy_timeout)
         .map_err(sqlite_error)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-    // Without the query planner stability guarantee, SQLite 3.54 marks a
-    // statement for re-preparing when its plan used a bound value, such as a
-    // LIMIT or `seq = ?` beside a join. rusqlite clears the bindings of every
-    // statement it returns to its cache, so each use parsed the SQL again.
-    // That was about 30 % of the server's CPU for history and channel-list
-    // requests (perf, `parley-bench --only B4`).
+    // Without the query planner stability guarantee, SQLite 3.54 (bundled
+    // with rusqlite 0.43) marks a statement for re-preparing when its plan
+    // used a bound value, such as a LIMIT or `seq = ?` beside a join.
+    // rusqlite clears the bindings of every statement it returns to its
+    // cache, so each use parsed the SQL again. That was about 30 % of the
+    // server's CPU for history and channel-list requests (perf,
+    // `parley-bench --only B4`).
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(sqlite_error)?;
     Ok(conn)
