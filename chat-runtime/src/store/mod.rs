@@ -9,6 +9,8 @@
 //! is written so that a distributed store (ScyllaDB) can satisfy it too:
 //! every method is async, and every guarantee is stated per method.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
