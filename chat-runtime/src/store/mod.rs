@@ -11,6 +11,7 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub(crate) mod keys;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};

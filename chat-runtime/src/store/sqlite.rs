@@ -38,7 +38,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
     Appended, Channel, ChannelSummary, Member, MembershipChange, Message, Millis, NewMessage, Page,
-    Store, StoreError, StoreResult, User, UserAuthState,
+    Store, StoreError, StoreResult, User, UserAuthState, keys,
 };
 use queries::OpResult;
 use writer::{BoxedRequest, WRITE_QUEUE_CAPACITY};
@@ -346,7 +346,7 @@ impl Store for SqliteStore {
         members: &[String],
         now: Millis,
     ) -> StoreResult<(Channel, Vec<String>)> {
-        let id = queries::random_group_id();
+        let id = keys::random_group_id();
         let (creator, name) = (creator.to_owned(), name.to_owned());
         let members = members.to_vec();
         self.write(move |conn| queries::create_group(conn, &id, &creator, &name, &members, now))
@@ -660,19 +660,6 @@ mod tests {
                 assert!(opened.is_ok(), "round {round}: {opened:?}");
             }
         }
-    }
-
-    #[test]
-    fn direct_channel_id_separates_parts() {
-        assert_ne!(
-            queries::direct_channel_id("a", "bc", ""),
-            queries::direct_channel_id("ab", "c", "")
-        );
-        assert_ne!(
-            queries::direct_channel_id("a", "b", "c"),
-            queries::direct_channel_id("a", "bc", "")
-        );
-        assert_eq!(queries::direct_channel_id("a", "b", "").len(), 2 + 24);
     }
 
     #[tokio::test]

@@ -5,16 +5,14 @@
 //! function reads from one consistent snapshot.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::store::{
     Appended, Channel, ChannelKind, ChannelSummary, Content, Member, MemberRole, MembershipChange,
-    Message, Millis, NewMessage, Page, StoreError, User, UserAuthState,
+    Message, Millis, NewMessage, Page, StoreError, User, UserAuthState, keys,
 };
 
 /// Failure of one operation: either a store-level outcome that the caller
@@ -80,21 +78,6 @@ fn get_seq(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
 
 fn invalid_column(index: usize, message: &'static str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(index, Type::Text, message.into())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(text, "{byte:02x}");
-    }
-    text
-}
-
-/// Feeds `part` to `hasher` prefixed with its length, so that no two
-/// different lists of parts hash the same bytes.
-fn hash_part(hasher: &mut Sha256, part: &str) {
-    hasher.update((part.len() as u64).to_be_bytes());
-    hasher.update(part.as_bytes());
 }
 
 // Rows.
@@ -323,24 +306,6 @@ pub(super) fn user_auth_state(conn: &Connection, id: &str) -> OpResult<Option<Us
 
 // Channels and members.
 
-/// Derives the id of the direct channel of a sorted user pair and a subject
-/// (empty for none). The parts are length-prefixed, so ("ab", "c") and
-/// ("a", "bc") give different ids. 24 hex digits are 96 bits of the hash.
-pub(super) fn direct_channel_id(user_low: &str, user_high: &str, subject: &str) -> String {
-    let mut hasher = Sha256::new();
-    hash_part(&mut hasher, user_low);
-    hash_part(&mut hasher, user_high);
-    hash_part(&mut hasher, subject);
-    let digest = hasher.finalize();
-    format!("d_{}", hex(&digest[..12]))
-}
-
-/// Generates a group id from 96 random bits.
-pub(super) fn random_group_id() -> String {
-    let bytes: [u8; 12] = rand::random();
-    format!("g_{}", hex(&bytes))
-}
-
 pub(super) fn open_direct(
     conn: &Connection,
     a: &str,
@@ -360,7 +325,7 @@ pub(super) fn open_direct(
     // An empty subject is the same key as no subject, so it is stored as none.
     let subject = subject.filter(|subject| !subject.is_empty());
     let key_subject = subject.unwrap_or("");
-    let id = direct_channel_id(low, high, key_subject);
+    let id = keys::direct_channel_id(low, high, key_subject);
 
     // Two processes may race here. The write lock of the batch transaction
     // serializes them, and the primary key lets only the first insert win.
@@ -608,66 +573,6 @@ pub(super) fn list_channels(
 
 // Messages.
 
-/// SHA-256 over the channel id and the canonical JSON of `content`. Object
-/// keys are sorted, so the hash does not depend on how the client ordered
-/// them.
-fn content_hash(channel_id: &str, content: &Content) -> OpResult<[u8; 32]> {
-    let mut canonical = String::new();
-    write_canonical_json(&serde_json::to_value(content)?, &mut canonical)?;
-    let mut hasher = Sha256::new();
-    hash_part(&mut hasher, channel_id);
-    hash_part(&mut hasher, &canonical);
-    Ok(hasher.finalize().into())
-}
-
-fn write_canonical_json(value: &Value, out: &mut String) -> Result<(), serde_json::Error> {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|left, right| left.0.cmp(right.0));
-            out.push('{');
-            for (index, (key, item)) in entries.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                out.push_str(&serde_json::to_string(key)?);
-                out.push(':');
-                write_canonical_json(item, out)?;
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_canonical_json(item, out)?;
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&serde_json::to_string(scalar)?),
-    }
-    Ok(())
-}
-
-/// Rejects content that would not read back: serde_json writes a non-finite
-/// float as `null`, which then fails to parse as a coordinate.
-fn check_content(content: &Content) -> OpResult<()> {
-    if let Content::Location {
-        latitude,
-        longitude,
-        ..
-    } = content
-        && !(latitude.is_finite() && longitude.is_finite())
-    {
-        return Err(OpError::Store(StoreError::Invalid(
-            "location coordinates must be finite numbers",
-        )));
-    }
-    Ok(())
-}
-
 pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult<Appended> {
     let NewMessage {
         channel_id,
@@ -681,8 +586,8 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         return not_found();
     }
     let incarnation = active_incarnation(conn, &sender_id)?;
-    check_content(&content)?;
-    let hash = content_hash(&channel_id, &content)?;
+    keys::check_content(&content)?;
+    let hash = keys::content_hash(&channel_id, &content)?;
 
     let previous: Option<(String, u64, Vec<u8>)> = conn
         .prepare_cached(
