@@ -32,6 +32,10 @@ pub(crate) trait Fixture: Send + Sync {
 
     /// Opens a store on separate data, as another tenant's store would be.
     async fn open_other_tenant(&self) -> Arc<dyn Store>;
+
+    /// Removes what the test created outside the process, once the check
+    /// passed. A failed check leaves it for inspection.
+    async fn clean_up(&self) {}
 }
 
 /// Expands to one test per conformance check. `$fixture` is an async
@@ -71,6 +75,7 @@ macro_rules! store_conformance_tests {
                     return;
                 };
                 $crate::store::conformance::$check(&fixture).await;
+                $crate::store::conformance::Fixture::clean_up(&fixture).await;
             }
         )*
     };

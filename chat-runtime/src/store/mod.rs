@@ -12,6 +12,7 @@
 #[cfg(test)]
 pub(crate) mod conformance;
 pub(crate) mod keys;
+pub mod scylla;
 pub mod sqlite;
 
 use serde::{Deserialize, Serialize};
@@ -347,4 +348,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Read operations started since the store opened, for metrics.
     fn reads_started(&self) -> u64;
+
+    /// Returns whether the store can serve requests now, for readiness
+    /// probes. It must return at once without a request, because probes
+    /// time out fast. The embedded store is ready while it is open.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }

@@ -1,0 +1,557 @@
+//! Channels, membership, read positions and each user's channel list.
+
+use std::collections::{BTreeSet, HashMap};
+
+use futures_util::{StreamExt as _, TryStreamExt as _};
+
+use super::ScyllaStore;
+use super::rows::{
+    ChannelRecord, ChannelRow, channel_from_row, inconsistent, kind_to_cql, role_from_cql,
+    role_to_cql, seq_from_cql, seq_to_cql,
+};
+use crate::store::{
+    Channel, ChannelKind, ChannelSummary, Member, MemberRole, MembershipChange, Millis, StoreError,
+    StoreResult, keys,
+};
+
+/// Requests one call keeps in flight when it touches many rows (members of
+/// a group, channels of a list page). It bounds the load one large group
+/// puts on the cluster at once.
+pub(super) const FAN_OUT: usize = 32;
+
+/// One of a user's channels as `channel_activity` has it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ChannelEntry {
+    pub channel_id: String,
+    pub last_seq: u64,
+    pub last_activity: Millis,
+}
+
+impl ScyllaStore {
+    pub(super) async fn channel(&self, id: &str) -> StoreResult<Option<ChannelRecord>> {
+        let row: Option<ChannelRow> = self
+            .first_row(&self.statements.select_channel, (id,), "read a channel")
+            .await?;
+        row.map(channel_from_row).transpose()
+    }
+
+    /// Reads a channel at serial consistency, which returns the outcome of
+    /// every lightweight transaction on the row and finishes one that is
+    /// half-way.
+    pub(super) async fn channel_serial(&self, id: &str) -> StoreResult<Option<ChannelRecord>> {
+        let row: Option<ChannelRow> = self
+            .first_row(
+                &self.statements.select_channel_serial,
+                (id,),
+                "read a channel at serial consistency",
+            )
+            .await?;
+        row.map(channel_from_row).transpose()
+    }
+
+    pub(super) async fn member_role(
+        &self,
+        channel_id: &str,
+        user: &str,
+    ) -> StoreResult<Option<MemberRole>> {
+        let row: Option<(Option<String>,)> = self
+            .first_row(
+                &self.statements.select_member,
+                (channel_id, user),
+                "read a membership",
+            )
+            .await?;
+        row.map(|(role,)| role_from_cql(role.as_deref()))
+            .transpose()
+    }
+
+    /// Members of a channel with their roles, sorted by user id (the
+    /// clustering order). Empty for an unknown channel.
+    async fn members(&self, channel_id: &str) -> StoreResult<Vec<(String, MemberRole)>> {
+        let rows: Vec<(String, Option<String>)> = self
+            .all_rows(
+                &self.statements.select_members,
+                (channel_id,),
+                "read the members of a channel",
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(user, role)| Ok((user, role_from_cql(role.as_deref())?)))
+            .collect()
+    }
+
+    pub(super) async fn list_member_ids(&self, channel_id: &str) -> StoreResult<Vec<String>> {
+        let members = self.members(channel_id).await?;
+        Ok(members.into_iter().map(|(user, _)| user).collect())
+    }
+
+    /// Returns the channel and the role of `user` in it, or `NotFound` when
+    /// `user` is not a member.
+    async fn channel_of_member(
+        &self,
+        channel_id: &str,
+        user: &str,
+    ) -> StoreResult<(Channel, MemberRole)> {
+        let (role, channel) =
+            futures_util::try_join!(self.member_role(channel_id, user), self.channel(channel_id))?;
+        let Some(role) = role else {
+            return Err(StoreError::NotFound);
+        };
+        match channel {
+            Some(record) => Ok((record.channel, role)),
+            None => Err(inconsistent("membership refers to a missing channel")),
+        }
+    }
+
+    pub(super) async fn read_position(&self, channel_id: &str, user: &str) -> StoreResult<u64> {
+        let row: Option<(Option<i64>,)> = self
+            .first_row(
+                &self.statements.select_read_position,
+                (channel_id, user),
+                "read a read position",
+            )
+            .await?;
+        seq_from_cql(row.and_then(|(seq,)| seq))
+    }
+
+    /// Moves `user`'s read position in `channel_id` to `seq` unless it is
+    /// already further. The write timestamp is the position, so the highest
+    /// of concurrent writes wins.
+    pub(super) async fn write_read_position(
+        &self,
+        channel_id: &str,
+        user: &str,
+        seq: u64,
+    ) -> StoreResult<()> {
+        let seq = seq_to_cql(seq);
+        self.execute(
+            &self.statements.write_read_position,
+            (channel_id, user, seq, seq),
+            "write a read position",
+        )
+        .await
+    }
+
+    /// Records that `user`'s channel reached `last_seq` at `last_activity`,
+    /// with `last_seq` as the write timestamp.
+    pub(super) async fn write_activity(
+        &self,
+        user: &str,
+        channel_id: &str,
+        last_seq: u64,
+        last_activity: Millis,
+    ) -> StoreResult<()> {
+        let seq = seq_to_cql(last_seq);
+        self.execute(
+            &self.statements.write_activity,
+            (user, channel_id, seq, last_activity, seq),
+            "write a channel's activity",
+        )
+        .await
+    }
+
+    /// Adds `user` as a member and returns whether it was not one before.
+    /// The read position starts at `channel.last_seq`, so earlier messages
+    /// are not unread.
+    async fn insert_member(
+        &self,
+        channel: &Channel,
+        user: &str,
+        role: MemberRole,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let added = self
+            .conditional(
+                &self.statements.insert_member,
+                (&channel.id, user, role_to_cql(role), now),
+                "add a member",
+            )
+            .await?;
+        self.execute(
+            &self.statements.insert_user_channel,
+            (user, &channel.id),
+            "add a channel to a user's list",
+        )
+        .await?;
+        if added {
+            self.catch_up_new_member(&channel.id, user).await?;
+        }
+        Ok(added)
+    }
+
+    /// Writes a new member's read position and activity from the channel
+    /// row as it is after the membership was written. A message numbered
+    /// after that read finds the member in its member list and writes the
+    /// member's activity itself, so no message falls between the two.
+    async fn catch_up_new_member(&self, channel_id: &str, user: &str) -> StoreResult<()> {
+        let Some(record) = self.channel(channel_id).await? else {
+            return Err(inconsistent("membership refers to a missing channel"));
+        };
+        let channel = record.channel;
+        futures_util::try_join!(
+            self.write_read_position(channel_id, user, channel.last_seq),
+            self.write_activity(user, channel_id, channel.last_seq, channel.last_activity),
+        )?;
+        Ok(())
+    }
+
+    pub(super) async fn open_direct_channel(
+        &self,
+        a: &str,
+        b: &str,
+        subject: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<(Channel, Vec<String>)> {
+        if a == b {
+            return Err(StoreError::Invalid(
+                "a direct channel needs two different users",
+            ));
+        }
+        futures_util::try_join!(self.active_incarnation(a), self.active_incarnation(b))?;
+
+        let (low, high) = if a < b { (a, b) } else { (b, a) };
+        // An empty subject is the same key as no subject, so it is stored as none.
+        let subject = subject.filter(|subject| !subject.is_empty());
+        let id = keys::direct_channel_id(low, high, subject.unwrap_or(""));
+
+        // The id follows from the pair and the subject, so replicas that
+        // open the same channel at once insert the same row, and the
+        // transaction keeps the first one's creation time and creator.
+        let record = match self.channel(&id).await? {
+            Some(record) => record,
+            None => {
+                self.conditional(
+                    &self.statements.insert_channel,
+                    (
+                        &id,
+                        kind_to_cql(ChannelKind::Direct),
+                        None::<&str>,
+                        subject,
+                        a,
+                        now,
+                        now,
+                    ),
+                    "create a direct channel",
+                )
+                .await?;
+                self.channel_serial(&id).await?.ok_or_else(|| {
+                    inconsistent("direct channel missing right after it was written")
+                })?
+            }
+        };
+
+        // A creator that stopped after the channel row leaves members
+        // missing, so every call completes them.
+        let members = self.list_member_ids(&id).await?;
+        for user in [low, high] {
+            if !members.iter().any(|member| member == user) {
+                self.insert_member(
+                    &record.channel,
+                    user,
+                    MemberRole::Member,
+                    record.channel.created_at,
+                )
+                .await?;
+            }
+        }
+        Ok((record.channel, vec![low.to_owned(), high.to_owned()]))
+    }
+
+    pub(super) async fn create_group_channel(
+        &self,
+        creator: &str,
+        name: &str,
+        members: &[String],
+        now: Millis,
+    ) -> StoreResult<(Channel, Vec<String>)> {
+        let mut all_members: BTreeSet<&str> = members.iter().map(String::as_str).collect();
+        all_members.insert(creator);
+        let checks: Vec<_> = all_members
+            .iter()
+            .map(|user| self.active_incarnation(user))
+            .collect();
+        futures_util::stream::iter(checks)
+            .buffer_unordered(FAN_OUT)
+            .try_collect::<Vec<_>>()
+            .await?;
+
+        let id = keys::random_group_id();
+        let created = self
+            .conditional(
+                &self.statements.insert_channel,
+                (
+                    &id,
+                    kind_to_cql(ChannelKind::Group),
+                    Some(name),
+                    None::<&str>,
+                    creator,
+                    now,
+                    now,
+                ),
+                "create a group",
+            )
+            .await?;
+        if !created {
+            return Err(inconsistent("a random group id is already taken"));
+        }
+        let channel = Channel {
+            id,
+            kind: ChannelKind::Group,
+            name: Some(name.to_owned()),
+            subject: None,
+            created_by: creator.to_owned(),
+            created_at: now,
+            last_seq: 0,
+            last_activity: now,
+        };
+
+        // NOTE: unlike the embedded store, creating a group is not atomic.
+        // A replica that fails here leaves a group with part of its members,
+        // and the caller, who got an error, creates another one.
+        let inserts: Vec<_> = all_members
+            .iter()
+            .map(|user| {
+                let role = if *user == creator {
+                    MemberRole::Owner
+                } else {
+                    MemberRole::Member
+                };
+                self.insert_member(&channel, user, role, now)
+            })
+            .collect();
+        futures_util::stream::iter(inserts)
+            .buffer_unordered(FAN_OUT)
+            .try_collect::<Vec<bool>>()
+            .await?;
+        let members = all_members.into_iter().map(str::to_owned).collect();
+        Ok((channel, members))
+    }
+
+    pub(super) async fn add_group_member(
+        &self,
+        channel_id: &str,
+        actor: &str,
+        user: &str,
+        now: Millis,
+    ) -> StoreResult<MembershipChange> {
+        let (channel, actor_role) = self.channel_of_member(channel_id, actor).await?;
+        if channel.kind == ChannelKind::Direct {
+            return Err(StoreError::Invalid(
+                "members of a direct channel cannot change",
+            ));
+        }
+        if actor_role != MemberRole::Owner {
+            return Err(StoreError::Forbidden(
+                "only the group owner can add members",
+            ));
+        }
+        self.active_incarnation(user).await?;
+
+        let changed = self
+            .insert_member(&channel, user, MemberRole::Member, now)
+            .await?;
+        let members = self.list_member_ids(channel_id).await?;
+        Ok(MembershipChange {
+            channel,
+            members,
+            changed,
+        })
+    }
+
+    pub(super) async fn remove_group_member(
+        &self,
+        channel_id: &str,
+        actor: &str,
+        user: &str,
+    ) -> StoreResult<MembershipChange> {
+        let (channel, actor_role) = self.channel_of_member(channel_id, actor).await?;
+        if channel.kind == ChannelKind::Direct {
+            return Err(StoreError::Invalid(
+                "members of a direct channel cannot change",
+            ));
+        }
+        if actor == user && actor_role == MemberRole::Owner {
+            return Err(StoreError::Forbidden(
+                "the group owner cannot leave its own group",
+            ));
+        }
+        if actor != user && actor_role != MemberRole::Owner {
+            return Err(StoreError::Forbidden(
+                "only the group owner can remove other members",
+            ));
+        }
+
+        let changed = self
+            .conditional(
+                &self.statements.delete_member,
+                (channel_id, user),
+                "remove a member",
+            )
+            .await?;
+        // The read position and activity rows stay: they are read only
+        // together with a membership, and a returning member's new
+        // position overwrites them.
+        self.execute(
+            &self.statements.delete_user_channel,
+            (user, channel_id),
+            "remove a channel from a user's list",
+        )
+        .await?;
+        let members = self.list_member_ids(channel_id).await?;
+        Ok(MembershipChange {
+            channel,
+            members,
+            changed,
+        })
+    }
+
+    pub(super) async fn channel_with_members(
+        &self,
+        channel_id: &str,
+        user: &str,
+    ) -> StoreResult<(Channel, Vec<Member>)> {
+        let (members, record, positions) = futures_util::try_join!(
+            self.members(channel_id),
+            self.channel(channel_id),
+            self.all_rows::<(String, Option<i64>)>(
+                &self.statements.select_read_positions,
+                (channel_id,),
+                "read the read positions of a channel",
+            ),
+        )?;
+        if !members.iter().any(|(member, _)| member == user) {
+            return Err(StoreError::NotFound);
+        }
+        let Some(record) = record else {
+            return Err(inconsistent("membership refers to a missing channel"));
+        };
+        let positions: HashMap<String, Option<i64>> = positions.into_iter().collect();
+        let members = members
+            .into_iter()
+            .map(|(user_id, role)| {
+                let read_seq = seq_from_cql(positions.get(&user_id).copied().flatten())?;
+                Ok(Member {
+                    user_id,
+                    role,
+                    read_seq,
+                })
+            })
+            .collect::<StoreResult<Vec<Member>>>()?;
+        Ok((record.channel, members))
+    }
+
+    /// Returns every channel `user` is a member of, with its newest number
+    /// and activity, in no particular order.
+    pub(super) async fn user_channel_entries(&self, user: &str) -> StoreResult<Vec<ChannelEntry>> {
+        let (memberships, activity) = futures_util::try_join!(
+            self.all_rows::<(String,)>(
+                &self.statements.select_user_channels,
+                (user,),
+                "read a user's channels",
+            ),
+            self.all_rows::<(String, Option<i64>, Option<i64>)>(
+                &self.statements.select_activity,
+                (user,),
+                "read the activity of a user's channels",
+            ),
+        )?;
+        let activity: HashMap<String, (Option<i64>, Option<i64>)> = activity
+            .into_iter()
+            .map(|(channel_id, last_seq, last_activity)| (channel_id, (last_seq, last_activity)))
+            .collect();
+        memberships
+            .into_iter()
+            .map(|(channel_id,)| {
+                let (last_seq, last_activity) =
+                    activity.get(&channel_id).copied().unwrap_or((None, None));
+                Ok(ChannelEntry {
+                    last_seq: seq_from_cql(last_seq)?,
+                    last_activity: last_activity.unwrap_or(0),
+                    channel_id,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn channel_summaries(
+        &self,
+        user: &str,
+        before: Option<(Millis, String)>,
+        limit: u32,
+    ) -> StoreResult<Vec<ChannelSummary>> {
+        let mut entries = self.user_channel_entries(user).await?;
+        entries.sort_by(|left, right| {
+            (right.last_activity, &right.channel_id).cmp(&(left.last_activity, &left.channel_id))
+        });
+        if let Some((activity, id)) = &before {
+            entries.retain(|entry| (entry.last_activity, &entry.channel_id) < (*activity, id));
+        }
+        entries.truncate(limit as usize);
+
+        // `buffered` keeps the page in activity order while reading up to
+        // FAN_OUT channels at once.
+        let reads: Vec<_> = entries
+            .iter()
+            .map(|entry| async move {
+                futures_util::try_join!(
+                    self.channel(&entry.channel_id),
+                    self.read_position(&entry.channel_id, user),
+                )
+            })
+            .collect();
+        let pages = futures_util::stream::iter(reads)
+            .buffered(FAN_OUT)
+            .try_collect::<Vec<_>>()
+            .await?;
+
+        let mut summaries = Vec::with_capacity(pages.len());
+        let mut newest = Vec::new();
+        for (record, read_seq) in pages {
+            let Some(record) = record else {
+                return Err(inconsistent("membership refers to a missing channel"));
+            };
+            let channel = record.channel;
+            if let Some(message) = record
+                .newest
+                .filter(|message| message.seq == channel.last_seq)
+            {
+                newest.push((summaries.len(), message));
+            }
+            summaries.push(ChannelSummary {
+                unread: channel.last_seq.saturating_sub(read_seq),
+                read_seq,
+                last_message: None,
+                channel,
+            });
+        }
+        let (indexes, messages): (Vec<usize>, Vec<_>) = newest.into_iter().unzip();
+        for (index, message) in indexes
+            .into_iter()
+            .zip(self.finish_messages(messages).await?)
+        {
+            summaries[index].last_message = Some(message);
+        }
+        Ok(summaries)
+    }
+
+    pub(super) async fn move_read_position(
+        &self,
+        channel_id: &str,
+        user: &str,
+        seq: u64,
+    ) -> StoreResult<(u64, Vec<String>)> {
+        let (role, record, current) = futures_util::try_join!(
+            self.member_role(channel_id, user),
+            self.channel(channel_id),
+            self.read_position(channel_id, user),
+        )?;
+        let (Some(_), Some(record)) = (role, record) else {
+            return Err(StoreError::NotFound);
+        };
+        let position = current.max(seq.min(record.channel.last_seq));
+        if position > current {
+            self.write_read_position(channel_id, user, position).await?;
+        }
+        Ok((position, self.list_member_ids(channel_id).await?))
+    }
+}

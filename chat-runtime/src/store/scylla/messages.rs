@@ -1,0 +1,536 @@
+//! Appending and reading messages, and client message id dedupe.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{StreamExt as _, TryStreamExt as _};
+
+use super::channels::FAN_OUT;
+use super::rows::{
+    ChannelRecord, MessageRow, StoredMessage, bucket_of, inconsistent, message_from_row,
+    seq_from_cql, seq_to_cql,
+};
+use super::schema::BUCKET_SIZE;
+use super::users::contention;
+use super::{ScyllaStore, failed};
+use crate::store::{Appended, Message, Millis, NewMessage, Page, StoreError, StoreResult, keys};
+
+/// Claims of one append before giving up. Each lost claim means another
+/// replica stored a message in the same channel meanwhile, so 64 losses in a
+/// row take a channel far busier than any conversation.
+const MAX_CLAIM_ATTEMPTS: u32 = 64;
+
+/// Waits a little longer after each lost claim, with jitter, so replicas
+/// that keep colliding on one channel spread out.
+async fn back_off(attempt: u32) {
+    let ceiling_ms = 2_u64.saturating_pow(attempt.min(6));
+    let wait_ms = rand::random_range(0..=ceiling_ms);
+    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+}
+
+impl ScyllaStore {
+    pub(super) async fn append(&self, new: NewMessage) -> StoreResult<Appended> {
+        let (role, incarnation, previous) = futures_util::try_join!(
+            self.member_role(&new.channel_id, &new.sender_id),
+            self.active_incarnation_or_none(&new.sender_id),
+            self.client_id_entry(&new.sender_id, &new.client_id),
+        )?;
+        let (Some(_), Some(incarnation)) = (role, incarnation) else {
+            return Err(StoreError::NotFound);
+        };
+        keys::check_content(&new.content)?;
+        let hash = keys::hex(
+            &keys::content_hash(&new.channel_id, &new.content)
+                .map_err(failed("hash message content"))?,
+        );
+        if let Some(entry) = previous {
+            return self.stored_duplicate(&new, &hash, entry).await;
+        }
+
+        // Appends of this process to one channel take turns, so they do not
+        // compete with each other for the same number. Other replicas still
+        // compete through the lightweight transaction.
+        let _turn = self.channel_lock(&new.channel_id).lock().await;
+        let Some(mut record) = self.channel(&new.channel_id).await? else {
+            return Err(StoreError::NotFound);
+        };
+        let mut outcome_unknown = false;
+        for attempt in 0..MAX_CLAIM_ATTEMPTS {
+            if let Some(newest) = record.newest.clone() {
+                if newest.sender_id == new.sender_id
+                    && newest.client_id == new.client_id
+                    && newest.content_hash == hash
+                {
+                    // This message already has the newest number. It is our
+                    // own claim whose result was lost, or the same send
+                    // arriving through another replica a moment earlier.
+                    return self.settle_own_newest(newest, !outcome_unknown).await;
+                }
+                self.ensure_complete(&newest).await?;
+            }
+
+            let seq = record.channel.last_seq + 1;
+            let message = StoredMessage {
+                channel_id: new.channel_id.clone(),
+                seq,
+                sender_id: new.sender_id.clone(),
+                sender_incarnation: incarnation,
+                client_id: new.client_id.clone(),
+                content: new.content.clone(),
+                created_at: new.created_at,
+                content_hash: hash.clone(),
+                channel_activity: record.channel.last_activity.max(new.created_at),
+            };
+            match self.claim(&record, &message).await {
+                Ok(true) => {
+                    let members = self.complete(&message).await?;
+                    return Ok(Appended {
+                        message: message.into_message(false),
+                        duplicate: false,
+                        members,
+                    });
+                }
+                Ok(false) => back_off(attempt).await,
+                // The claim may or may not have been applied. The serial read
+                // below finishes it either way and shows which.
+                Err(error) => {
+                    outcome_unknown = true;
+                    tracing::warn!(channel = %new.channel_id, %error, "Claiming a sequence number failed; reading the channel again");
+                }
+            }
+            record = self
+                .channel_serial(&new.channel_id)
+                .await?
+                .ok_or_else(|| inconsistent("channel disappeared while appending"))?;
+        }
+        Err(contention("claim a sequence number"))
+    }
+
+    async fn active_incarnation_or_none(&self, id: &str) -> StoreResult<Option<i32>> {
+        match self.active_incarnation(id).await {
+            Ok(incarnation) => Ok(Some(incarnation)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Claims `message.seq` for `message` if the channel still ends at the
+    /// number `record` shows.
+    pub(super) async fn claim(
+        &self,
+        record: &ChannelRecord,
+        message: &StoredMessage,
+    ) -> StoreResult<bool> {
+        let newest = serde_json::to_string(message).map_err(failed("serialise a message"))?;
+        self.conditional(
+            &self.statements.claim_seq,
+            (
+                seq_to_cql(message.seq),
+                message.channel_activity,
+                newest,
+                &message.channel_id,
+                seq_to_cql(record.channel.last_seq),
+            ),
+            "claim a sequence number",
+        )
+        .await
+    }
+
+    /// Finishes a message with this sender, client id and content that
+    /// already has the channel's newest number.
+    ///
+    /// NOTE: a different content under the same client id is not treated as
+    /// a conflict here, because a client id forgotten by the purge may be
+    /// used again. Two sends of one client id with different content through
+    /// two replicas at the same moment can therefore both be stored.
+    async fn settle_own_newest(
+        &self,
+        newest: StoredMessage,
+        duplicate: bool,
+    ) -> StoreResult<Appended> {
+        let members = self.complete(&newest).await?;
+        Ok(Appended {
+            message: newest.into_message(false),
+            duplicate,
+            members,
+        })
+    }
+
+    /// Writes the rows of a message whose number is claimed in the channel
+    /// row, and returns the channel's members. The `messages` row goes last,
+    /// so once it exists the others do too. Every write here is idempotent,
+    /// so a replica that finds the message unfinished may run this again.
+    async fn complete(&self, message: &StoredMessage) -> StoreResult<Vec<String>> {
+        let channel_id = message.channel_id.as_str();
+        let members = self.list_member_ids(channel_id).await?;
+        let hash = decode_hex(&message.content_hash)?;
+        let seq = seq_to_cql(message.seq);
+
+        let client_id = self.execute(
+            &self.statements.insert_client_id,
+            (
+                &message.sender_id,
+                &message.client_id,
+                channel_id,
+                seq,
+                hash,
+                message.created_at,
+            ),
+            "record a client message id",
+        );
+        let sender_read = self.write_read_position(channel_id, &message.sender_id, message.seq);
+        let activity_writes: Vec<_> = members
+            .iter()
+            .map(|member| {
+                self.write_activity(member, channel_id, message.seq, message.channel_activity)
+            })
+            .collect();
+        let activity = futures_util::stream::iter(activity_writes)
+            .buffer_unordered(FAN_OUT)
+            .try_collect::<Vec<()>>();
+        futures_util::try_join!(client_id, sender_read, activity)?;
+
+        let content =
+            serde_json::to_string(&message.content).map_err(failed("serialise message content"))?;
+        self.execute(
+            &self.statements.insert_message,
+            (
+                bucket_of(message.seq),
+                channel_id,
+                seq,
+                &message.sender_id,
+                message.sender_incarnation,
+                &message.client_id,
+                content,
+                message.created_at,
+            ),
+            "write a message",
+        )
+        .await?;
+        Ok(members)
+    }
+
+    /// Completes `newest` unless its `messages` row already exists.
+    async fn ensure_complete(&self, newest: &StoredMessage) -> StoreResult<()> {
+        if self
+            .message_row(&newest.channel_id, newest.seq)
+            .await?
+            .is_none()
+        {
+            tracing::info!(channel = %newest.channel_id, seq = newest.seq, "Completing a message whose writer stopped before finishing");
+            self.complete(newest).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn message_row(
+        &self,
+        channel_id: &str,
+        seq: u64,
+    ) -> StoreResult<Option<StoredMessage>> {
+        let row: Option<MessageRow> = self
+            .first_row(
+                &self.statements.select_message,
+                (channel_id, bucket_of(seq), seq_to_cql(seq)),
+                "read a message",
+            )
+            .await?;
+        row.map(message_from_row).transpose()
+    }
+
+    async fn client_id_entry(
+        &self,
+        sender: &str,
+        client_id: &str,
+    ) -> StoreResult<Option<ClientIdEntry>> {
+        let row: Option<ClientIdRow> = self
+            .first_row(
+                &self.statements.select_client_id,
+                (sender, client_id),
+                "look up a client message id",
+            )
+            .await?;
+        let Some((channel_id, seq, hash)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(ClientIdEntry {
+            channel_id: channel_id.unwrap_or_default(),
+            seq: seq_from_cql(seq)?,
+            content_hash: keys::hex(&hash.unwrap_or_default()),
+        }))
+    }
+
+    /// Returns the stored message for a retry whose client id is already
+    /// recorded.
+    async fn stored_duplicate(
+        &self,
+        new: &NewMessage,
+        hash: &str,
+        entry: ClientIdEntry,
+    ) -> StoreResult<Appended> {
+        if entry.channel_id != new.channel_id || entry.content_hash != hash {
+            return Err(StoreError::ClientIdConflict);
+        }
+        let stored = match self.message_row(&new.channel_id, entry.seq).await? {
+            Some(stored) => stored,
+            None => {
+                // The client id row is written before the message row, so
+                // the message may still be the newest one, unfinished.
+                let record = self
+                    .channel_serial(&new.channel_id)
+                    .await?
+                    .ok_or_else(|| inconsistent("client id refers to a missing channel"))?;
+                match record.newest {
+                    Some(newest) if newest.seq == entry.seq => {
+                        self.complete(&newest).await?;
+                        newest
+                    }
+                    _ => return Err(inconsistent("client id refers to a missing message")),
+                }
+            }
+        };
+        let members = self.list_member_ids(&new.channel_id).await?;
+        let message = self
+            .finish_messages(vec![stored])
+            .await?
+            .pop()
+            .ok_or_else(|| inconsistent("a read message vanished"))?;
+        Ok(Appended {
+            message,
+            duplicate: true,
+            members,
+        })
+    }
+
+    pub(super) async fn history_page(
+        &self,
+        channel_id: &str,
+        user: &str,
+        page: Page,
+    ) -> StoreResult<Vec<Message>> {
+        let (role, record) =
+            futures_util::try_join!(self.member_role(channel_id, user), self.channel(channel_id))?;
+        let (Some(_), Some(record)) = (role, record) else {
+            return Err(StoreError::NotFound);
+        };
+        let last_seq = record.channel.last_seq;
+        // Numbers are contiguous, so the range a page covers follows from
+        // the page and the channel's newest number alone.
+        let (first, last) = match page {
+            Page::Latest { limit } => newest_range(last_seq, limit),
+            Page::Before { before, limit } => {
+                newest_range(before.saturating_sub(1).min(last_seq), limit)
+            }
+            Page::After { after, limit } => {
+                let first = after.saturating_add(1);
+                (first, after.saturating_add(u64::from(limit)).min(last_seq))
+            }
+        };
+        self.read_range(&record, first, last).await
+    }
+
+    pub(super) async fn messages_in_range(
+        &self,
+        channel_id: &str,
+        after: u64,
+        up_to: u64,
+    ) -> StoreResult<Vec<Message>> {
+        let Some(record) = self.channel(channel_id).await? else {
+            return Ok(Vec::new());
+        };
+        let last = up_to.min(record.channel.last_seq);
+        self.read_range(&record, after.saturating_add(1), last)
+            .await
+    }
+
+    /// Reads messages `first..=last`, oldest first, one bucket after
+    /// another. The newest message may still lack its `messages` row while
+    /// its writer finishes, and is then taken from the channel row.
+    async fn read_range(
+        &self,
+        record: &ChannelRecord,
+        first: u64,
+        last: u64,
+    ) -> StoreResult<Vec<Message>> {
+        if first == 0 || first > last {
+            return Ok(Vec::new());
+        }
+        let channel_id = record.channel.id.as_str();
+        let mut stored = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
+        for bucket in bucket_of(first)..=bucket_of(last) {
+            let bucket_first = first.max(u64::try_from(bucket).unwrap_or(0) * BUCKET_SIZE + 1);
+            let bucket_last = last.min((u64::try_from(bucket).unwrap_or(0) + 1) * BUCKET_SIZE);
+            let limit = i32::try_from(bucket_last - bucket_first + 1).unwrap_or(i32::MAX);
+            let rows: Vec<MessageRow> = self
+                .rows(
+                    &self.statements.select_messages_oldest_first,
+                    (
+                        channel_id,
+                        bucket,
+                        seq_to_cql(bucket_first),
+                        seq_to_cql(bucket_last),
+                        limit,
+                    ),
+                    "read messages",
+                )
+                .await?;
+            for row in rows {
+                stored.push(message_from_row(row)?);
+            }
+        }
+
+        if stored.last().map(|message| message.seq) != Some(last)
+            && let Some(newest) = &record.newest
+            && newest.seq == last
+        {
+            stored.push(newest.clone());
+        }
+        let expected = last - first + 1;
+        if stored.len() as u64 != expected {
+            tracing::warn!(
+                channel = channel_id,
+                first,
+                last,
+                found = stored.len(),
+                "Messages are missing from a range of contiguous numbers"
+            );
+        }
+        self.finish_messages(stored).await
+    }
+
+    /// Turns stored messages into API messages, looking up once per sender
+    /// whether the sender was deleted since.
+    pub(super) async fn finish_messages(
+        &self,
+        stored: Vec<StoredMessage>,
+    ) -> StoreResult<Vec<Message>> {
+        let mut senders: Vec<&str> = stored
+            .iter()
+            .map(|message| message.sender_id.as_str())
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        let lookups: Vec<_> = senders
+            .into_iter()
+            .map(|sender| async move {
+                Ok::<_, StoreError>((sender.to_owned(), self.user(sender).await?))
+            })
+            .collect();
+        let users = futures_util::stream::iter(lookups)
+            .buffer_unordered(FAN_OUT)
+            .try_collect::<HashMap<_, _>>()
+            .await?;
+
+        Ok(stored
+            .into_iter()
+            .map(|message| {
+                // The sender is deleted now, or the id was deleted and
+                // created again since the message was written.
+                let deleted = match users.get(&message.sender_id) {
+                    Some(Some(record)) => {
+                        record.user.deleted || record.incarnation != message.sender_incarnation
+                    }
+                    _ => true,
+                };
+                message.into_message(deleted)
+            })
+            .collect())
+    }
+
+    /// Deletes client ids recorded before `older_than`.
+    ///
+    /// NOTE: `client_ids` has no index by age, so this reads the whole
+    /// table (about one row per message of the retention window) and deletes
+    /// the old rows one by one. It runs as a background task once an hour.
+    pub(super) async fn delete_client_ids_before(&self, older_than: Millis) -> StoreResult<u64> {
+        let rows: Vec<(String, String, Option<i64>)> = self
+            .all_rows(
+                &self.statements.scan_client_ids,
+                (),
+                "read client message ids",
+            )
+            .await?;
+        let old: Vec<(String, String)> = rows
+            .into_iter()
+            .filter(|(_, _, created_at)| created_at.unwrap_or(0) < older_than)
+            .map(|(sender, client_id, _)| (sender, client_id))
+            .collect();
+        let deletes: Vec<_> = old
+            .iter()
+            .map(|(sender, client_id)| {
+                self.execute(
+                    &self.statements.delete_client_id,
+                    (sender, client_id),
+                    "delete a client message id",
+                )
+            })
+            .collect();
+        futures_util::stream::iter(deletes)
+            .buffer_unordered(FAN_OUT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(old.len() as u64)
+    }
+}
+
+/// `channel_id, seq, content_hash` of a `client_ids` row.
+type ClientIdRow = (Option<String>, Option<i64>, Option<Vec<u8>>);
+
+/// A recorded client message id.
+struct ClientIdEntry {
+    channel_id: String,
+    seq: u64,
+    content_hash: String,
+}
+
+/// Returns the range `(first, last)` of the newest `limit` numbers up to
+/// `last`. The range is empty when `first > last`.
+fn newest_range(last: u64, limit: u32) -> (u64, u64) {
+    if limit == 0 || last == 0 {
+        return (1, 0);
+    }
+    let first = last.saturating_sub(u64::from(limit) - 1).max(1);
+    (first, last)
+}
+
+fn decode_hex(text: &str) -> StoreResult<Vec<u8>> {
+    let invalid = || inconsistent("stored content hash is not hex");
+    if !text.len().is_multiple_of(2) {
+        return Err(invalid());
+    }
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let digits = std::str::from_utf8(pair).map_err(|_| invalid())?;
+            u8::from_str_radix(digits, 16).map_err(|_| invalid())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_range_covers_limit_or_all() {
+        assert_eq!(newest_range(10, 3), (8, 10));
+        assert_eq!(newest_range(10, 10), (1, 10));
+        assert_eq!(newest_range(10, 100), (1, 10));
+        assert_eq!(newest_range(1, 1), (1, 1));
+        let (first, last) = newest_range(10, 0);
+        assert!(first > last);
+        let (first, last) = newest_range(0, 5);
+        assert!(first > last);
+        assert_eq!(newest_range(u64::MAX, u32::MAX).1, u64::MAX);
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let bytes = [0_u8, 1, 0xab, 0xff];
+        assert_eq!(keys::hex(&bytes), "0001abff");
+        assert_eq!(decode_hex("0001abff").unwrap(), bytes);
+        assert!(decode_hex("abc").is_err());
+        assert!(decode_hex("zz").is_err());
+        assert!(decode_hex("éa").is_err());
+    }
+}

@@ -1,0 +1,499 @@
+//! The ScyllaDB store: one tenant's chat in a keyspace of its own, shared
+//! by any number of runtime replicas.
+//!
+//! # Data model
+//!
+//! - `messages` is partitioned by channel and bucket, with 1,000 messages
+//!   per bucket, newest first inside a partition. Sequence numbers are
+//!   contiguous, so the bucket of any message is computed from its number
+//!   and a page never has to search for the partition it starts in. Time
+//!   buckets suit ids that encode time, but readers here page by number. A
+//!   fixed count per partition bounds its size as well, and leaves no empty
+//!   partitions to skip.
+//! - `channels` holds each channel's newest number (`last_seq`), its last
+//!   activity and, in `newest`, the whole newest message.
+//! - `members` (by channel) and `user_channels` (by user) hold membership.
+//!   `channel_activity` (by user) holds each of the user's channels with its
+//!   newest number and activity, so a user's channel list and the positions
+//!   a new socket needs are one partition read whatever the number of
+//!   channels. The list is sorted by activity in memory: a table clustered
+//!   by activity would need a delete and an insert per member per message.
+//! - `read_positions` (by channel) holds each member's read position.
+//! - `client_ids` is keyed by sender and client message id, which makes
+//!   dedupe hold across replicas and restarts.
+//!
+//! # Contiguous sequence numbers across replicas
+//!
+//! The next number is claimed with a lightweight transaction (Paxos) on the
+//! channel row: `UPDATE channels SET last_seq = n + 1, newest = ... IF
+//! last_seq = n`. Of several replicas that race for `n + 1`, exactly one
+//! wins, and the others read the row again and try `n + 2`. A single writer
+//! per channel would avoid Paxos's extra round trips, but it needs leases
+//! and hand-over between replicas, which fail in more ways than a
+//! conditional update does.
+//!
+//! The transaction stores the whole message in `newest`, so a number is
+//! never handed out without its message: a replica that dies after winning
+//! the number leaves the message in the channel row. The other rows of a
+//! message (client id, read position, activity, and last the `messages`
+//! row) are written after the claim. Before claiming `n + 1`, a writer
+//! checks that the `messages` row of `n` exists and writes the message's
+//! rows from `newest` when it does not. The `messages` row is written last,
+//! so its presence means the others are in place.
+//!
+//! # Positions without transactions
+//!
+//! Read positions and the activity rows only ever move forward, so they are
+//! written with the position itself as the CQL write timestamp
+//! (`USING TIMESTAMP`). Of two concurrent writes the higher position wins,
+//! in whatever order they arrive, and no read-before-write is needed. These
+//! rows are never deleted, so no tombstone with a real clock timestamp can
+//! hide them. The other tables use ordinary timestamps.
+//!
+//! # Requests
+//!
+//! Every statement is prepared. Reads and plain writes are marked
+//! idempotent, so the driver retries them after a timeout; lightweight
+//! transactions are not, and the store re-reads the row instead. Rows that
+//! a lightweight transaction writes (users, channels, members) are read at
+//! serial consistency where the next step depends on them.
+
+mod channels;
+mod config;
+mod messages;
+mod rows;
+mod schema;
+mod statements;
+#[cfg(test)]
+mod tests;
+mod users;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use futures_util::TryStreamExt as _;
+use scylla::client::session::Session;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlValue, Row};
+
+pub use config::{ConnectError, ConsistencyLevel, ScyllaConfig, ScyllaTlsConfig};
+pub use schema::{
+    MIGRATIONS, Migration, REQUIRED_VERSION, SchemaError, Step, apply_migrations,
+    check_keyspace_name, check_schema,
+};
+
+use super::{
+    Appended, Channel, ChannelSummary, Member, MembershipChange, Message, Millis, NewMessage, Page,
+    Store, StoreError, StoreResult, User, UserAuthState,
+};
+use statements::Statements;
+
+/// Error of opening the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The keyspace has no schema or an older one than this build needs.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("failed to prepare the store's statements in keyspace {keyspace}")]
+    Prepare {
+        keyspace: String,
+        #[source]
+        source: scylla::errors::PrepareError,
+    },
+}
+
+/// A failed request, named by what the store was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {operation}")]
+pub struct RequestFailed {
+    operation: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Maps a driver error to `Unavailable`, naming the operation.
+fn failed<E>(operation: &'static str) -> impl FnOnce(E) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |source| {
+        StoreError::Unavailable(Box::new(RequestFailed {
+            operation,
+            source: Box::new(source),
+        }))
+    }
+}
+
+/// Locks that make this process's appends to one channel take turns.
+/// Channels share a lock when their ids hash alike, which only costs a
+/// wait when both are busy at the same instant.
+const CHANNEL_LOCKS: usize = 1024;
+
+pub struct ScyllaStore {
+    session: Arc<Session>,
+    statements: Statements,
+    keyspace: String,
+    closed: AtomicBool,
+    reads: AtomicU64,
+    channel_locks: Vec<tokio::sync::Mutex<()>>,
+    lock_hasher: std::collections::hash_map::RandomState,
+}
+
+impl ScyllaStore {
+    /// Connects with `config`, checks that the keyspace's schema is recent
+    /// enough, and prepares every statement. Relative file paths in
+    /// `config` resolve against `base`.
+    pub async fn open(config: &ScyllaConfig, base: &Path) -> Result<ScyllaStore, OpenError> {
+        let session = config.connect(base).await?;
+        Self::with_session(Arc::new(session), &config.keyspace, config.consistency).await
+    }
+
+    /// Opens the store of `keyspace` on an existing session.
+    pub async fn with_session(
+        session: Arc<Session>,
+        keyspace: &str,
+        consistency: ConsistencyLevel,
+    ) -> Result<ScyllaStore, OpenError> {
+        let version = check_schema(&session, keyspace).await?;
+        let statements = Statements::prepare(&session, keyspace, consistency)
+            .await
+            .map_err(|source| OpenError::Prepare {
+                keyspace: keyspace.to_owned(),
+                source,
+            })?;
+        tracing::info!(
+            keyspace,
+            schema_version = version,
+            "Opened the ScyllaDB store"
+        );
+        Ok(ScyllaStore {
+            session,
+            statements,
+            keyspace: keyspace.to_owned(),
+            closed: AtomicBool::new(false),
+            reads: AtomicU64::new(0),
+            channel_locks: (0..CHANNEL_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            lock_hasher: std::collections::hash_map::RandomState::new(),
+        })
+    }
+
+    pub fn keyspace(&self) -> &str {
+        &self.keyspace
+    }
+
+    fn channel_lock(&self, channel_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::BuildHasher as _;
+        let index = self.lock_hasher.hash_one(channel_id) as usize % CHANNEL_LOCKS;
+        &self.channel_locks[index]
+    }
+
+    fn check_open(&self) -> StoreResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        Ok(())
+    }
+
+    /// Like `check_open`, and counts a read for metrics.
+    fn start_read(&self) -> StoreResult<()> {
+        self.check_open()?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs a statement whose result fits one response: a single row, a
+    /// LIMIT, or a write.
+    async fn rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        operation: &'static str,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+    {
+        let result = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(failed(operation))?
+            .into_rows_result()
+            .map_err(failed(operation))?;
+        let rows = result
+            .rows::<R>()
+            .map_err(failed(operation))?
+            .collect::<Result<Vec<R>, _>>()
+            .map_err(failed(operation))?;
+        Ok(rows)
+    }
+
+    async fn first_row<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        operation: &'static str,
+    ) -> StoreResult<Option<R>>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+    {
+        Ok(self
+            .rows(statement, values, operation)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Runs a statement whose result may span many pages, and reads every
+    /// page. The driver keeps requesting pages while the server returns a
+    /// paging state, so a page that came back empty does not end the read.
+    async fn all_rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        operation: &'static str,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+    {
+        self.session
+            .execute_iter(statement.clone(), values)
+            .await
+            .map_err(failed(operation))?
+            .rows_stream::<R>()
+            .map_err(failed(operation))?
+            .try_collect()
+            .await
+            .map_err(failed(operation))
+    }
+
+    async fn execute(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        operation: &'static str,
+    ) -> StoreResult<()> {
+        self.session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(failed(operation))?;
+        Ok(())
+    }
+
+    /// Runs a lightweight transaction and returns whether it was applied.
+    async fn conditional(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        operation: &'static str,
+    ) -> StoreResult<bool> {
+        let result = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(failed(operation))?
+            .into_rows_result()
+            .map_err(failed(operation))?;
+        // ScyllaDB returns the row's current values beside `[applied]`, and
+        // their columns depend on the statement, so only `[applied]` is read.
+        let Some((index, _)) = result.column_specs().get_by_name("[applied]") else {
+            return Err(rows::inconsistent(
+                "a conditional statement returned no [applied] column",
+            ));
+        };
+        let row: Row = result.first_row().map_err(failed(operation))?;
+        let applied = row
+            .columns
+            .get(index)
+            .and_then(Option::as_ref)
+            .and_then(CqlValue::as_boolean);
+        applied.ok_or_else(|| rows::inconsistent("[applied] is not a boolean"))
+    }
+
+    /// Runs a one-row read in the keyspace to check the connection.
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.check_open()?;
+        self.execute(&self.statements.ping, (), "read schema_migrations")
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for ScyllaStore {
+    async fn upsert_user(
+        &self,
+        id: &str,
+        name: &str,
+        metadata: serde_json::Value,
+        now: Millis,
+    ) -> StoreResult<User> {
+        self.check_open()?;
+        self.upsert_user_row(id, name, &metadata, now).await
+    }
+
+    async fn delete_user(&self, id: &str, now: Millis) -> StoreResult<()> {
+        self.check_open()?;
+        self.delete_user_row(id, now).await
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {
+        self.start_read()?;
+        Ok(self.user(id).await?.map(|record| record.user))
+    }
+
+    async fn user_auth_state(&self, id: &str) -> StoreResult<Option<UserAuthState>> {
+        self.start_read()?;
+        Ok(self.user(id).await?.map(|record| UserAuthState {
+            deleted: record.user.deleted,
+            tokens_not_before: record.tokens_not_before,
+        }))
+    }
+
+    async fn open_direct(
+        &self,
+        a: &str,
+        b: &str,
+        subject: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<(Channel, Vec<String>)> {
+        self.check_open()?;
+        self.open_direct_channel(a, b, subject, now).await
+    }
+
+    async fn create_group(
+        &self,
+        creator: &str,
+        name: &str,
+        members: &[String],
+        now: Millis,
+    ) -> StoreResult<(Channel, Vec<String>)> {
+        self.check_open()?;
+        self.create_group_channel(creator, name, members, now).await
+    }
+
+    async fn add_member(
+        &self,
+        channel_id: &str,
+        actor: &str,
+        user: &str,
+        now: Millis,
+    ) -> StoreResult<MembershipChange> {
+        self.check_open()?;
+        self.add_group_member(channel_id, actor, user, now).await
+    }
+
+    async fn remove_member(
+        &self,
+        channel_id: &str,
+        actor: &str,
+        user: &str,
+        _now: Millis,
+    ) -> StoreResult<MembershipChange> {
+        self.check_open()?;
+        self.remove_group_member(channel_id, actor, user).await
+    }
+
+    async fn channel_for_member(
+        &self,
+        channel_id: &str,
+        user: &str,
+    ) -> StoreResult<(Channel, Vec<Member>)> {
+        self.start_read()?;
+        self.channel_with_members(channel_id, user).await
+    }
+
+    async fn member_ids(&self, channel_id: &str) -> StoreResult<Vec<String>> {
+        self.start_read()?;
+        if self.channel(channel_id).await?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        self.list_member_ids(channel_id).await
+    }
+
+    async fn channel_positions(&self, user: &str) -> StoreResult<Vec<(String, u64)>> {
+        self.start_read()?;
+        let entries = self.user_channel_entries(user).await?;
+        Ok(entries
+            .into_iter()
+            .map(|entry| (entry.channel_id, entry.last_seq))
+            .collect())
+    }
+
+    async fn list_channels(
+        &self,
+        user: &str,
+        before: Option<(Millis, String)>,
+        limit: u32,
+    ) -> StoreResult<Vec<ChannelSummary>> {
+        self.start_read()?;
+        self.channel_summaries(user, before, limit).await
+    }
+
+    async fn append_message(&self, message: NewMessage) -> StoreResult<Appended> {
+        self.check_open()?;
+        self.append(message).await
+    }
+
+    async fn history(&self, channel_id: &str, user: &str, page: Page) -> StoreResult<Vec<Message>> {
+        self.start_read()?;
+        self.history_page(channel_id, user, page).await
+    }
+
+    async fn messages_between(
+        &self,
+        channel_id: &str,
+        after: u64,
+        up_to: u64,
+    ) -> StoreResult<Vec<Message>> {
+        self.start_read()?;
+        self.messages_in_range(channel_id, after, up_to).await
+    }
+
+    async fn mark_read(
+        &self,
+        channel_id: &str,
+        user: &str,
+        seq: u64,
+    ) -> StoreResult<(u64, Vec<String>)> {
+        self.check_open()?;
+        self.move_read_position(channel_id, user, seq).await
+    }
+
+    async fn purge_client_ids(&self, older_than: Millis) -> StoreResult<u64> {
+        self.check_open()?;
+        self.delete_client_ids_before(older_than).await
+    }
+
+    /// Marks the store closed. Requests already running finish, because
+    /// each keeps a reference to the session. The session's connections
+    /// close when the last of them ends.
+    async fn close(&self) -> StoreResult<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        Ok(())
+    }
+
+    fn reads_started(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Ready while open and connected to at least one node. The driver
+    /// reconnects in the background, so this turns true again by itself.
+    fn is_ready(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+            && self
+                .session
+                .get_cluster_state()
+                .get_nodes_info()
+                .iter()
+                .any(|node| node.is_connected())
+    }
+}

@@ -1,0 +1,438 @@
+//! The tables of a tenant keyspace, as versioned migrations.
+//!
+//! Each migration is additive (new tables, new columns) and safe to run
+//! again, so an operator that stopped half-way simply runs it once more.
+//! Applied versions are recorded in `schema_migrations`. The operator
+//! applies migrations before it rolls out a runtime that needs them. A
+//! runtime refuses to start on a keyspace older than [`REQUIRED_VERSION`]
+//! and keeps working on a newer one, because newer migrations only add.
+
+use scylla::client::session::Session;
+
+/// Schema version this build reads and writes.
+pub const REQUIRED_VERSION: i32 = 1;
+
+/// Messages per partition of the `messages` table (see the module docs of
+/// the store).
+pub(super) const BUCKET_SIZE: u64 = 1_000;
+
+/// One step of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A statement that is idempotent by itself (`IF NOT EXISTS`).
+    /// `{keyspace}` stands for the tenant keyspace.
+    Cql(&'static str),
+    /// Adds a column unless the table already has it. CQL has no
+    /// `ADD IF NOT EXISTS` in every ScyllaDB version, so the runner reads
+    /// `system_schema.columns` first.
+    AddColumn {
+        table: &'static str,
+        column: &'static str,
+        cql_type: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    pub version: i32,
+    pub description: &'static str,
+    pub steps: &'static [Step],
+}
+
+/// Every migration, oldest first. Versions are 1, 2, 3, ... without gaps.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "users, channels, members, messages, read positions and client ids",
+    steps: &[
+        Step::Cql(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.users (
+                id text PRIMARY KEY,
+                name text,
+                metadata text,
+                deleted boolean,
+                tokens_not_before bigint,
+                incarnation int,
+                created_at bigint,
+                updated_at bigint
+            )",
+        ),
+        // `newest` is the JSON of the message numbered `last_seq`, written by
+        // the same lightweight transaction that hands out the number.
+        Step::Cql(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.channels (
+                id text PRIMARY KEY,
+                kind text,
+                name text,
+                subject text,
+                created_by text,
+                created_at bigint,
+                last_seq bigint,
+                last_activity bigint,
+                newest text
+            )",
+        ),
+        Step::Cql(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.members (
+                channel_id text,
+                user_id text,
+                role text,
+                joined_at bigint,
+                PRIMARY KEY ((channel_id), user_id)
+            )",
+        ),
+        Step::Cql(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.user_channels (
+                user_id text,
+                channel_id text,
+                PRIMARY KEY ((user_id), channel_id)
+            )",
+        ),
+        // Written with USING TIMESTAMP equal to last_seq, so the newest
+        // position wins whatever order concurrent writes arrive in.
+        Step::Cql(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.channel_activity (
+                user_id text,
+                channel_id text,
+                last_seq bigint,
+                last_activity bigint,
+                PRIMARY KEY ((user_id), channel_id)
+            )",
+        ),
+        // Written with USING TIMESTAMP equal to read_seq, for the same reason.
+        Step::Cql(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.read_positions (
+                channel_id text,
+                user_id text,
+                read_seq bigint,
+                PRIMARY KEY ((channel_id), user_id)
+            )",
+        ),
+        Step::Cql(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.messages (
+                channel_id text,
+                bucket bigint,
+                seq bigint,
+                sender_id text,
+                sender_incarnation int,
+                client_id text,
+                content text,
+                created_at bigint,
+                PRIMARY KEY ((channel_id, bucket), seq)
+            ) WITH CLUSTERING ORDER BY (seq DESC)",
+        ),
+        Step::Cql(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.client_ids (
+                sender_id text,
+                client_id text,
+                channel_id text,
+                seq bigint,
+                content_hash blob,
+                created_at bigint,
+                PRIMARY KEY ((sender_id, client_id))
+            )",
+        ),
+    ],
+}];
+
+const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (
+    version int PRIMARY KEY,
+    description text,
+    applied_at bigint
+)";
+
+/// Keyspaces that belong to ScyllaDB itself or to its tools.
+const RESERVED_PREFIXES: &[&str] = &["system", "alternator", "cdc", "audit"];
+
+/// Error of checking or applying the schema.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaError {
+    #[error("invalid keyspace name: {0}")]
+    InvalidKeyspace(String),
+    /// A statement failed; `step` names what it was doing.
+    #[error("failed to {step} in keyspace {keyspace}")]
+    Request {
+        step: String,
+        keyspace: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The keyspace has no schema, or an older one than this build needs.
+    #[error(
+        "keyspace {keyspace} has schema version {found}, but this runtime needs {REQUIRED_VERSION}; apply the migrations first (the operator does this before it rolls out a runtime)"
+    )]
+    TooOld { keyspace: String, found: i32 },
+}
+
+/// Checks that `name` can be a tenant keyspace: 1 to 48 lowercase letters,
+/// digits and underscores, starting with a letter, and not one of
+/// ScyllaDB's own keyspaces. Returns the reason when it cannot.
+pub fn check_keyspace_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let starts_with_letter = chars.next().is_some_and(|first| first.is_ascii_lowercase());
+    let rest_valid = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !starts_with_letter || !rest_valid || name.len() > 48 {
+        return Err(format!(
+            "keyspace {name:?} must be 1 to 48 lowercase letters, digits or '_', starting with a letter"
+        ));
+    }
+    if let Some(prefix) = RESERVED_PREFIXES
+        .iter()
+        .find(|prefix| name.starts_with(**prefix))
+    {
+        return Err(format!(
+            "keyspace {name:?} is reserved: names starting with {prefix:?} belong to ScyllaDB"
+        ));
+    }
+    Ok(())
+}
+
+fn in_keyspace(statement: &str, keyspace: &str) -> String {
+    statement.replace("{keyspace}", keyspace)
+}
+
+fn request_error<E>(step: impl Into<String>, keyspace: &str) -> impl FnOnce(E) -> SchemaError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let step = step.into();
+    let keyspace = keyspace.to_owned();
+    move |source| SchemaError::Request {
+        step,
+        keyspace,
+        source: Box::new(source),
+    }
+}
+
+/// Applies every migration not yet recorded in `keyspace`, oldest first, and
+/// returns the versions it applied. The keyspace must exist.
+pub async fn apply_migrations(
+    session: &Session,
+    keyspace: &str,
+    now: i64,
+) -> Result<Vec<i32>, SchemaError> {
+    check_keyspace_name(keyspace).map_err(SchemaError::InvalidKeyspace)?;
+    session
+        .query_unpaged(in_keyspace(CREATE_VERSION_TABLE, keyspace), ())
+        .await
+        .map_err(request_error("create schema_migrations", keyspace))?;
+
+    let recorded = recorded_versions(session, keyspace).await?;
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS
+        .iter()
+        .filter(|migration| !recorded.contains(&migration.version))
+    {
+        for step in migration.steps {
+            run_step(session, keyspace, migration.version, *step).await?;
+        }
+        // DDL changes reach the other nodes asynchronously. The next
+        // migration, and the runtime, must see these tables everywhere.
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(request_error("wait for schema agreement", keyspace))?;
+        session
+            .query_unpaged(
+                in_keyspace(
+                    "INSERT INTO {keyspace}.schema_migrations (version, description, applied_at) \
+                     VALUES (?, ?, ?)",
+                    keyspace,
+                ),
+                (migration.version, migration.description, now),
+            )
+            .await
+            .map_err(request_error(
+                format!("record migration {}", migration.version),
+                keyspace,
+            ))?;
+        applied.push(migration.version);
+    }
+    Ok(applied)
+}
+
+async fn run_step(
+    session: &Session,
+    keyspace: &str,
+    version: i32,
+    step: Step,
+) -> Result<(), SchemaError> {
+    match step {
+        Step::Cql(statement) => {
+            session
+                .query_unpaged(in_keyspace(statement, keyspace), ())
+                .await
+                .map_err(request_error(
+                    format!("run a statement of migration {version}"),
+                    keyspace,
+                ))?;
+        }
+        Step::AddColumn {
+            table,
+            column,
+            cql_type,
+        } => {
+            let existing = session
+                .query_unpaged(
+                    "SELECT column_name FROM system_schema.columns \
+                     WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+                    (keyspace, table, column),
+                )
+                .await
+                .map_err(request_error(
+                    format!("look up column {table}.{column}"),
+                    keyspace,
+                ))?
+                .into_rows_result()
+                .map_err(request_error(
+                    format!("look up column {table}.{column}"),
+                    keyspace,
+                ))?
+                .rows_num();
+            if existing == 0 {
+                let statement = format!("ALTER TABLE {keyspace}.{table} ADD {column} {cql_type}");
+                session
+                    .query_unpaged(statement, ())
+                    .await
+                    .map_err(request_error(
+                        format!("add column {table}.{column}"),
+                        keyspace,
+                    ))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn recorded_versions(session: &Session, keyspace: &str) -> Result<Vec<i32>, SchemaError> {
+    let step = "read schema_migrations";
+    let result = session
+        .query_unpaged(
+            in_keyspace("SELECT version FROM {keyspace}.schema_migrations", keyspace),
+            (),
+        )
+        .await
+        .map_err(request_error(step, keyspace))?
+        .into_rows_result()
+        .map_err(request_error(step, keyspace))?;
+    let versions = result
+        .rows::<(i32,)>()
+        .map_err(request_error(step, keyspace))?
+        .map(|row| row.map(|(version,)| version))
+        .collect::<Result<Vec<i32>, _>>()
+        .map_err(request_error(step, keyspace))?;
+    Ok(versions)
+}
+
+/// Returns the schema version of `keyspace`: the highest version up to
+/// which every migration is recorded. Fails with `TooOld` when that is
+/// below [`REQUIRED_VERSION`].
+pub async fn check_schema(session: &Session, keyspace: &str) -> Result<i32, SchemaError> {
+    check_keyspace_name(keyspace).map_err(SchemaError::InvalidKeyspace)?;
+    let exists = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables \
+             WHERE keyspace_name = ? AND table_name = 'schema_migrations'",
+            (keyspace,),
+        )
+        .await
+        .map_err(request_error("look up schema_migrations", keyspace))?
+        .into_rows_result()
+        .map_err(request_error("look up schema_migrations", keyspace))?
+        .rows_num();
+    let found = if exists == 0 {
+        0
+    } else {
+        contiguous_version(&recorded_versions(session, keyspace).await?)
+    };
+    if found < REQUIRED_VERSION {
+        return Err(SchemaError::TooOld {
+            keyspace: keyspace.to_owned(),
+            found,
+        });
+    }
+    Ok(found)
+}
+
+/// Returns the highest `n` such that versions 1 to `n` are all in
+/// `recorded`.
+fn contiguous_version(recorded: &[i32]) -> i32 {
+    let mut version = 0;
+    while recorded.contains(&(version + 1)) {
+        version += 1;
+    }
+    version
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_numbered_without_gaps() {
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version, index as i32 + 1);
+            assert!(!migration.steps.is_empty());
+        }
+        assert_eq!(MIGRATIONS.last().unwrap().version, REQUIRED_VERSION);
+    }
+
+    #[test]
+    fn migration_statements_are_idempotent() {
+        for migration in MIGRATIONS {
+            for step in migration.steps {
+                if let Step::Cql(statement) = step {
+                    assert!(
+                        statement.contains("IF NOT EXISTS {keyspace}."),
+                        "migration {} has a statement that is not safe to rerun: {statement}",
+                        migration.version
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keyspace_names() {
+        for valid in ["acme_chat", "a", "tenant_42", &"a".repeat(48)] {
+            assert_eq!(check_keyspace_name(valid), Ok(()), "{valid}");
+        }
+        for invalid in [
+            "",
+            "1acme",
+            "Acme",
+            "acme-chat",
+            "acme chat",
+            "ä",
+            &"a".repeat(49),
+        ] {
+            assert!(check_keyspace_name(invalid).is_err(), "{invalid:?}");
+        }
+        for reserved in [
+            "system",
+            "system_auth",
+            "system_schema",
+            "alternator_t",
+            "cdc_x",
+        ] {
+            let error = check_keyspace_name(reserved).unwrap_err();
+            assert!(error.contains("reserved"), "{reserved}: {error}");
+        }
+    }
+
+    #[test]
+    fn contiguous_version_stops_at_gap() {
+        assert_eq!(contiguous_version(&[]), 0);
+        assert_eq!(contiguous_version(&[1]), 1);
+        assert_eq!(contiguous_version(&[2, 1, 3]), 3);
+        assert_eq!(contiguous_version(&[1, 3]), 1);
+        assert_eq!(contiguous_version(&[2]), 0);
+    }
+
+    #[test]
+    fn keyspace_placeholder_is_replaced() {
+        let statement = in_keyspace(CREATE_VERSION_TABLE, "acme_chat");
+        assert!(statement.contains("acme_chat.schema_migrations"));
+        assert!(!statement.contains('{'));
+    }
+}

@@ -1,0 +1,330 @@
+//! Every statement the store runs, prepared once per session.
+//!
+//! Preparing lets ScyllaDB parse each statement once, and gives the driver
+//! the partition key of every request, so it sends the request straight to
+//! a replica and to the shard that owns the partition.
+
+use scylla::client::session::Session;
+use scylla::errors::PrepareError;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::config::ConsistencyLevel;
+
+/// Whether a statement may run twice with the same effect. The driver's
+/// retry policy retries a timed-out request only when it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    /// A plain write whose values fully decide the outcome.
+    IdempotentWrite,
+    /// A lightweight transaction. Retrying one that timed out could report
+    /// "not applied" for a change it made itself, so the store re-reads the
+    /// row instead.
+    Conditional,
+}
+
+pub(super) struct Statements {
+    pub select_user: PreparedStatement,
+    pub insert_user: PreparedStatement,
+    pub update_user: PreparedStatement,
+    pub revive_user: PreparedStatement,
+    pub delete_user: PreparedStatement,
+
+    pub select_channel: PreparedStatement,
+    pub select_channel_serial: PreparedStatement,
+    pub insert_channel: PreparedStatement,
+    pub claim_seq: PreparedStatement,
+
+    pub select_member: PreparedStatement,
+    pub select_members: PreparedStatement,
+    pub insert_member: PreparedStatement,
+    pub delete_member: PreparedStatement,
+    pub insert_user_channel: PreparedStatement,
+    pub delete_user_channel: PreparedStatement,
+    pub select_user_channels: PreparedStatement,
+
+    pub write_activity: PreparedStatement,
+    pub select_activity: PreparedStatement,
+    pub select_read_position: PreparedStatement,
+    pub select_read_positions: PreparedStatement,
+    pub write_read_position: PreparedStatement,
+
+    pub select_message: PreparedStatement,
+    pub select_messages_oldest_first: PreparedStatement,
+    pub insert_message: PreparedStatement,
+
+    pub select_client_id: PreparedStatement,
+    pub insert_client_id: PreparedStatement,
+    pub scan_client_ids: PreparedStatement,
+    pub delete_client_id: PreparedStatement,
+
+    pub ping: PreparedStatement,
+}
+
+const USER_COLUMNS: &str =
+    "id, name, metadata, deleted, tokens_not_before, incarnation, created_at, updated_at";
+pub(super) const CHANNEL_COLUMNS: &str =
+    "id, kind, name, subject, created_by, created_at, last_seq, last_activity, newest";
+const MESSAGE_COLUMNS: &str =
+    "channel_id, seq, sender_id, sender_incarnation, client_id, content, created_at";
+
+impl Statements {
+    pub(super) async fn prepare(
+        session: &Session,
+        keyspace: &str,
+        consistency: ConsistencyLevel,
+    ) -> Result<Statements, PrepareError> {
+        let preparer = Preparer {
+            session,
+            keyspace,
+            consistency,
+        };
+        let user = |statement: &str| statement.replace("{user_columns}", USER_COLUMNS);
+        Ok(Statements {
+            select_user: preparer
+                .prepare(
+                    Kind::Read,
+                    &user("SELECT {user_columns} FROM {ks}.users WHERE id = ?"),
+                )
+                .await?,
+            insert_user: preparer
+                .prepare(
+                    Kind::Conditional,
+                    &user(
+                        "INSERT INTO {ks}.users ({user_columns}) VALUES (?, ?, ?, false, null, 1, ?, ?) \
+                         IF NOT EXISTS",
+                    ),
+                )
+                .await?,
+            update_user: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.users SET name = ?, metadata = ?, updated_at = ? \
+                     WHERE id = ? IF deleted = false AND incarnation = ?",
+                )
+                .await?,
+            revive_user: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.users SET name = ?, metadata = ?, deleted = false, \
+                     tokens_not_before = ?, incarnation = ?, created_at = ?, updated_at = ? \
+                     WHERE id = ? IF deleted = true AND incarnation = ?",
+                )
+                .await?,
+            delete_user: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.users SET name = null, metadata = 'null', deleted = true, \
+                     updated_at = ? WHERE id = ? IF deleted = false AND incarnation = ?",
+                )
+                .await?,
+
+            select_channel: preparer
+                .prepare(
+                    Kind::Read,
+                    &format!("SELECT {CHANNEL_COLUMNS} FROM {{ks}}.channels WHERE id = ?"),
+                )
+                .await?,
+            select_channel_serial: preparer
+                .prepare_serial_read(&format!(
+                    "SELECT {CHANNEL_COLUMNS} FROM {{ks}}.channels WHERE id = ?"
+                ))
+                .await?,
+            insert_channel: preparer
+                .prepare(
+                    Kind::Conditional,
+                    &format!(
+                        "INSERT INTO {{ks}}.channels ({CHANNEL_COLUMNS}) \
+                         VALUES (?, ?, ?, ?, ?, ?, 0, ?, null) IF NOT EXISTS"
+                    ),
+                )
+                .await?,
+            claim_seq: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.channels SET last_seq = ?, last_activity = ?, newest = ? \
+                     WHERE id = ? IF last_seq = ?",
+                )
+                .await?,
+
+            select_member: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT role FROM {ks}.members WHERE channel_id = ? AND user_id = ?",
+                )
+                .await?,
+            select_members: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT user_id, role FROM {ks}.members WHERE channel_id = ?",
+                )
+                .await?,
+            insert_member: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "INSERT INTO {ks}.members (channel_id, user_id, role, joined_at) \
+                     VALUES (?, ?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            delete_member: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "DELETE FROM {ks}.members WHERE channel_id = ? AND user_id = ? IF EXISTS",
+                )
+                .await?,
+            insert_user_channel: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.user_channels (user_id, channel_id) VALUES (?, ?)",
+                )
+                .await?,
+            delete_user_channel: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "DELETE FROM {ks}.user_channels WHERE user_id = ? AND channel_id = ?",
+                )
+                .await?,
+            select_user_channels: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT channel_id FROM {ks}.user_channels WHERE user_id = ?",
+                )
+                .await?,
+
+            write_activity: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.channel_activity (user_id, channel_id, last_seq, last_activity) \
+                     VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
+                )
+                .await?,
+            select_activity: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT channel_id, last_seq, last_activity FROM {ks}.channel_activity \
+                     WHERE user_id = ?",
+                )
+                .await?,
+            select_read_position: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT read_seq FROM {ks}.read_positions WHERE channel_id = ? AND user_id = ?",
+                )
+                .await?,
+            select_read_positions: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT user_id, read_seq FROM {ks}.read_positions WHERE channel_id = ?",
+                )
+                .await?,
+            write_read_position: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.read_positions (channel_id, user_id, read_seq) \
+                     VALUES (?, ?, ?) USING TIMESTAMP ?",
+                )
+                .await?,
+
+            select_message: preparer
+                .prepare(
+                    Kind::Read,
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
+                         WHERE channel_id = ? AND bucket = ? AND seq = ?"
+                    ),
+                )
+                .await?,
+            select_messages_oldest_first: preparer
+                .prepare(
+                    Kind::Read,
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
+                         WHERE channel_id = ? AND bucket = ? AND seq >= ? AND seq <= ? \
+                         ORDER BY seq ASC LIMIT ?"
+                    ),
+                )
+                .await?,
+            insert_message: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    &format!(
+                        "INSERT INTO {{ks}}.messages (bucket, {MESSAGE_COLUMNS}) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    ),
+                )
+                .await?,
+
+            select_client_id: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT channel_id, seq, content_hash FROM {ks}.client_ids \
+                     WHERE sender_id = ? AND client_id = ?",
+                )
+                .await?,
+            insert_client_id: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.client_ids \
+                     (sender_id, client_id, channel_id, seq, content_hash, created_at) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .await?,
+            scan_client_ids: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT sender_id, client_id, created_at FROM {ks}.client_ids",
+                )
+                .await?,
+            delete_client_id: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "DELETE FROM {ks}.client_ids WHERE sender_id = ? AND client_id = ?",
+                )
+                .await?,
+
+            ping: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT version FROM {ks}.schema_migrations LIMIT 1",
+                )
+                .await?,
+        })
+    }
+}
+
+struct Preparer<'a> {
+    session: &'a Session,
+    keyspace: &'a str,
+    consistency: ConsistencyLevel,
+}
+
+impl Preparer<'_> {
+    /// Prepares `statement` with `{ks}` replaced by the keyspace. The name
+    /// was checked when the settings were validated, so it is safe to
+    /// splice into CQL.
+    async fn prepare(
+        &self,
+        kind: Kind,
+        statement: &str,
+    ) -> Result<PreparedStatement, PrepareError> {
+        let text = statement.replace("{ks}", self.keyspace);
+        let mut prepared = self.session.prepare(text).await?;
+        prepared.set_is_idempotent(kind != Kind::Conditional);
+        if kind == Kind::IdempotentWrite {
+            prepared.set_consistency(self.consistency.write_consistency());
+        }
+        Ok(prepared)
+    }
+
+    /// Prepares a read at serial consistency, which returns the outcome of
+    /// every lightweight transaction on the row and finishes one that is
+    /// half-way.
+    async fn prepare_serial_read(
+        &self,
+        statement: &str,
+    ) -> Result<PreparedStatement, PrepareError> {
+        let mut prepared = self.prepare(Kind::Read, statement).await?;
+        prepared.set_consistency(self.consistency.serial_read());
+        Ok(prepared)
+    }
+}

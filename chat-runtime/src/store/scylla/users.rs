@@ -1,0 +1,113 @@
+//! Users. Every write to `users` is a lightweight transaction conditioned on
+//! the row's `deleted` flag and incarnation, so that a profile update racing
+//! a delete, or two replicas reviving one id, cannot mix two people's
+//! profiles.
+
+use super::rows::{UserRecord, UserRow, user_from_row};
+use super::{ScyllaStore, failed};
+use crate::store::{Millis, StoreError, StoreResult, User};
+
+/// Attempts of one user write before giving up. Another attempt is needed
+/// only when a concurrent write to the same user won the transaction.
+const MAX_USER_ATTEMPTS: usize = 16;
+
+impl ScyllaStore {
+    pub(super) async fn user(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        let row: Option<UserRow> = self
+            .first_row(&self.statements.select_user, (id,), "read a user")
+            .await?;
+        row.map(user_from_row).transpose()
+    }
+
+    /// Returns the incarnation of an existing, not deleted user, or
+    /// `NotFound`.
+    pub(super) async fn active_incarnation(&self, id: &str) -> StoreResult<i32> {
+        match self.user(id).await? {
+            Some(record) if !record.user.deleted => Ok(record.incarnation),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    pub(super) async fn upsert_user_row(
+        &self,
+        id: &str,
+        name: &str,
+        metadata: &serde_json::Value,
+        now: Millis,
+    ) -> StoreResult<User> {
+        let metadata_json =
+            serde_json::to_string(metadata).map_err(failed("serialise user metadata"))?;
+        for _ in 0..MAX_USER_ATTEMPTS {
+            let applied = match self.user(id).await? {
+                None => {
+                    self.conditional(
+                        &self.statements.insert_user,
+                        (id, name, &metadata_json, now, now),
+                        "create a user",
+                    )
+                    .await?
+                }
+                Some(record) if !record.user.deleted => {
+                    self.conditional(
+                        &self.statements.update_user,
+                        (name, &metadata_json, now, id, record.incarnation),
+                        "update a user",
+                    )
+                    .await?
+                }
+                Some(record) => {
+                    self.conditional(
+                        &self.statements.revive_user,
+                        (
+                            name,
+                            &metadata_json,
+                            now / 1000,
+                            record.incarnation + 1,
+                            now,
+                            now,
+                            id,
+                            record.incarnation,
+                        ),
+                        "create a user again",
+                    )
+                    .await?
+                }
+            };
+            if applied {
+                return match self.user(id).await? {
+                    Some(record) => Ok(record.user),
+                    None => Err(super::rows::inconsistent(
+                        "user row missing right after it was written",
+                    )),
+                };
+            }
+        }
+        Err(contention("upsert a user"))
+    }
+
+    pub(super) async fn delete_user_row(&self, id: &str, now: Millis) -> StoreResult<()> {
+        for _ in 0..MAX_USER_ATTEMPTS {
+            let incarnation = self.active_incarnation(id).await?;
+            let applied = self
+                .conditional(
+                    &self.statements.delete_user,
+                    (now, id, incarnation),
+                    "delete a user",
+                )
+                .await?;
+            if applied {
+                return Ok(());
+            }
+        }
+        Err(contention("delete a user"))
+    }
+}
+
+/// Builds the error for a write that lost its lightweight transaction to
+/// concurrent writes every time it tried.
+pub(super) fn contention(operation: &'static str) -> StoreError {
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to {0}: concurrent writes to the same row won every attempt")]
+    struct Contention(&'static str);
+    StoreError::Unavailable(Box::new(Contention(operation)))
+}
