@@ -153,7 +153,7 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ApiKey, Limits};
+    use crate::config::{ApiKey, Limits, StoreSettings};
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -167,6 +167,7 @@ mod tests {
             }],
             allowed_origins: vec![],
             limits: Limits::default(),
+            store: StoreSettings::Embedded,
         }
     }
 

@@ -5,13 +5,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::{Config, StoreSettings};
 use crate::server::{self, Options};
+use crate::store::scylla;
 
 #[derive(Parser)]
 #[command(version, about = "Multi-tenant chat over REST and WebSocket")]
 struct Cli {
+    /// Without a command, the runtime serves its tenants.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration file (YAML); changes to its tenants apply while running.
     #[arg(long, env = "PARLEY_CONFIG")]
     config: PathBuf,
@@ -24,6 +29,14 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PARLEY_LOG_FORMAT")]
     log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the schema migrations to the keyspace of every tenant stored in
+    /// ScyllaDB, then exit. Each keyspace must exist. The operator does this
+    /// itself before it rolls out a runtime.
+    Migrate,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,12 +103,16 @@ async fn stop_signal() {
 }
 
 /// Runs the command line: parses flags from the process arguments, serves
-/// until SIGTERM or Ctrl-C, and returns the exit code.
+/// until SIGTERM or Ctrl-C (or runs the given command), and returns the exit
+/// code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(serve(cli)),
+        Ok(runtime) => match cli.command {
+            Some(Command::Migrate) => runtime.block_on(migrate(cli.config)),
+            None => runtime.block_on(serve(cli)),
+        },
         Err(error) => {
             eprintln!("chat-runtime: failed to start the async runtime: {error}");
             ExitCode::FAILURE
@@ -117,5 +134,73 @@ async fn serve(cli: Cli) -> ExitCode {
             eprintln!("chat-runtime: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Applies the ScyllaDB migrations of every tenant in the configuration at
+/// `path`, one tenant after another, and stops at the first failure.
+async fn migrate(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("chat-runtime: {}", server::error_chain(&error));
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut migrated = 0;
+    for tenant in &config.tenants {
+        let StoreSettings::Scylla { config, base } = &tenant.store else {
+            continue;
+        };
+        let result = async {
+            let session = config.connect(base).await?;
+            let now = crate::chat::now_millis();
+            let applied = scylla::apply_migrations(&session, &config.keyspace, now).await?;
+            let version = scylla::check_schema(&session, &config.keyspace).await?;
+            Ok::<_, Box<dyn std::error::Error>>((applied, version))
+        }
+        .await;
+        match result {
+            Ok((applied, version)) => {
+                println!(
+                    "{}: keyspace {} is at schema version {version}; applied now: {applied:?}",
+                    tenant.id, config.keyspace
+                );
+                migrated += 1;
+            }
+            Err(error) => {
+                eprintln!(
+                    "chat-runtime: failed to migrate tenant {}: {}",
+                    tenant.id,
+                    server::error_chain(error.as_ref())
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if migrated == 0 {
+        println!("No tenant in {} is stored in ScyllaDB.", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn migrate_takes_config_before_command() {
+        let cli = Cli::try_parse_from(["chat-runtime", "--config", "c.yaml", "migrate"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Migrate)));
+        assert_eq!(cli.config, PathBuf::from("c.yaml"));
+        let serve = Cli::try_parse_from(["chat-runtime", "--config", "c.yaml"]).unwrap();
+        assert!(serve.command.is_none());
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::store::scylla::ScyllaConfig;
+
 /// Shortest accepted API secret: HS256 keys shorter than the hash output
 /// (32 bytes) weaken the signature.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -107,6 +109,33 @@ pub struct TenantConfig {
     pub allowed_origins: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Storage of the tenant's chat. The default is the embedded store in
+    /// `server.data_dir`.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// A tenant's `store` section, selected by `kind`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoreConfig {
+    /// One SQLite file per tenant in `server.data_dir`, for one process.
+    #[default]
+    Embedded,
+    /// A keyspace in a ScyllaDB cluster, shared by every replica.
+    Scylla(Box<ScyllaConfig>),
+}
+
+/// A tenant's validated store settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    Embedded,
+    Scylla {
+        config: Box<ScyllaConfig>,
+        /// Folder that relative paths in `config` resolve against: the
+        /// config file's folder.
+        base: PathBuf,
+    },
 }
 
 #[derive(Clone, PartialEq, Deserialize)]
@@ -194,6 +223,7 @@ pub struct TenantSettings {
     pub api_keys: Vec<ApiKey>,
     pub allowed_origins: Vec<String>,
     pub limits: Limits,
+    pub store: StoreSettings,
 }
 
 impl TenantSettings {
@@ -330,6 +360,18 @@ fn validate_tenant(
         validate_origin(origin, &format!("{field}.allowed_origins[{index}]"))?;
     }
     validate_limits(&tenant.limits, &format!("{field}.limits"))?;
+    let store = match &tenant.store {
+        StoreConfig::Embedded => StoreSettings::Embedded,
+        StoreConfig::Scylla(config) => {
+            config
+                .validate()
+                .map_err(|error| invalid(format!("{field}.store"), error.to_string()))?;
+            StoreSettings::Scylla {
+                config: config.clone(),
+                base: base.to_owned(),
+            }
+        }
+    };
 
     Ok(TenantSettings {
         id: tenant.id.clone(),
@@ -337,6 +379,7 @@ fn validate_tenant(
         api_keys,
         allowed_origins: tenant.allowed_origins.clone(),
         limits: tenant.limits,
+        store,
     })
 }
 
@@ -479,6 +522,49 @@ mod tests {
             Ok(_) => String::from("<parsed>"),
             Err(error) => error.to_string(),
         }
+    }
+
+    #[test]
+    fn store_defaults_to_embedded() {
+        let config = Config::parse(&yaml(""), Path::new("/srv")).unwrap();
+        assert_eq!(config.tenants[0].store, StoreSettings::Embedded);
+        let explicit =
+            Config::parse(&yaml("    store: {kind: embedded}\n"), Path::new("/srv")).unwrap();
+        assert_eq!(explicit.tenants[0].store, StoreSettings::Embedded);
+    }
+
+    #[test]
+    fn scylla_store_parses_with_base() {
+        let store = "    store:\n      kind: scylla\n      contact_points: [\"10.0.0.5:9042\"]\n      datacenter: dc1\n      keyspace: acme_chat\n      username: acme\n      password_file: secrets/scylla\n";
+        let config = Config::parse(&yaml(store), Path::new("/srv")).unwrap();
+        let StoreSettings::Scylla {
+            config: scylla,
+            base,
+        } = &config.tenants[0].store
+        else {
+            panic!(
+                "expected a ScyllaDB store, got {:?}",
+                config.tenants[0].store
+            );
+        };
+        assert_eq!(scylla.keyspace, "acme_chat");
+        assert_eq!(scylla.contact_points, vec!["10.0.0.5:9042".to_owned()]);
+        assert_eq!(base, Path::new("/srv"));
+    }
+
+    #[test]
+    fn invalid_store_names_its_field() {
+        let reserved = "    store: {kind: scylla, contact_points: [\"a:1\"], datacenter: dc1, keyspace: system}\n";
+        let error = error_of(&yaml(reserved));
+        assert!(error.contains("tenants[0].store"), "{error}");
+        assert!(error.contains("reserved"), "{error}");
+
+        let unknown_kind = error_of(&yaml("    store: {kind: cassandra}\n"));
+        assert!(unknown_kind.contains("cassandra"), "{unknown_kind}");
+        let unknown_field = error_of(&yaml(
+            "    store: {kind: scylla, contact_points: [\"a:1\"], datacenter: dc1, keyspace: acme, replicas: 3}\n",
+        ));
+        assert!(unknown_field.contains("replicas"), "{unknown_field}");
     }
 
     #[test]

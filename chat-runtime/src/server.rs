@@ -89,7 +89,7 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (config, config_text) = load(&options)?;
-    let tenants = Tenants::open(&config)?;
+    let tenants = Tenants::open(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| ServerError::Bind {

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::config::{Config, TenantSettings};
+use crate::config::{Config, StoreSettings, TenantSettings};
 use crate::hub::Hub;
 use crate::limits::RateLimiter;
+use crate::store::scylla::ScyllaStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Store, StoreError};
 
@@ -61,6 +62,12 @@ pub enum TenantError {
         #[source]
         source: StoreError,
     },
+    #[error("failed to open the ScyllaDB store of tenant {tenant}")]
+    OpenScylla {
+        tenant: String,
+        #[source]
+        source: crate::store::scylla::OpenError,
+    },
 }
 
 pub struct Tenants {
@@ -70,7 +77,7 @@ pub struct Tenants {
 
 impl Tenants {
     /// Opens the store of every configured tenant.
-    pub fn open(config: &Config) -> Result<Tenants, TenantError> {
+    pub async fn open(config: &Config) -> Result<Tenants, TenantError> {
         let data_dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| TenantError::DataDir {
             path: data_dir.clone(),
@@ -78,7 +85,14 @@ impl Tenants {
         })?;
         let mut map = HashMap::new();
         for settings in &config.tenants {
-            let tenant = open_tenant(&data_dir, settings.clone())?;
+            let tenant = match open_tenant(&data_dir, settings.clone()).await {
+                Ok(tenant) => tenant,
+                Err(error) => {
+                    let opened: Vec<Arc<Tenant>> = map.into_values().collect();
+                    close_stores(&opened).await;
+                    return Err(error);
+                }
+            };
             map.insert(settings.id.clone(), tenant);
         }
         Ok(Tenants {
@@ -118,7 +132,7 @@ impl Tenants {
             .iter()
             .filter(|settings| self.get(&settings.id).is_none())
         {
-            match open_tenant(&self.data_dir, settings.clone()) {
+            match open_tenant(&self.data_dir, settings.clone()).await {
                 Ok(tenant) => opened.push(tenant),
                 Err(error) => {
                     close_stores(&opened).await;
@@ -132,6 +146,9 @@ impl Tenants {
             if let Some(tenant) = self.get(&settings.id)
                 && *tenant.settings() != *settings
             {
+                if tenant.settings().store != settings.store {
+                    tracing::warn!(tenant = %settings.id, "The tenant's store settings changed and take effect at the next restart");
+                }
                 tenant.replace_settings(settings.clone());
                 summary.updated.push(settings.id.clone());
             }
@@ -196,19 +213,73 @@ pub fn tenant_data_file(data_dir: &Path, tenant_id: &str) -> PathBuf {
     data_dir.join(format!("{tenant_id}.sqlite3"))
 }
 
-fn open_tenant(data_dir: &Path, settings: TenantSettings) -> Result<Arc<Tenant>, TenantError> {
-    let path = tenant_data_file(data_dir, &settings.id);
-    let store = SqliteStore::open(&path, SqliteOptions::default()).map_err(|source| {
-        TenantError::OpenStore {
-            tenant: settings.id.clone(),
-            source,
+async fn open_tenant(
+    data_dir: &Path,
+    settings: TenantSettings,
+) -> Result<Arc<Tenant>, TenantError> {
+    let store: Arc<dyn Store> = match &settings.store {
+        StoreSettings::Embedded => {
+            let path = tenant_data_file(data_dir, &settings.id);
+            let store = SqliteStore::open(&path, SqliteOptions::default()).map_err(|source| {
+                TenantError::OpenStore {
+                    tenant: settings.id.clone(),
+                    source,
+                }
+            })?;
+            Arc::new(store)
         }
-    })?;
+        StoreSettings::Scylla { config, base } => {
+            let store = ScyllaStore::open(config, base).await.map_err(|source| {
+                TenantError::OpenScylla {
+                    tenant: settings.id.clone(),
+                    source,
+                }
+            })?;
+            Arc::new(store)
+        }
+    };
     Ok(Arc::new(Tenant {
         id: settings.id.clone(),
         settings: RwLock::new(Arc::new(settings)),
-        store: Arc::new(store),
+        store,
         hub: Hub::default(),
         rate: RateLimiter::default(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// A ScyllaDB tenant whose cluster cannot be reached stops start-up with
+    /// an error that names the tenant, instead of serving without a store.
+    #[tokio::test]
+    async fn unreachable_scylla_stops_open() {
+        // Binding and dropping a listener leaves a loopback port with
+        // nothing behind it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "server:\n  data_dir: data\ntenants:\n  - id: acme\n    display_name: Acme\n    api_keys:\n      - id: k1\n        secret: 0123456789abcdef0123456789abcdef\n    store:\n      kind: scylla\n      contact_points: [\"127.0.0.1:{port}\"]\n      datacenter: dc1\n      keyspace: acme_chat\n      connect_timeout_ms: 500\n"
+        );
+        let config = Config::parse(&text, dir.path()).unwrap();
+
+        let error = match Tenants::open(&config).await {
+            Ok(_) => panic!("opened a ScyllaDB store with no node listening"),
+            Err(error) => error,
+        };
+        assert!(
+            matches!(&error, TenantError::OpenScylla { tenant, .. } if tenant == "acme"),
+            "{error:?}"
+        );
+        let chain = crate::server::error_chain(&error);
+        assert!(chain.contains(&port.to_string()), "{chain}");
+        assert!(!Path::new(&dir.path().join("data/acme.sqlite3")).exists());
+    }
 }

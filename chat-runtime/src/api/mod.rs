@@ -211,11 +211,25 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<SharedState>) -> Response {
-    if state.ready.load(Ordering::Acquire) && !*state.shutdown.borrow() {
-        "ready".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    if !state.ready.load(Ordering::Acquire) || *state.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
     }
+    let mut unreachable: Vec<String> = state
+        .tenants
+        .all()
+        .iter()
+        .filter(|tenant| !tenant.store.is_ready())
+        .map(|tenant| tenant.id.clone())
+        .collect();
+    if unreachable.is_empty() {
+        return "ready".into_response();
+    }
+    unreachable.sort_unstable();
+    let message = format!(
+        "not ready: the store of tenant {} is unreachable",
+        unreachable.join(", ")
+    );
+    (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
 }
 
 async fn metrics(State(state): State<SharedState>) -> Response {
