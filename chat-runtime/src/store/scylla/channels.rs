@@ -173,10 +173,23 @@ impl ScyllaStore {
             "add a channel to a user's list",
         )
         .await?;
-        if added {
+        // A member added by a call that failed before the catch-up has no
+        // read position yet, and gets one now.
+        if added || !self.has_read_position(&channel.id, user).await? {
             self.catch_up_new_member(&channel.id, user).await?;
         }
         Ok(added)
+    }
+
+    async fn has_read_position(&self, channel_id: &str, user: &str) -> StoreResult<bool> {
+        let row: Option<(Option<i64>,)> = self
+            .first_row(
+                &self.statements.select_read_position,
+                (channel_id, user),
+                "read a read position",
+            )
+            .await?;
+        Ok(row.is_some())
     }
 
     /// Writes a new member's read position and activity from the channel
@@ -240,11 +253,18 @@ impl ScyllaStore {
             }
         };
 
-        // A creator that stopped after the channel row leaves members
-        // missing, so every call completes them.
+        // A creator that stopped after the channel row leaves members or
+        // their channel list rows missing, so every call completes them.
         let members = self.list_member_ids(&id).await?;
         for user in [low, high] {
-            if !members.iter().any(|member| member == user) {
+            if members.iter().any(|member| member == user) {
+                self.execute(
+                    &self.statements.insert_user_channel,
+                    (user, &id),
+                    "add a channel to a user's list",
+                )
+                .await?;
+            } else {
                 self.insert_member(
                     &record.channel,
                     user,
@@ -381,6 +401,15 @@ impl ScyllaStore {
             ));
         }
 
+        // The channel list row goes first: a call that fails between the
+        // two writes leaves a member without the row, which the next call
+        // removes, rather than a list row for a channel the user left.
+        self.execute(
+            &self.statements.delete_user_channel,
+            (user, channel_id),
+            "remove a channel from a user's list",
+        )
+        .await?;
         let changed = self
             .conditional(
                 &self.statements.delete_member,
@@ -391,12 +420,6 @@ impl ScyllaStore {
         // The read position and activity rows stay: they are read only
         // together with a membership, and a returning member's new
         // position overwrites them.
-        self.execute(
-            &self.statements.delete_user_channel,
-            (user, channel_id),
-            "remove a channel from a user's list",
-        )
-        .await?;
         let members = self.list_member_ids(channel_id).await?;
         Ok(MembershipChange {
             channel,
@@ -442,6 +465,12 @@ impl ScyllaStore {
 
     /// Returns every channel `user` is a member of, with its newest number
     /// and activity, in no particular order.
+    ///
+    /// NOTE: this reads the user's list rows, not the memberships. A list
+    /// row left by an add and a remove that raced on two replicas names a
+    /// channel the user is not in, until `list_channels` meets and removes
+    /// it. Its activity row stops moving then, so resume replays nothing
+    /// from it.
     pub(super) async fn user_channel_entries(&self, user: &str) -> StoreResult<Vec<ChannelEntry>> {
         let (memberships, activity) = futures_util::try_join!(
             self.all_rows::<(String,)>(
@@ -494,6 +523,7 @@ impl ScyllaStore {
             .iter()
             .map(|entry| async move {
                 futures_util::try_join!(
+                    self.member_role(&entry.channel_id, user),
                     self.channel(&entry.channel_id),
                     self.read_position(&entry.channel_id, user),
                 )
@@ -506,11 +536,26 @@ impl ScyllaStore {
 
         let mut summaries = Vec::with_capacity(pages.len());
         let mut newest = Vec::new();
-        for (record, read_seq) in pages {
+        for (entry, (role, record, read_seq)) in entries.iter().zip(pages) {
+            // A list row left by a membership change that failed half-way
+            // (or raced another one) names a channel the user is not in.
+            if role.is_none() {
+                tracing::warn!(user, channel = %entry.channel_id, "Removing a channel list row without a membership");
+                self.execute(
+                    &self.statements.delete_user_channel,
+                    (user, &entry.channel_id),
+                    "remove a channel from a user's list",
+                )
+                .await?;
+                continue;
+            }
             let Some(record) = record else {
                 return Err(inconsistent("membership refers to a missing channel"));
             };
-            let channel = record.channel;
+            let mut channel = record.channel;
+            // The page was sorted and cut on the activity rows, and clients
+            // page on the activity they get back, so they get the same value.
+            channel.last_activity = entry.last_activity;
             if let Some(message) = record
                 .newest
                 .filter(|message| message.seq == channel.last_seq)

@@ -79,7 +79,9 @@ pub struct ScyllaTlsConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsistencyLevel {
-    /// A majority of replicas in the local datacenter.
+    /// A majority of replicas in the local datacenter. Lightweight
+    /// transactions run at `LOCAL_SERIAL`, which orders them within one
+    /// datacenter only, so all runtimes of the tenant must run in one.
     #[default]
     LocalQuorum,
     /// A majority of all replicas.
@@ -161,17 +163,7 @@ pub enum ConnectError {
 impl ScyllaConfig {
     /// Checks the settings that need no file or network access.
     pub fn validate(&self) -> Result<(), ConnectError> {
-        if self.contact_points.is_empty() {
-            return Err(ConnectError::Invalid(
-                "contact_points must list at least one host:port".to_owned(),
-            ));
-        }
-        if self.datacenter.trim().is_empty() {
-            return Err(ConnectError::Invalid(
-                "datacenter must not be empty".to_owned(),
-            ));
-        }
-        check_keyspace_name(&self.keyspace).map_err(ConnectError::Invalid)?;
+        self.validate_connection()?;
         let password_sources =
             usize::from(self.password_file.is_some()) + usize::from(self.password_env.is_some());
         match (&self.username, password_sources) {
@@ -194,6 +186,22 @@ impl ScyllaConfig {
                 "tls.cert_file and tls.key_file must be set together".to_owned(),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the settings [`Self::connect_with`] uses.
+    fn validate_connection(&self) -> Result<(), ConnectError> {
+        if self.contact_points.is_empty() {
+            return Err(ConnectError::Invalid(
+                "contact_points must list at least one host:port".to_owned(),
+            ));
+        }
+        if self.datacenter.trim().is_empty() {
+            return Err(ConnectError::Invalid(
+                "datacenter must not be empty".to_owned(),
+            ));
+        }
+        check_keyspace_name(&self.keyspace).map_err(ConnectError::Invalid)?;
         if !(1..=600_000).contains(&self.request_timeout_ms) {
             return Err(ConnectError::Invalid(
                 "request_timeout_ms must be between 1 and 600000".to_owned(),
@@ -211,6 +219,25 @@ impl ScyllaConfig {
     /// resolve against `base`.
     pub async fn connect(&self, base: &Path) -> Result<Session, ConnectError> {
         self.validate()?;
+        let password = match &self.username {
+            Some(_) => Some(self.password(base)?),
+            None => None,
+        };
+        let tls = match &self.tls {
+            Some(tls) => Some(tls.client_config(base)?),
+            None => None,
+        };
+        self.connect_with(password, tls).await
+    }
+
+    /// Opens a driver session with a password and TLS settings that come
+    /// from elsewhere than files, ignoring the file settings.
+    pub async fn connect_with(
+        &self,
+        password: Option<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Session, ConnectError> {
+        self.validate_connection()?;
 
         // Requests go to replicas of the partition (token-aware) and to the
         // shard that owns it; both are the driver's defaults with this policy.
@@ -221,8 +248,9 @@ impl ScyllaConfig {
             .token_aware(true)
             .permit_dc_failover(false)
             .build();
-        // The default retry policy retries timeouts only for statements
-        // marked idempotent, and every statement of the store sets the mark.
+        // The default retry policy retries a statement on another node after
+        // a connection fails only when it is marked idempotent, and every
+        // statement of the store sets the mark. It retries no write timeout.
         let profile = ExecutionProfile::builder()
             .consistency(self.consistency.consistency())
             .serial_consistency(Some(self.consistency.serial()))
@@ -235,11 +263,11 @@ impl ScyllaConfig {
             .known_nodes(&self.contact_points)
             .connection_timeout(Duration::from_millis(self.connect_timeout_ms))
             .default_execution_profile_handle(profile.into_handle());
-        if let Some(username) = &self.username {
-            builder = builder.user(username, self.password(base)?);
+        if let (Some(username), Some(password)) = (&self.username, password) {
+            builder = builder.user(username, password);
         }
-        if let Some(tls) = &self.tls {
-            builder = builder.tls_context(Some(tls.client_config(base)?));
+        if let Some(tls) = tls {
+            builder = builder.tls_context(Some(tls));
         }
         builder
             .build()
@@ -274,18 +302,8 @@ impl ScyllaConfig {
 
 impl ScyllaTlsConfig {
     fn client_config(&self, base: &Path) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in read_certificates(&base.join(&self.ca_file))? {
-            roots.add(certificate).map_err(ConnectError::Tls)?;
-        }
-        // The process links more than one rustls crypto provider (the
-        // Kubernetes client uses ring), so the provider is named instead of
-        // relying on a process-wide default.
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(ConnectError::Tls)?
-            .with_root_certificates(roots);
+        let roots = root_store(read_certificates(&base.join(&self.ca_file))?)?;
+        let builder = client_builder()?.with_root_certificates(roots);
         let config = match (&self.cert_file, &self.key_file) {
             (Some(cert_file), Some(key_file)) => {
                 let chain = read_certificates(&base.join(cert_file))?;
@@ -304,6 +322,47 @@ impl ScyllaTlsConfig {
         };
         Ok(Arc::new(config))
     }
+}
+
+/// Builds a TLS client config that trusts the PEM certificates in `ca_pem`
+/// and presents no client certificate.
+pub fn tls_from_pem(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+    let certificates = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ConnectError::Pem {
+            path: PathBuf::from("<certificate authorities>"),
+            source,
+        })?;
+    if certificates.is_empty() {
+        return Err(ConnectError::Invalid(
+            "the certificate authorities contain no PEM certificate".to_owned(),
+        ));
+    }
+    let config = client_builder()?
+        .with_root_certificates(root_store(certificates)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn root_store(
+    certificates: Vec<CertificateDer<'static>>,
+) -> Result<rustls::RootCertStore, ConnectError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in certificates {
+        roots.add(certificate).map_err(ConnectError::Tls)?;
+    }
+    Ok(roots)
+}
+
+fn client_builder()
+-> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, ConnectError> {
+    // The process links more than one rustls crypto provider (the
+    // Kubernetes client uses ring), so the provider is named instead of
+    // relying on a process-wide default.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(ConnectError::Tls)
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConnectError> {
@@ -442,5 +501,13 @@ keyspace: acme_chat
             missing.client_config(dir.path()),
             Err(ConnectError::Pem { .. })
         ));
+    }
+
+    #[test]
+    fn tls_from_pem_needs_a_certificate() {
+        let empty = tls_from_pem("").unwrap_err();
+        assert!(empty.to_string().contains("no PEM certificate"), "{empty}");
+        let garbage = "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n";
+        assert!(tls_from_pem(garbage).is_err());
     }
 }

@@ -15,6 +15,9 @@ use super::users::contention;
 use super::{ScyllaStore, failed};
 use crate::store::{Appended, Message, Millis, NewMessage, Page, StoreError, StoreResult, keys};
 
+/// Attempts at writing a claimed message's rows before the append fails.
+const COMPLETE_ATTEMPTS: u32 = 3;
+
 /// Claims of one append before giving up. Each lost claim means another
 /// replica stored a message in the same channel meanwhile, so 64 losses in a
 /// row take a channel far busier than any conversation.
@@ -30,49 +33,56 @@ async fn back_off(attempt: u32) {
 
 impl ScyllaStore {
     pub(super) async fn append(&self, new: NewMessage) -> StoreResult<Appended> {
-        let (role, incarnation, previous) = futures_util::try_join!(
-            self.member_role(&new.channel_id, &new.sender_id),
-            self.active_incarnation_or_none(&new.sender_id),
-            self.client_id_entry(&new.sender_id, &new.client_id),
-        )?;
-        let (Some(_), Some(incarnation)) = (role, incarnation) else {
-            return Err(StoreError::NotFound);
-        };
         keys::check_content(&new.content)?;
         let hash = keys::hex(
             &keys::content_hash(&new.channel_id, &new.content)
                 .map_err(failed("hash message content"))?,
         );
-        if let Some(entry) = previous {
-            return self.stored_duplicate(&new, &hash, entry).await;
-        }
-
         // Appends of this process to one channel take turns, so they do not
         // compete with each other for the same number. Other replicas still
-        // compete through the lightweight transaction.
+        // compete through the lightweight transaction. The membership check
+        // runs inside the turn, so a sender removed meanwhile cannot post.
         let _turn = self.channel_lock(&new.channel_id).lock().await;
+        let (role, incarnation) = futures_util::try_join!(
+            self.member_role(&new.channel_id, &new.sender_id),
+            self.active_incarnation_or_none(&new.sender_id),
+        )?;
+        let (Some(_), Some(incarnation)) = (role, incarnation) else {
+            return Err(StoreError::NotFound);
+        };
         let Some(mut record) = self.channel(&new.channel_id).await? else {
             return Err(StoreError::NotFound);
         };
-        let mut outcome_unknown = false;
-        for attempt in 0..MAX_CLAIM_ATTEMPTS {
+
+        // Tells this call's claims apart from another replica's claim of the
+        // same send.
+        let claim_id: u64 = rand::random();
+        for attempt in 0..=MAX_CLAIM_ATTEMPTS {
             if let Some(newest) = record.newest.clone() {
                 if newest.sender_id == new.sender_id
                     && newest.client_id == new.client_id
                     && newest.content_hash == hash
                 {
-                    // This message already has the newest number. It is our
-                    // own claim whose result was lost, or the same send
-                    // arriving through another replica a moment earlier.
-                    return self.settle_own_newest(newest, !outcome_unknown).await;
+                    // This send already has the newest number: a claim of
+                    // this call whose result was lost, or the same send
+                    // through another replica a moment earlier.
+                    let duplicate = newest.claim_id != claim_id;
+                    return self.settle_own_newest(newest, duplicate).await;
                 }
                 self.ensure_complete(&newest).await?;
             }
+            // Every message below the newest is complete now, so its client
+            // id is recorded and a retry of it is found here.
+            if let Some(entry) = self.client_id_entry(&new.sender_id, &new.client_id).await? {
+                return self.stored_duplicate(&new, &hash, entry).await;
+            }
+            if attempt == MAX_CLAIM_ATTEMPTS {
+                break;
+            }
 
-            let seq = record.channel.last_seq + 1;
             let message = StoredMessage {
                 channel_id: new.channel_id.clone(),
-                seq,
+                seq: record.channel.last_seq + 1,
                 sender_id: new.sender_id.clone(),
                 sender_incarnation: incarnation,
                 client_id: new.client_id.clone(),
@@ -80,6 +90,7 @@ impl ScyllaStore {
                 created_at: new.created_at,
                 content_hash: hash.clone(),
                 channel_activity: record.channel.last_activity.max(new.created_at),
+                claim_id,
             };
             match self.claim(&record, &message).await {
                 Ok(true) => {
@@ -94,7 +105,6 @@ impl ScyllaStore {
                 // The claim may or may not have been applied. The serial read
                 // below finishes it either way and shows which.
                 Err(error) => {
-                    outcome_unknown = true;
                     tracing::warn!(channel = %new.channel_id, %error, "Claiming a sequence number failed; reading the channel again");
                 }
             }
@@ -160,7 +170,28 @@ impl ScyllaStore {
     /// row, and returns the channel's members. The `messages` row goes last,
     /// so once it exists the others do too. Every write here is idempotent,
     /// so a replica that finds the message unfinished may run this again.
+    ///
+    /// The driver does not retry write timeouts, so each attempt that fails
+    /// is repeated here, up to [`COMPLETE_ATTEMPTS`] in all. When every
+    /// attempt fails the caller gets `Unavailable` although the message has
+    /// its number. A retry with the same client id then finds it, and the
+    /// next message in the channel finishes its rows.
     async fn complete(&self, message: &StoredMessage) -> StoreResult<Vec<String>> {
+        let mut attempt = 1;
+        loop {
+            match self.complete_once(message).await {
+                Ok(members) => return Ok(members),
+                Err(error) if attempt >= COMPLETE_ATTEMPTS => return Err(error),
+                Err(error) => {
+                    tracing::warn!(channel = %message.channel_id, seq = message.seq, error = %crate::server::error_chain(&error), "Writing a message's rows failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn complete_once(&self, message: &StoredMessage) -> StoreResult<Vec<String>> {
         let channel_id = message.channel_id.as_str();
         let members = self.list_member_ids(channel_id).await?;
         let hash = decode_hex(&message.content_hash)?;
@@ -361,8 +392,10 @@ impl ScyllaStore {
             let bucket_first = first.max(u64::try_from(bucket).unwrap_or(0) * BUCKET_SIZE + 1);
             let bucket_last = last.min((u64::try_from(bucket).unwrap_or(0) + 1) * BUCKET_SIZE);
             let limit = i32::try_from(bucket_last - bucket_first + 1).unwrap_or(i32::MAX);
+            // Paged, because a thousand large custom messages can pass the
+            // size ScyllaDB accepts in one unpaged response.
             let rows: Vec<MessageRow> = self
-                .rows(
+                .all_rows(
                     &self.statements.select_messages_oldest_first,
                     (
                         channel_id,

@@ -52,11 +52,28 @@
 //!
 //! # Requests
 //!
-//! Every statement is prepared. Reads and plain writes are marked
-//! idempotent, so the driver retries them after a timeout; lightweight
-//! transactions are not, and the store re-reads the row instead. Rows that
-//! a lightweight transaction writes (users, channels, members) are read at
-//! serial consistency where the next step depends on them.
+//! Every statement is prepared and marked idempotent or not. The driver's
+//! default retry policy retries idempotent statements on another node after
+//! a connection fails, but it retries no write timeout, so the store writes
+//! a claimed message's rows again itself. After a lightweight transaction
+//! times out, the store reads the row at serial consistency to learn the
+//! outcome. Rows that a lightweight transaction writes (users, channels,
+//! members) are read at serial consistency where the next step depends on
+//! them.
+//!
+//! # What the cluster must provide
+//!
+//! - Durability: the Store contract promises that a returned write survives
+//!   a power cut. ScyllaDB's default `commitlog_sync: periodic` acknowledges
+//!   writes before they reach the disk, so the contract holds only with
+//!   `commitlog_sync: batch`, or with replicas that never lose power at the
+//!   same moment.
+//! - One datacenter per tenant with the default `local_quorum`: its
+//!   transactions run at `LOCAL_SERIAL`, which orders them within one
+//!   datacenter only. Runtimes of one tenant in several datacenters need
+//!   `quorum` or `each_quorum`, whose transactions run at `SERIAL`. Reads
+//!   stay local in every case, so a runtime may briefly miss rows written
+//!   in another datacenter.
 
 mod channels;
 mod config;
@@ -79,7 +96,7 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
-pub use config::{ConnectError, ConsistencyLevel, ScyllaConfig, ScyllaTlsConfig};
+pub use config::{ConnectError, ConsistencyLevel, ScyllaConfig, ScyllaTlsConfig, tls_from_pem};
 pub use schema::{
     MIGRATIONS, Migration, REQUIRED_VERSION, SchemaError, Step, apply_migrations,
     check_keyspace_name, check_schema,

@@ -63,6 +63,10 @@ pub(super) struct StoredMessage {
     /// may disagree.
     #[serde(default)]
     pub channel_activity: i64,
+    /// Random number of the append call that claimed the number, so the
+    /// call recognises its own claim after a lost reply.
+    #[serde(default)]
+    pub claim_id: u64,
 }
 
 impl StoredMessage {
@@ -106,6 +110,7 @@ pub(super) fn message_from_row(row: MessageRow) -> Result<StoredMessage, StoreEr
         created_at: created_at.unwrap_or(0),
         content_hash: String::new(),
         channel_activity: created_at.unwrap_or(0),
+        claim_id: 0,
     })
 }
 
@@ -241,6 +246,7 @@ mod tests {
             created_at: 1_700_000_000_000,
             content_hash: "ab".repeat(32),
             channel_activity: 1_700_000_000_000,
+            claim_id: 7,
         };
         let row: ChannelRow = (
             "g_1".to_owned(),

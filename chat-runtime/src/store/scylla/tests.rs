@@ -287,6 +287,7 @@ async fn unfinished_message_is_completed() {
         created_at: 5,
         content_hash: hash,
         channel_activity: 5,
+        claim_id: 1,
     };
     let record = store.channel(&group.id).await.unwrap().unwrap();
     assert!(store.claim(&record, &unfinished).await.unwrap());
