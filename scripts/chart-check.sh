@@ -37,7 +37,7 @@ KUBERNETES_VERSIONS=(1.33.0 1.35.0)
 CHART=charts/parley-operator
 CRD_SOURCE=crds/chattenant.yaml
 CRD_COPY=$CHART/files/chattenant.yaml
-TENANT_EXAMPLES=(examples/tenants/marketplace.yaml examples/tenants/minimal.yaml)
+TENANT_EXAMPLES=(examples/tenants/marketplace.yaml examples/tenants/minimal.yaml examples/tenants/scylla.yaml)
 
 # checkov checks that do not apply to the objects the operator builds for a
 # tenant. The chart's own exceptions are annotations on its objects.
@@ -270,6 +270,11 @@ with open(sys.argv[1]) as file:
                 for arg in container.get("args", []):
                     if arg.startswith("--"):
                         print(arg.split("=", 1)[0])
+                # Settings passed as environment variables, which clap
+                # lists in the help as `[env: NAME=]`.
+                for variable in container.get("env", []):
+                    if variable["name"].startswith("PARLEY_"):
+                        print(variable["name"])
 PYTHON
     ) || fail "failed to read the operator's arguments from the rendered chart"
     [[ -n $flags ]] || fail "the rendered Deployment passes no flags to the operator"
@@ -326,6 +331,12 @@ networkPolicy:
           kubernetes.io/metadata.name: monitoring
 serviceAccount:
   name: parley-operator-account
+scylla:
+  contactPoints: ["scylla-0.scylla.example:9042", "scylla-1.scylla.example:9042"]
+  datacenter: dc1
+  credentialsSecret: parley-scylla
+  tlsCaSecret: parley-scylla-ca
+  operatorReplicationFactor: 3
 podAnnotations:
   prometheus.io/scrape: "true"
 resources:

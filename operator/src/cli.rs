@@ -53,11 +53,80 @@ enum Command {
         /// Address of `/healthz`, `/readyz` and `/metrics`.
         #[arg(long, env = "PARLEY_OPERATOR_LISTEN", default_value = "127.0.0.1:8081")]
         listen: std::net::SocketAddr,
+        #[command(flatten)]
+        scylla: Box<ScyllaArgs>,
     },
+}
+
+/// The ScyllaDB cluster for tenants with ScyllaDB storage. Leaving out the
+/// contact points turns ScyllaDB storage off.
+#[derive(clap::Args)]
+struct ScyllaArgs {
+    /// ScyllaDB nodes to connect to first, as comma-separated `host:port`.
+    #[arg(long, env = "PARLEY_SCYLLA_CONTACT_POINTS", value_delimiter = ',')]
+    scylla_contact_points: Vec<String>,
+    /// Datacenter of the operator and the runtimes.
+    #[arg(long, env = "PARLEY_SCYLLA_DATACENTER")]
+    scylla_datacenter: Option<String>,
+    /// Secret in the operator's namespace with `username` and `password`
+    /// keys for the operator's CQL role.
+    #[arg(long, env = "PARLEY_SCYLLA_CREDENTIALS_SECRET")]
+    scylla_credentials_secret: Option<String>,
+    /// PEM file with the certificate authorities of the node certificates;
+    /// turns TLS on for the operator and the runtimes.
+    #[arg(long, env = "PARLEY_SCYLLA_TLS_CA_FILE")]
+    scylla_tls_ca_file: Option<PathBuf>,
+    /// Replication factor of the operator's own keyspace, `parley_operator`,
+    /// in the datacenter.
+    #[arg(long, env = "PARLEY_SCYLLA_OPERATOR_REPLICATION", default_value_t = 3)]
+    scylla_operator_replication: u32,
+}
+
+impl ScyllaArgs {
+    /// Returns the settings these flags describe, or `None` when no contact
+    /// point is given.
+    fn settings(
+        self,
+        operator_namespace: &str,
+    ) -> Result<Option<crate::settings::ScyllaSettings>, String> {
+        let contact_points: Vec<String> = self
+            .scylla_contact_points
+            .into_iter()
+            .map(|point| point.trim().to_owned())
+            .filter(|point| !point.is_empty())
+            .collect();
+        if contact_points.is_empty() {
+            return Ok(None);
+        }
+        let Some(datacenter) = self.scylla_datacenter.filter(|dc| !dc.trim().is_empty()) else {
+            return Err("--scylla-datacenter is required with --scylla-contact-points".to_owned());
+        };
+        if !(1..=10).contains(&self.scylla_operator_replication) {
+            return Err("--scylla-operator-replication must be between 1 and 10".to_owned());
+        }
+        let tls_ca_pem = match self.scylla_tls_ca_file {
+            Some(path) => Some(std::fs::read_to_string(&path).map_err(|error| {
+                format!(
+                    "failed to read --scylla-tls-ca-file {}: {error}",
+                    path.display()
+                )
+            })?),
+            None => None,
+        };
+        Ok(Some(crate::settings::ScyllaSettings {
+            contact_points,
+            datacenter,
+            credentials_secret: self.scylla_credentials_secret,
+            credentials_namespace: operator_namespace.to_owned(),
+            tls_ca_pem,
+            operator_replication_factor: self.scylla_operator_replication,
+        }))
+    }
 }
 
 /// Parses `std::env::args` and runs the subcommand it names.
 pub fn main() -> ExitCode {
+    crate::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => match crate::schema::chat_tenant_crd_yaml() {
@@ -77,13 +146,24 @@ pub fn main() -> ExitCode {
             lease_namespace,
             identity,
             listen,
-        } => run(
-            runtime_image,
-            &log_format,
-            &lease_namespace,
-            identity,
-            listen,
-        ),
+            scylla,
+        } => {
+            let scylla = match scylla.settings(&lease_namespace) {
+                Ok(scylla) => scylla,
+                Err(message) => {
+                    eprintln!("parley-operator: {message}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            run(
+                runtime_image,
+                &log_format,
+                &lease_namespace,
+                identity,
+                listen,
+                scylla,
+            )
+        }
     }
 }
 
@@ -93,12 +173,14 @@ fn run(
     lease_namespace: &str,
     identity: Option<String>,
     listen: std::net::SocketAddr,
+    scylla: Option<crate::settings::ScyllaSettings>,
 ) -> ExitCode {
     init_logging(log_format);
     let mut settings = OperatorSettings::default();
     if let Some(image) = runtime_image {
         settings.runtime_image = image;
     }
+    settings.scylla = scylla;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -5,6 +5,8 @@
 //! server would show as drift. The values in force are reported under
 //! `status.effective` instead.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -136,14 +138,45 @@ pub struct TenantLimits {
     pub max_sockets_per_user: Option<u32>,
 }
 
-/// Storage of chat history.
+/// Storage of chat history: `embedded` or `scylla`, not both.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "!(has(self.embedded) && has(self.scylla))", "message": "set either storage.embedded or storage.scylla, not both"}]))]
 pub struct StorageSpec {
     /// The embedded store: one SQLite file on a PersistentVolumeClaim, for
     /// a single runtime pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedded: Option<EmbeddedStorage>,
+
+    /// A keyspace of its own in the ScyllaDB cluster the operator is
+    /// configured with. The operator creates the keyspace, a CQL role for
+    /// the tenant and the tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scylla: Option<ScyllaStorage>,
+}
+
+/// Settings of a tenant's ScyllaDB keyspace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScyllaStorage {
+    /// Copies of each row per datacenter, such as `{"dc1": 3}`. A change is
+    /// applied with `ALTER KEYSPACE`; run a repair afterwards so that the
+    /// new replicas receive the existing rows.
+    #[schemars(extend("minProperties" = 1, "maxProperties" = 16))]
+    pub replication: BTreeMap<String, u32>,
+
+    /// Keyspace name: 1 to 48 lowercase letters, digits or '_', starting
+    /// with a letter. Defaults to `parley_` followed by the tenant id with
+    /// '-' replaced by '_'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,47}$"))]
+    pub keyspace: Option<String>,
+
+    /// What happens to the keyspace and the tenant's CQL role when this
+    /// resource is deleted: `Retain` (the default) keeps both for a later
+    /// ChatTenant with the same tenantId; `Delete` drops them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 }
 
 /// Settings of the embedded store's volume.
@@ -195,8 +228,9 @@ pub struct ChatTenantStatus {
     pub observed_generation: Option<i64>,
 
     /// `Ready`, one condition per component (`NamespaceReady`,
-    /// `CredentialsReady`, `RuntimeReady`, `EndpointReady`), and
-    /// `Reconciling` or `Stalled` while they apply.
+    /// `CredentialsReady`, `KeyspaceReady` for ScyllaDB storage,
+    /// `RuntimeReady`, `EndpointReady`), and `Reconciling` or `Stalled`
+    /// while they apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 
@@ -223,6 +257,8 @@ pub struct ChatTenantStatus {
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveSettings {
     pub deletion_policy: DeletionPolicy,
+    /// Runtime pods that run. It can be lower than `spec.runtime.replicas`,
+    /// and the `RuntimeReady` condition then says why.
     pub replicas: i32,
     pub image: String,
     pub storage_size: String,
@@ -230,4 +266,7 @@ pub struct EffectiveSettings {
     pub messages_per_second: u32,
     pub message_burst: u32,
     pub max_sockets_per_user: u32,
+    /// The ScyllaDB keyspace, for ScyllaDB storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyspace: Option<String>,
 }

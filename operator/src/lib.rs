@@ -8,6 +8,7 @@
 //! - [`quantity`]: Kubernetes quantities, checked and scaled exactly.
 //! - [`validate`]: checks a ChatTenant and resolves its defaults.
 //! - [`build`]: builds every object of a tenant from the checked spec.
+//! - [`keyspace`]: tenant keyspaces and CQL roles in ScyllaDB.
 //! - [`render`]: the `render` subcommand, which prints those objects.
 //! - [`controller`]: the reconcile loop against a cluster.
 //! - [`telemetry`]: health, readiness and metrics endpoints.
@@ -17,6 +18,7 @@ pub mod build;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod keyspace;
 pub mod naming;
 pub mod quantity;
 pub mod render;
@@ -24,6 +26,16 @@ pub mod schema;
 pub mod settings;
 pub mod telemetry;
 pub mod validate;
+
+/// Makes aws-lc-rs the process-wide crypto provider of rustls. The operator
+/// links two providers: ring, which its Kubernetes client enables, and
+/// aws-lc-rs, which the ScyllaDB driver's rustls enables. With both present
+/// rustls cannot pick one, and the Kubernetes client fails to build its TLS
+/// settings unless one was installed first. Calling this again is harmless.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already, which is all this needs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
 
 /// Joins an error and its causes with ": ", for one log field or message.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

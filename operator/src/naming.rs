@@ -28,6 +28,10 @@ pub const DEFAULT_DENY_POLICY: &str = "chat-runtime-default-deny";
 pub const ALLOW_INGRESS_POLICY: &str = "chat-runtime-allow-ingress";
 /// NetworkPolicy that lets pods resolve names through the cluster DNS.
 pub const ALLOW_DNS_POLICY: &str = "chat-runtime-allow-dns";
+/// Secret with the tenant's CQL role and password, for ScyllaDB storage.
+pub const SCYLLA_SECRET: &str = "chat-runtime-scylla";
+/// NetworkPolicy that lets the runtime reach ScyllaDB.
+pub const ALLOW_SCYLLA_POLICY: &str = "chat-runtime-allow-scylla";
 /// ResourceQuota of the tenant namespace.
 pub const QUOTA: &str = "chat-tenant-quota";
 

@@ -9,10 +9,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
 use crate::build::credentials::Credentials;
+use crate::build::scylla::ScyllaAccess;
 use crate::build::{self, BuildError};
 use crate::crd::ChatTenant;
-use crate::settings::OperatorSettings;
-use crate::validate::{self, InvalidSpec};
+use crate::settings::{OperatorSettings, ScyllaSettings};
+use crate::validate::{self, InvalidSpec, ValidTenant};
 
 /// Owner reference uid of a ChatTenant that has none yet, because only the
 /// API server assigns it.
@@ -49,7 +50,15 @@ pub fn render(yaml: &str, settings: &OperatorSettings) -> Result<String, RenderE
     let tenant = parse_tenant(yaml)?;
     let valid = validate::validate(&tenant, settings)?;
     let owner = owner_reference(&tenant, &valid.name);
-    let objects = build::desired(&valid, &Credentials::placeholder(), &owner)?;
+    // A ScyllaDB tenant is rendered with the operator's ScyllaDB settings
+    // when it has them, and with placeholders otherwise.
+    let placeholder_settings = placeholder_scylla(&valid);
+    let scylla_settings = settings.scylla.as_ref().or(placeholder_settings.as_ref());
+    let access = scylla_settings.map(|settings| ScyllaAccess {
+        settings,
+        password: PLACEHOLDER_PASSWORD,
+    });
+    let objects = build::desired(&valid, &Credentials::placeholder(), access, &owner)?;
 
     let mut stream = String::new();
     for manifest in objects.manifests() {
@@ -62,6 +71,25 @@ pub fn render(yaml: &str, settings: &OperatorSettings) -> Result<String, RenderE
         stream.push_str(&document);
     }
     Ok(stream)
+}
+
+/// Password shown in place of a tenant role's generated one.
+const PLACEHOLDER_PASSWORD: &str = "generated-by-the-operator";
+
+/// Returns placeholder cluster settings for a ScyllaDB tenant: a contact
+/// point that names what to replace, and the first datacenter of the
+/// tenant's replication.
+fn placeholder_scylla(valid: &ValidTenant) -> Option<ScyllaSettings> {
+    let storage = valid.scylla.as_ref()?;
+    let datacenter = storage.replication.keys().next()?.clone();
+    Some(ScyllaSettings {
+        contact_points: vec!["scylla-contact-point.example:9042".to_owned()],
+        datacenter,
+        credentials_secret: None,
+        credentials_namespace: String::new(),
+        tls_ca_pem: None,
+        operator_replication_factor: 3,
+    })
 }
 
 /// Parses one ChatTenant. Deserializing alone would accept any kind with

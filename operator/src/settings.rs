@@ -28,6 +28,28 @@ pub struct OperatorSettings {
     /// An hour covers the default lifetime of user tokens minted by the
     /// runtime's server API.
     pub rotation_overlap: std::time::Duration,
+    /// The ScyllaDB cluster of tenants with ScyllaDB storage. Without it,
+    /// such tenants are stalled with a condition that names the cause.
+    pub scylla: Option<ScyllaSettings>,
+}
+
+/// The operator's connection to ScyllaDB, which runtimes share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScyllaSettings {
+    /// Nodes to connect to first, as `host:port`. Runtimes get the same list.
+    pub contact_points: Vec<String>,
+    /// The datacenter the operator and the runtimes run in.
+    pub datacenter: String,
+    /// Secret with `username` and `password` keys, for the operator's own
+    /// CQL role. Without it the operator connects without authentication.
+    pub credentials_secret: Option<String>,
+    /// Namespace of `credentials_secret`: the operator's own.
+    pub credentials_namespace: String,
+    /// PEM certificate authorities of the node certificates. Without it the
+    /// connections are plain TCP.
+    pub tls_ca_pem: Option<String>,
+    /// Replication factor of the operator's own keyspace in `datacenter`.
+    pub operator_replication_factor: u32,
 }
 
 impl Default for OperatorSettings {
@@ -37,6 +59,7 @@ impl Default for OperatorSettings {
             storage_size: DEFAULT_STORAGE_SIZE.to_owned(),
             runtime_resources: default_runtime_resources(),
             rotation_overlap: std::time::Duration::from_secs(3600),
+            scylla: None,
         }
     }
 }

@@ -15,7 +15,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::crd::{ChatTenant, EffectiveSettings, EndpointSpec, RuntimeSpec, TenantLimits};
+use crate::crd::{
+    ChatTenant, DeletionPolicy, EffectiveSettings, EndpointSpec, RuntimeSpec, ScyllaStorage,
+    TenantLimits,
+};
 use crate::naming;
 use crate::quantity::{self, StorageSize};
 use crate::settings::OperatorSettings;
@@ -29,6 +32,13 @@ const MAX_IMAGE_CHARS: usize = 512;
 const MAX_ALLOWED_ORIGINS: usize = 32;
 const MAX_DNS_SUBDOMAIN_CHARS: usize = 253;
 const MAX_DNS_LABEL_CHARS: usize = 63;
+/// Largest replication factor per datacenter. Ten copies of a row is far
+/// beyond what any chat history needs, and a typo like 30 is caught.
+const MAX_REPLICATION_FACTOR: u32 = 10;
+const MAX_DATACENTER_CHARS: usize = 64;
+
+/// Keyspace of the operator's own tables, which no tenant may use.
+pub const OPERATOR_KEYSPACE: &str = "parley_operator";
 
 /// Runtime defaults of the limits, written out in the runtime's
 /// configuration and reported in `status.effective`.
@@ -75,6 +85,20 @@ pub struct ValidTenant {
     /// Requests and limits of the runtime container: the spec's when it
     /// sets any, otherwise the operator's default.
     pub resources: ResourceRequirements,
+    /// `spec.runtime.replicas`, or 1. `effective.replicas` is what runs.
+    pub requested_replicas: i32,
+    /// The ScyllaDB keyspace, when the tenant is stored in ScyllaDB rather
+    /// than in the embedded store.
+    pub scylla: Option<ValidScylla>,
+}
+
+/// A tenant's checked ScyllaDB storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidScylla {
+    pub keyspace: String,
+    /// Replication factor per datacenter.
+    pub replication: BTreeMap<String, u32>,
+    pub deletion_policy: DeletionPolicy,
 }
 
 /// Checks `tenant` and resolves its defaults from `settings`. Returns the
@@ -88,8 +112,28 @@ pub fn validate(
     validate_tenant_id(&spec.tenant_id)?;
     let display_name = validate_display_name(spec.display_name.as_deref(), &spec.tenant_id)?;
 
+    let scylla = match spec.storage.as_ref() {
+        Some(storage) if storage.embedded.is_some() && storage.scylla.is_some() => {
+            return Err(invalid(
+                "spec.storage",
+                "set either storage.embedded or storage.scylla, not both",
+            ));
+        }
+        Some(storage) => storage
+            .scylla
+            .as_ref()
+            .map(|scylla| validate_scylla(scylla, &spec.tenant_id))
+            .transpose()?,
+        None => None,
+    };
+
     let runtime = spec.runtime.clone().unwrap_or_default();
-    let replicas = validate_replicas(runtime.replicas)?;
+    let requested_replicas = validate_replicas(runtime.replicas, scylla.is_some())?;
+    // NOTE: a ScyllaDB tenant runs one replica even when more are
+    // requested, because replicas do not yet pass live events to each
+    // other, so a message sent through one would not reach sockets on
+    // another. The RuntimeReady condition states this.
+    let replicas = 1;
     let image = validate_image(runtime.image.as_deref(), settings)?;
     let resources = validate_resources(&runtime, settings)?;
     let limits = validate_limits(runtime.limits.unwrap_or_default())?;
@@ -112,6 +156,7 @@ pub fn validate(
         replicas,
         image,
         storage_size: storage_size.to_string(),
+        keyspace: scylla.as_ref().map(|scylla| scylla.keyspace.clone()),
         ..effective_limits(&limits)
     };
     Ok(ValidTenant {
@@ -125,6 +170,8 @@ pub fn validate(
         endpoint: spec.endpoint.clone(),
         allowed_origins: spec.allowed_origins.clone(),
         resources,
+        requested_replicas,
+        scylla,
     })
 }
 
@@ -172,7 +219,9 @@ fn validate_display_name(
     Ok(display_name.to_owned())
 }
 
-fn validate_replicas(replicas: Option<i32>) -> Result<i32, InvalidSpec> {
+/// Returns the requested replica count. The embedded store rejects more
+/// than one, and ScyllaDB storage accepts it.
+fn validate_replicas(replicas: Option<i32>, scylla: bool) -> Result<i32, InvalidSpec> {
     let replicas = replicas.unwrap_or(1);
     if !(1..=MAX_REPLICAS).contains(&replicas) {
         return Err(invalid(
@@ -180,7 +229,7 @@ fn validate_replicas(replicas: Option<i32>) -> Result<i32, InvalidSpec> {
             format!("{replicas} is out of range: must be between 1 and {MAX_REPLICAS}"),
         ));
     }
-    if replicas > 1 {
+    if replicas > 1 && !scylla {
         return Err(invalid(
             "spec.runtime.replicas",
             format!(
@@ -189,6 +238,78 @@ fn validate_replicas(replicas: Option<i32>) -> Result<i32, InvalidSpec> {
         ));
     }
     Ok(replicas)
+}
+
+/// Returns the ScyllaDB storage of `spec` as far as deleting it needs: the
+/// keyspace (the default one when none is named) and the deletion policy.
+/// Unlike [`validate`], it works on a spec that breaks other rules.
+pub fn scylla_storage(spec: &crate::crd::ChatTenantSpec) -> Option<ValidScylla> {
+    let storage = spec.storage.as_ref()?.scylla.as_ref()?;
+    Some(ValidScylla {
+        keyspace: storage
+            .keyspace
+            .clone()
+            .unwrap_or_else(|| default_keyspace(&spec.tenant_id)),
+        replication: storage.replication.clone(),
+        deletion_policy: storage.deletion_policy.unwrap_or_default(),
+    })
+}
+
+/// Returns the default keyspace of a tenant: `parley_` and the tenant id
+/// with '-' replaced by '_'. A tenant id of at most 40 characters keeps it
+/// within CQL's 48.
+pub fn default_keyspace(tenant_id: &str) -> String {
+    format!("parley_{}", tenant_id.replace('-', "_"))
+}
+
+fn validate_scylla(scylla: &ScyllaStorage, tenant_id: &str) -> Result<ValidScylla, InvalidSpec> {
+    let keyspace = scylla
+        .keyspace
+        .clone()
+        .unwrap_or_else(|| default_keyspace(tenant_id));
+    chat_runtime::store::scylla::check_keyspace_name(&keyspace)
+        .map_err(|message| invalid("spec.storage.scylla.keyspace", message))?;
+    if keyspace == OPERATOR_KEYSPACE {
+        return Err(invalid(
+            "spec.storage.scylla.keyspace",
+            format!("keyspace {keyspace:?} is reserved for the operator's own tables"),
+        ));
+    }
+
+    if scylla.replication.is_empty() {
+        return Err(invalid(
+            "spec.storage.scylla.replication",
+            "must name at least one datacenter",
+        ));
+    }
+    for (datacenter, factor) in &scylla.replication {
+        let field = format!("spec.storage.scylla.replication.{datacenter}");
+        // Datacenter names are written into CQL as string literals, so only
+        // characters that need no quoting are allowed.
+        let name_valid = (1..=MAX_DATACENTER_CHARS).contains(&datacenter.len())
+            && datacenter
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !name_valid {
+            return Err(invalid(
+                field,
+                format!(
+                    "{datacenter:?} is not a datacenter name: use 1 to {MAX_DATACENTER_CHARS} letters, digits, '-', '_' or '.'"
+                ),
+            ));
+        }
+        if !(1..=MAX_REPLICATION_FACTOR).contains(factor) {
+            return Err(invalid(
+                field,
+                format!("{factor} is out of range: must be between 1 and {MAX_REPLICATION_FACTOR}"),
+            ));
+        }
+    }
+    Ok(ValidScylla {
+        keyspace,
+        replication: scylla.replication.clone(),
+        deletion_policy: scylla.deletion_policy.unwrap_or_default(),
+    })
 }
 
 fn validate_image(image: Option<&str>, settings: &OperatorSettings) -> Result<String, InvalidSpec> {
@@ -491,6 +612,98 @@ mod tests {
             "{{tenantId: chotot, allowedOrigins: [{}]}}",
             list.join(", ")
         )
+    }
+
+    #[test]
+    fn scylla_storage_defaults_keyspace_and_policy() {
+        let valid =
+            check("{tenantId: cho-tot, storage: {scylla: {replication: {dc1: 3}}}}").unwrap();
+        let scylla = valid.scylla.unwrap();
+        assert_eq!(scylla.keyspace, "parley_cho_tot");
+        assert_eq!(scylla.replication, BTreeMap::from([("dc1".to_owned(), 3)]));
+        assert_eq!(scylla.deletion_policy, DeletionPolicy::Retain);
+        assert_eq!(valid.effective.keyspace.as_deref(), Some("parley_cho_tot"));
+        assert_eq!(
+            default_keyspace(&"a".repeat(MAX_TENANT_ID_CHARS)).len(),
+            47,
+            "the longest tenant id keeps the keyspace within CQL's 48 characters"
+        );
+    }
+
+    #[test]
+    fn scylla_storage_allows_requested_replicas() {
+        let valid = check(
+            "{tenantId: chotot, runtime: {replicas: 3}, storage: {scylla: {replication: {dc1: 3}}}}",
+        )
+        .unwrap();
+        assert_eq!(valid.requested_replicas, 3);
+        assert_eq!(valid.effective.replicas, 1);
+        let embedded = check("{tenantId: chotot, runtime: {replicas: 3}}").unwrap_err();
+        assert_eq!(embedded.field, "spec.runtime.replicas");
+    }
+
+    #[test]
+    fn scylla_storage_rules() {
+        let cases = [
+            (
+                "{tenantId: chotot, storage: {embedded: {}, scylla: {replication: {dc1: 1}}}}",
+                "spec.storage",
+                "not both",
+            ),
+            (
+                "{tenantId: chotot, storage: {scylla: {replication: {}}}}",
+                "spec.storage.scylla.replication",
+                "at least one",
+            ),
+            (
+                "{tenantId: chotot, storage: {scylla: {replication: {dc1: 0}}}}",
+                "spec.storage.scylla.replication.dc1",
+                "out of range",
+            ),
+            (
+                "{tenantId: chotot, storage: {scylla: {replication: {dc1: 11}}}}",
+                "spec.storage.scylla.replication.dc1",
+                "out of range",
+            ),
+            (
+                "{tenantId: chotot, storage: {scylla: {replication: {\"dc'1\": 3}}}}",
+                "spec.storage.scylla.replication.dc'1",
+                "datacenter name",
+            ),
+            (
+                "{tenantId: chotot, storage: {scylla: {replication: {dc1: 3}, keyspace: system_auth}}}",
+                "spec.storage.scylla.keyspace",
+                "reserved",
+            ),
+            (
+                "{tenantId: chotot, storage: {scylla: {replication: {dc1: 3}, keyspace: parley_operator}}}",
+                "spec.storage.scylla.keyspace",
+                "operator",
+            ),
+            (
+                "{tenantId: chotot, storage: {scylla: {replication: {dc1: 3}, keyspace: Chat}}}",
+                "spec.storage.scylla.keyspace",
+                "lowercase",
+            ),
+        ];
+        for (spec, field, message) in cases {
+            let error = check(spec).unwrap_err();
+            assert_eq!(error.field, field, "{spec}");
+            assert!(error.message.contains(message), "{spec}: {}", error.message);
+        }
+    }
+
+    #[test]
+    fn scylla_storage_for_deletion_ignores_other_rules() {
+        let spec: ChatTenantSpec = serde_yaml::from_str(
+            "{tenantId: chotot, displayName: \" \", storage: {scylla: {replication: {dc1: 3}, deletionPolicy: Delete}}}",
+        )
+        .unwrap();
+        let storage = scylla_storage(&spec).unwrap();
+        assert_eq!(storage.keyspace, "parley_chotot");
+        assert_eq!(storage.deletion_policy, DeletionPolicy::Delete);
+        let embedded: ChatTenantSpec = serde_yaml::from_str("{tenantId: chotot}").unwrap();
+        assert_eq!(scylla_storage(&embedded), None);
     }
 
     #[test]

@@ -150,3 +150,33 @@ fn render_binary_reports_missing_file() {
     assert!(stderr.contains("failed to read"), "{stderr}");
     assert!(stderr.contains("missing.yaml"), "{stderr}");
 }
+
+#[test]
+fn scylla_renders_without_volume_claim() {
+    let stream = render(&read_example("scylla.yaml"), &OperatorSettings::default()).unwrap();
+    let documents = documents(&stream);
+    assert_eq!(
+        kinds(&documents),
+        [
+            "Namespace",
+            "ResourceQuota",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "ServiceAccount",
+            "Secret",
+            "Secret",
+            "ConfigMap",
+            "Deployment",
+            "Service",
+        ]
+    );
+    let config = find(&documents, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(config.contains("kind: scylla"), "{config}");
+    assert!(config.contains("keyspace: parley_batdongsan"), "{config}");
+    let deployment = find(&documents, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+}

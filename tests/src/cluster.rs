@@ -416,6 +416,11 @@ impl Cluster {
         )
         .await
         .unwrap();
+        // The test binaries link two rustls crypto providers (ring for the
+        // Kubernetes client, aws-lc-rs for the ScyllaDB driver), so one is
+        // installed before the client builds its TLS settings. Err means one
+        // is installed already.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client = Client::try_from(config).unwrap();
         Cluster {
             _processes: processes,

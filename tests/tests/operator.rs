@@ -1044,3 +1044,108 @@ async fn foreign_namespace_and_changed_tenant_id_stall() {
             .is_none()
     );
 }
+
+/// Returns the condition of type `kind` with its reason and message.
+fn full_condition(
+    tenant: &ChatTenant,
+    kind: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    tenant
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .cloned()
+}
+
+#[tokio::test]
+async fn scylla_tenant_without_cluster_settings_stalls() {
+    let (cluster, _stop) = start().await;
+    let tenants: Api<ChatTenant> = Api::all(cluster.client.clone());
+    let spec = json!({"tenantId": "initech", "storage": {"scylla": {"replication": {"dc1": 3}}}});
+    tenants
+        .create(&PostParams::default(), &tenant("initech", spec))
+        .await
+        .unwrap();
+
+    let stalled = wait_for("Stalled=True", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("initech").await.unwrap();
+            (condition(&tenant, "Stalled").as_deref() == Some("True")).then_some(tenant)
+        }
+    })
+    .await;
+    let stalled_condition = full_condition(&stalled, "Stalled").unwrap();
+    assert_eq!(stalled_condition.reason, "ScyllaNotConfigured");
+    assert!(
+        stalled_condition
+            .message
+            .contains("--scylla-contact-points"),
+        "{}",
+        stalled_condition.message
+    );
+    let effective = stalled.status.unwrap().effective.unwrap();
+    assert_eq!(effective.keyspace.as_deref(), Some("parley_initech"));
+
+    // Nothing was created, so no runtime starts without its keyspace.
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    assert!(
+        namespaces
+            .get_opt("parley-initech")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn unreachable_scylla_is_retried_not_stalled() {
+    // Binding and dropping a listener leaves a loopback port with nothing
+    // behind it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = OperatorSettings {
+        scylla: Some(parley_operator::settings::ScyllaSettings {
+            contact_points: vec![format!("127.0.0.1:{port}")],
+            datacenter: "dc1".to_owned(),
+            credentials_secret: None,
+            credentials_namespace: "parley-system".to_owned(),
+            tls_ca_pem: None,
+            operator_replication_factor: 1,
+        }),
+        ..OperatorSettings::default()
+    };
+    let (cluster, _stop) = start_with(settings).await;
+    let tenants: Api<ChatTenant> = Api::all(cluster.client.clone());
+    let spec = json!({"tenantId": "hooli", "storage": {"scylla": {"replication": {"dc1": 1}}}});
+    tenants
+        .create(&PostParams::default(), &tenant("hooli", spec))
+        .await
+        .unwrap();
+
+    let pending = wait_for("KeyspaceReady=False", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("hooli").await.unwrap();
+            (condition(&tenant, "KeyspaceReady").as_deref() == Some("False")).then_some(tenant)
+        }
+    })
+    .await;
+    let keyspace = full_condition(&pending, "KeyspaceReady").unwrap();
+    assert_eq!(keyspace.reason, "ScyllaUnavailable");
+    assert!(
+        keyspace.message.contains(&port.to_string()),
+        "{}",
+        keyspace.message
+    );
+    assert_eq!(condition(&pending, "Stalled").as_deref(), Some("False"));
+    assert_eq!(condition(&pending, "Reconciling").as_deref(), Some("True"));
+    assert_eq!(condition(&pending, "Ready").as_deref(), Some("False"));
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    assert!(namespaces.get_opt("parley-hooli").await.unwrap().is_none());
+}

@@ -808,7 +808,7 @@ fn floor_objects(tenant_id: &str) -> anyhow::Result<DesiredObjects> {
         .with_context(|| format!("invalid floor tenant {tenant_id}"))?;
     let credentials = Credentials::generate(tenant_id).context("failed to generate credentials")?;
     let owner = render::owner_reference(&tenant, &valid.name);
-    let mut objects = build::desired(&valid, &credentials, &owner)
+    let mut objects = build::desired(&valid, &credentials, None, &owner)
         .context("failed to build the floor objects")?;
     objects.namespace.metadata.owner_references = None;
     let mut metadata = vec![
@@ -820,10 +820,12 @@ fn floor_objects(tenant_id: &str) -> anyhow::Result<DesiredObjects> {
         &mut objects.service_account.metadata,
         &mut objects.credentials.metadata,
         &mut objects.config.metadata,
-        &mut objects.data_claim.metadata,
         &mut objects.deployment.metadata,
         &mut objects.service.metadata,
     ];
+    if let Some(claim) = objects.data_claim.as_mut() {
+        metadata.push(&mut claim.metadata);
+    }
     if let Some(ingress) = objects.ingress.as_mut() {
         metadata.push(&mut ingress.metadata);
     }

@@ -42,6 +42,8 @@ struct TenantConfig<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     allowed_origins: &'a [String],
     limits: LimitsConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<super::scylla::StoreConfig>,
 }
 
 #[derive(Serialize)]
@@ -60,10 +62,12 @@ struct LimitsConfig {
 
 /// Renders the runtime's configuration file for the tenant. Keys appear in
 /// the order of `credentials`, current key first, because the runtime signs
-/// tokens with the first key it lists.
+/// tokens with the first key it lists. `store` is the tenant's ScyllaDB
+/// store; without it the runtime uses its embedded store.
 pub fn config_yaml(
     valid: &ValidTenant,
     credentials: &Credentials,
+    store: Option<super::scylla::StoreConfig>,
 ) -> Result<String, serde_yaml::Error> {
     let api_keys = credentials
         .keys()
@@ -84,6 +88,7 @@ pub fn config_yaml(
             message_burst: effective.message_burst,
             max_sockets_per_user: effective.max_sockets_per_user,
         },
+        store,
     };
     // NOTE: 0.0.0.0 accepts IPv4 only, so on an IPv6-only cluster the
     // runtime is unreachable.
@@ -167,10 +172,39 @@ mod tests {
     }
 
     #[test]
+    fn runtime_accepts_scylla_config() {
+        let dir = TempDir::new("scylla-config");
+        let credentials = Credentials::generate("chotot").unwrap();
+        let valid = valid_tenant_from(crate::build::tests::SCYLLA_SPEC);
+        let settings = crate::build::tests::scylla_settings();
+        let store = super::super::scylla::store_config(valid.scylla.as_ref().unwrap(), &settings);
+        let yaml = config_yaml(&valid, &credentials, Some(store)).unwrap();
+        let config = parse_with_secrets(&yaml, &credentials, &dir.0);
+
+        let chat_runtime::config::StoreSettings::Scylla { config: scylla, .. } =
+            &config.tenants[0].store
+        else {
+            panic!("expected a ScyllaDB store in:\n{yaml}");
+        };
+        assert_eq!(scylla.keyspace, "parley_chotot");
+        assert_eq!(scylla.datacenter, "dc1");
+        assert_eq!(scylla.contact_points, vec!["10.0.0.5:9042".to_owned()]);
+        assert_eq!(scylla.username.as_deref(), Some("parley_chotot"));
+        assert_eq!(
+            scylla.password_file,
+            Some(PathBuf::from("/etc/parley/scylla/password"))
+        );
+        assert_eq!(
+            scylla.tls.as_ref().map(|tls| tls.ca_file.clone()),
+            Some(PathBuf::from("/etc/parley/scylla/ca.pem"))
+        );
+    }
+
+    #[test]
     fn runtime_accepts_minimal_config() {
         let dir = TempDir::new("minimal-config");
         let credentials = Credentials::generate("chotot").unwrap();
-        let yaml = config_yaml(&valid_tenant(), &credentials).unwrap();
+        let yaml = config_yaml(&valid_tenant(), &credentials, None).unwrap();
         let config = parse_with_secrets(&yaml, &credentials, &dir.0);
 
         assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
@@ -201,7 +235,7 @@ allowedOrigins: ['https://www.chotot.example', 'http://localhost:3000']
 ",
         );
         let credentials = credentials();
-        let yaml = config_yaml(&valid, &credentials).unwrap();
+        let yaml = config_yaml(&valid, &credentials, None).unwrap();
         let config = parse_with_secrets(&yaml, &credentials, &dir.0);
 
         let tenant = &config.tenants[0];
@@ -221,7 +255,7 @@ allowedOrigins: ['https://www.chotot.example', 'http://localhost:3000']
 
     #[test]
     fn secret_files_are_under_secrets_dir() {
-        let yaml = config_yaml(&valid_tenant(), &credentials()).unwrap();
+        let yaml = config_yaml(&valid_tenant(), &credentials(), None).unwrap();
         assert!(
             yaml.contains("secret_file: /etc/parley/secrets/key.chotot-new"),
             "{yaml}"
@@ -236,7 +270,7 @@ allowedOrigins: ['https://www.chotot.example', 'http://localhost:3000']
     #[test]
     fn config_map_has_config_key() {
         let valid = valid_tenant();
-        let yaml = config_yaml(&valid, &credentials()).unwrap();
+        let yaml = config_yaml(&valid, &credentials(), None).unwrap();
         let config_map = config_map(&valid, yaml.clone());
         assert_eq!(config_map.metadata.name.as_deref(), Some("chat-runtime"));
         assert_eq!(

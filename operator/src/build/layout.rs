@@ -16,6 +16,8 @@ pub const CONFIG_FILE: &str = "config.yaml";
 /// Directory of the credentials Secret volume. It sits beside the
 /// configuration directory, not inside it, so neither mount hides the other.
 pub const SECRETS_DIR: &str = "/etc/parley/secrets";
+/// Directory of the ScyllaDB Secret volume, for ScyllaDB storage.
+pub const SCYLLA_DIR: &str = "/etc/parley/scylla";
 /// Directory of the data volume, which contains the tenant's SQLite file.
 pub const DATA_DIR: &str = "/var/lib/parley";
 /// Writable scratch directory, because the root filesystem is read-only.

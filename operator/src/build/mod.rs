@@ -8,6 +8,7 @@ pub mod layout;
 pub mod namespace;
 pub mod network;
 pub mod quota;
+pub mod scylla;
 pub mod workload;
 
 use k8s_openapi::Resource;
@@ -20,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use serde::Serialize;
 
 use self::credentials::Credentials;
+use self::scylla::ScyllaAccess;
 use crate::naming;
 use crate::validate::ValidTenant;
 
@@ -27,6 +29,10 @@ use crate::validate::ValidTenant;
 pub enum BuildError {
     #[error("failed to serialize the runtime configuration")]
     Config(#[source] serde_yaml::Error),
+    /// The tenant asks for ScyllaDB storage, but no connection settings
+    /// and role password were given.
+    #[error("the tenant is stored in ScyllaDB, but no ScyllaDB connection settings were given")]
+    MissingScyllaAccess,
 }
 
 /// Every object of one tenant. The fields are in apply order: the
@@ -39,10 +45,15 @@ pub struct DesiredObjects {
     pub default_deny_policy: NetworkPolicy,
     pub allow_ingress_policy: NetworkPolicy,
     pub allow_dns_policy: NetworkPolicy,
+    /// Egress to ScyllaDB, for ScyllaDB storage.
+    pub allow_scylla_policy: Option<NetworkPolicy>,
     pub service_account: ServiceAccount,
     pub credentials: Secret,
+    /// The tenant's CQL role and password, for ScyllaDB storage.
+    pub scylla_secret: Option<Secret>,
     pub config: ConfigMap,
-    pub data_claim: PersistentVolumeClaim,
+    /// The embedded store's volume; `None` for ScyllaDB storage.
+    pub data_claim: Option<PersistentVolumeClaim>,
     pub deployment: Deployment,
     pub service: Service,
     /// `None` when the spec sets no endpoint. An Ingress left from an
@@ -51,16 +62,25 @@ pub struct DesiredObjects {
 }
 
 /// Builds every object of the tenant `valid`, with the API keys in
-/// `credentials`, under a namespace owned by `owner`.
+/// `credentials`, under a namespace owned by `owner`. A tenant with
+/// ScyllaDB storage needs `scylla`.
 pub fn desired(
     valid: &ValidTenant,
     credentials: &Credentials,
+    scylla: Option<ScyllaAccess<'_>>,
     owner: &OwnerReference,
 ) -> Result<DesiredObjects, BuildError> {
-    let config_yaml = config::config_yaml(valid, credentials).map_err(BuildError::Config)?;
+    let scylla = match (&valid.scylla, scylla) {
+        (Some(storage), Some(access)) => Some((storage, access)),
+        (Some(_), None) => return Err(BuildError::MissingScyllaAccess),
+        (None, _) => None,
+    };
+    let store = scylla.map(|(storage, access)| scylla::store_config(storage, access.settings));
+    let config_yaml = config::config_yaml(valid, credentials, store).map_err(BuildError::Config)?;
     let config_map = config::config_map(valid, config_yaml);
     let secret = credentials::secret(valid, credentials);
-    let checksum = workload::config_checksum(&config_map, &secret);
+    let scylla_secret = scylla.map(|(storage, access)| scylla::secret(valid, storage, access));
+    let checksum = workload::config_checksum(&config_map, [Some(&secret), scylla_secret.as_ref()]);
 
     Ok(DesiredObjects {
         namespace: namespace::namespace(valid, owner),
@@ -68,10 +88,12 @@ pub fn desired(
         default_deny_policy: network::default_deny_policy(valid),
         allow_ingress_policy: network::allow_ingress_policy(valid),
         allow_dns_policy: network::allow_dns_policy(valid),
+        allow_scylla_policy: scylla.map(|_| scylla::egress_policy(valid)),
         service_account: workload::service_account(valid),
         credentials: secret,
+        scylla_secret,
         config: config_map,
-        data_claim: workload::data_claim(valid),
+        data_claim: valid.scylla.is_none().then(|| workload::data_claim(valid)),
         deployment: workload::deployment(valid, &checksum),
         service: network::service(valid),
         ingress: network::ingress(valid),
@@ -80,24 +102,38 @@ pub fn desired(
 
 impl DesiredObjects {
     /// Returns every object in apply order.
-    pub fn manifests(&self) -> Vec<Manifest<'_>> {
-        let mut manifests = vec![
+    pub fn manifests<'a>(&'a self) -> Vec<Manifest<'a>> {
+        let optional = |manifest: Option<Manifest<'a>>| manifest.into_iter();
+        [
             Manifest::Namespace(&self.namespace),
             Manifest::ResourceQuota(&self.quota),
             Manifest::NetworkPolicy(&self.default_deny_policy),
             Manifest::NetworkPolicy(&self.allow_ingress_policy),
             Manifest::NetworkPolicy(&self.allow_dns_policy),
+        ]
+        .into_iter()
+        .chain(optional(
+            self.allow_scylla_policy
+                .as_ref()
+                .map(Manifest::NetworkPolicy),
+        ))
+        .chain([
             Manifest::ServiceAccount(&self.service_account),
             Manifest::Secret(&self.credentials),
-            Manifest::ConfigMap(&self.config),
-            Manifest::PersistentVolumeClaim(&self.data_claim),
+        ])
+        .chain(optional(self.scylla_secret.as_ref().map(Manifest::Secret)))
+        .chain([Manifest::ConfigMap(&self.config)])
+        .chain(optional(
+            self.data_claim
+                .as_ref()
+                .map(Manifest::PersistentVolumeClaim),
+        ))
+        .chain([
             Manifest::Deployment(&self.deployment),
             Manifest::Service(&self.service),
-        ];
-        if let Some(ingress) = &self.ingress {
-            manifests.push(Manifest::Ingress(ingress));
-        }
-        manifests
+        ])
+        .chain(optional(self.ingress.as_ref().map(Manifest::Ingress)))
+        .collect()
     }
 }
 
@@ -184,6 +220,7 @@ pub(crate) mod tests {
         desired(
             &valid_tenant_from(spec),
             &Credentials::placeholder(),
+            None,
             &owner(),
         )
         .unwrap()
@@ -199,6 +236,114 @@ pub(crate) mod tests {
             .iter()
             .map(|manifest| serde_json::to_value(manifest).unwrap())
             .collect()
+    }
+
+    pub(crate) fn scylla_settings() -> crate::settings::ScyllaSettings {
+        crate::settings::ScyllaSettings {
+            contact_points: vec!["10.0.0.5:9042".to_owned()],
+            datacenter: "dc1".to_owned(),
+            credentials_secret: Some("scylla-operator".to_owned()),
+            credentials_namespace: "parley-system".to_owned(),
+            tls_ca_pem: Some("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".to_owned()),
+            operator_replication_factor: 3,
+        }
+    }
+
+    pub(crate) const SCYLLA_SPEC: &str =
+        "{tenantId: chotot, storage: {scylla: {replication: {dc1: 3}}}}";
+
+    fn scylla_objects() -> DesiredObjects {
+        let settings = scylla_settings();
+        let access = ScyllaAccess {
+            settings: &settings,
+            password: "p4ssw0rd",
+        };
+        desired(
+            &valid_tenant_from(SCYLLA_SPEC),
+            &Credentials::placeholder(),
+            Some(access),
+            &owner(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn scylla_tenant_has_no_volume_claim() {
+        let objects = scylla_objects();
+        assert!(objects.data_claim.is_none());
+        let kinds = kinds(&objects);
+        assert!(!kinds.contains(&"PersistentVolumeClaim"), "{kinds:?}");
+        assert_eq!(kinds.iter().filter(|kind| **kind == "Secret").count(), 2);
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|kind| **kind == "NetworkPolicy")
+                .count(),
+            4
+        );
+        let names: Vec<String> = json(&objects)
+            .iter()
+            .map(|object| object["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            names.contains(&naming::SCYLLA_SECRET.to_owned()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&naming::ALLOW_SCYLLA_POLICY.to_owned()),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn scylla_secret_holds_role_and_ca() {
+        let objects = scylla_objects();
+        let data = objects.scylla_secret.unwrap().data.unwrap();
+        assert_eq!(data[scylla::USERNAME_KEY].0, b"parley_chotot");
+        assert_eq!(data[scylla::PASSWORD_KEY].0, b"p4ssw0rd");
+        assert!(data.contains_key(scylla::CA_KEY));
+    }
+
+    #[test]
+    fn scylla_tenant_needs_access() {
+        let error = desired(
+            &valid_tenant_from(SCYLLA_SPEC),
+            &Credentials::placeholder(),
+            None,
+            &owner(),
+        )
+        .unwrap_err();
+        assert!(matches!(error, BuildError::MissingScyllaAccess));
+    }
+
+    #[test]
+    fn password_change_restarts_pods() {
+        let settings = scylla_settings();
+        let valid = valid_tenant_from(SCYLLA_SPEC);
+        let build = |password: &str| {
+            let access = ScyllaAccess {
+                settings: &settings,
+                password,
+            };
+            desired(&valid, &Credentials::placeholder(), Some(access), &owner()).unwrap()
+        };
+        let annotation = |objects: &DesiredObjects| {
+            objects
+                .deployment
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[workload::CONFIG_CHECKSUM_ANNOTATION]
+                .clone()
+        };
+        assert_ne!(annotation(&build("first")), annotation(&build("second")));
+        assert_eq!(annotation(&build("first")), annotation(&build("first")));
     }
 
     #[test]
@@ -302,7 +447,10 @@ pub(crate) mod tests {
             naming::CREDENTIALS_SECRET
         );
         assert_eq!(name(&objects.config.metadata), naming::RUNTIME);
-        assert_eq!(name(&objects.data_claim.metadata), naming::DATA_CLAIM);
+        assert_eq!(
+            name(&objects.data_claim.as_ref().unwrap().metadata),
+            naming::DATA_CLAIM
+        );
         assert_eq!(name(&objects.deployment.metadata), naming::RUNTIME);
         assert_eq!(name(&objects.service.metadata), naming::RUNTIME);
         assert_eq!(name(&objects.ingress.unwrap().metadata), naming::RUNTIME);
@@ -322,7 +470,7 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(
             annotations[workload::CONFIG_CHECKSUM_ANNOTATION],
-            workload::config_checksum(&objects.config, &objects.credentials)
+            workload::config_checksum(&objects.config, [Some(&objects.credentials), None])
         );
     }
 }

@@ -43,6 +43,7 @@ const CONFIG_VOLUME: &str = "config";
 const SECRETS_VOLUME: &str = "secrets";
 const DATA_VOLUME: &str = "data";
 const TMP_VOLUME: &str = "tmp";
+const SCYLLA_VOLUME: &str = "scylla";
 
 /// Builds the runtime's ServiceAccount. The runtime never calls the
 /// Kubernetes API, so no token is mounted.
@@ -73,10 +74,14 @@ pub fn data_claim(valid: &ValidTenant) -> PersistentVolumeClaim {
     }
 }
 
-/// Returns the hex SHA-256 of the ConfigMap's and the Secret's data. Each
+/// Returns the hex SHA-256 of the ConfigMap's and the Secrets' data. Each
 /// entry is hashed with its key and both lengths, in key order, so the
-/// digest changes exactly when some data changes.
-pub fn config_checksum(config: &ConfigMap, secret: &Secret) -> String {
+/// digest changes exactly when some data changes. A missing Secret is
+/// hashed as a marker, so adding one changes the digest too.
+pub fn config_checksum<'a>(
+    config: &ConfigMap,
+    secrets: impl IntoIterator<Item = Option<&'a Secret>>,
+) -> String {
     let mut hasher = Sha256::new();
     let mut add = |section: &str, key: &str, value: &[u8]| {
         for part in [section.as_bytes(), key.as_bytes(), value] {
@@ -87,8 +92,14 @@ pub fn config_checksum(config: &ConfigMap, secret: &Secret) -> String {
     for (key, value) in config.data.iter().flatten() {
         add("configmap", key, value.as_bytes());
     }
-    for (key, value) in secret.data.iter().flatten() {
-        add("secret", key, &value.0);
+    for secret in secrets {
+        let Some(secret) = secret else {
+            add("secret", "", b"absent");
+            continue;
+        };
+        for (key, value) in secret.data.iter().flatten() {
+            add("secret", key, &value.0);
+        }
     }
     hasher
         .finalize()
@@ -159,7 +170,7 @@ fn pod_spec(valid: &ValidTenant) -> PodSpec {
         }),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
         containers: vec![container(valid)],
-        volumes: Some(volumes()),
+        volumes: Some(volumes(valid)),
         ..PodSpec::default()
     }
 }
@@ -184,7 +195,7 @@ fn container(valid: &ValidTenant) -> Container {
         liveness_probe: Some(http_probe("/healthz")),
         resources: Some(valid.resources.clone()),
         security_context: Some(container_security_context()),
-        volume_mounts: Some(volume_mounts()),
+        volume_mounts: Some(volume_mounts(valid)),
         ..Container::default()
     }
 }
@@ -215,8 +226,36 @@ fn container_security_context() -> SecurityContext {
     }
 }
 
-fn volumes() -> Vec<Volume> {
-    vec![
+/// Returns the pod's volumes. With ScyllaDB storage the data directory is
+/// an emptyDir, because the runtime creates it at start but writes nothing
+/// there, and the tenant's CQL role is mounted from its Secret.
+fn volumes(valid: &ValidTenant) -> Vec<Volume> {
+    let secret_volume = |name: &str, secret: &str| Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            default_mode: Some(SECRET_FILE_MODE),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let data = if valid.scylla.is_some() {
+        Volume {
+            name: DATA_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        }
+    } else {
+        Volume {
+            name: DATA_VOLUME.to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: naming::DATA_CLAIM.to_owned(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        }
+    };
+    let mut volumes = vec![
         Volume {
             name: CONFIG_VOLUME.to_owned(),
             config_map: Some(ConfigMapVolumeSource {
@@ -225,44 +264,37 @@ fn volumes() -> Vec<Volume> {
             }),
             ..Volume::default()
         },
-        Volume {
-            name: SECRETS_VOLUME.to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(naming::CREDENTIALS_SECRET.to_owned()),
-                default_mode: Some(SECRET_FILE_MODE),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-        Volume {
-            name: DATA_VOLUME.to_owned(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: naming::DATA_CLAIM.to_owned(),
-                read_only: None,
-            }),
-            ..Volume::default()
-        },
+        secret_volume(SECRETS_VOLUME, naming::CREDENTIALS_SECRET),
+        data,
         Volume {
             name: TMP_VOLUME.to_owned(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Volume::default()
         },
-    ]
+    ];
+    if valid.scylla.is_some() {
+        volumes.push(secret_volume(SCYLLA_VOLUME, naming::SCYLLA_SECRET));
+    }
+    volumes
 }
 
-fn volume_mounts() -> Vec<VolumeMount> {
+fn volume_mounts(valid: &ValidTenant) -> Vec<VolumeMount> {
     let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
         read_only: Some(read_only),
         ..VolumeMount::default()
     };
-    vec![
+    let mut mounts = vec![
         mount(CONFIG_VOLUME, layout::CONFIG_DIR, true),
         mount(SECRETS_VOLUME, layout::SECRETS_DIR, true),
         mount(DATA_VOLUME, layout::DATA_DIR, false),
         mount(TMP_VOLUME, layout::TMP_DIR, false),
-    ]
+    ];
+    if valid.scylla.is_some() {
+        mounts.push(mount(SCYLLA_VOLUME, layout::SCYLLA_DIR, true));
+    }
+    mounts
 }
 
 #[cfg(test)]
@@ -270,6 +302,10 @@ mod tests {
     use k8s_openapi::ByteString;
 
     use super::*;
+
+    fn checksum(config: &ConfigMap, secret: &Secret) -> String {
+        config_checksum(config, [Some(secret)])
+    }
     use crate::build::tests::{valid_tenant, valid_tenant_from};
 
     fn pod(deployment: &Deployment) -> &PodSpec {
@@ -515,8 +551,8 @@ mod tests {
 
     #[test]
     fn checksum_is_stable() {
-        let first = config_checksum(&config_map("a: 1"), &secret(&[("k", "v"), ("x", "y")]));
-        let second = config_checksum(&config_map("a: 1"), &secret(&[("x", "y"), ("k", "v")]));
+        let first = checksum(&config_map("a: 1"), &secret(&[("k", "v"), ("x", "y")]));
+        let second = checksum(&config_map("a: 1"), &secret(&[("x", "y"), ("k", "v")]));
         assert_eq!(first, second);
         assert_eq!(first.len(), 64);
         assert!(first.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -525,27 +561,24 @@ mod tests {
     #[test]
     fn checksum_changes_with_config() {
         let secret = secret(&[("k", "v")]);
-        let first = config_checksum(&config_map("a: 1"), &secret);
-        let second = config_checksum(&config_map("a: 2"), &secret);
+        let first = checksum(&config_map("a: 1"), &secret);
+        let second = checksum(&config_map("a: 2"), &secret);
         assert_ne!(first, second);
     }
 
     #[test]
     fn checksum_changes_with_secret() {
         let config = config_map("a: 1");
-        let first = config_checksum(&config, &secret(&[("k", "v")]));
-        assert_ne!(first, config_checksum(&config, &secret(&[("k", "w")])));
-        assert_ne!(
-            first,
-            config_checksum(&config, &secret(&[("k", "v"), ("l", "v")]))
-        );
+        let first = checksum(&config, &secret(&[("k", "v")]));
+        assert_ne!(first, checksum(&config, &secret(&[("k", "w")])));
+        assert_ne!(first, checksum(&config, &secret(&[("k", "v"), ("l", "v")])));
     }
 
     #[test]
     fn checksum_separates_keys_from_values() {
         let config = config_map("a: 1");
-        let first = config_checksum(&config, &secret(&[("ab", "c")]));
-        let second = config_checksum(&config, &secret(&[("a", "bc")]));
+        let first = checksum(&config, &secret(&[("ab", "c")]));
+        let second = checksum(&config, &secret(&[("a", "bc")]));
         assert_ne!(first, second);
     }
 }

@@ -43,6 +43,8 @@ pub struct Context {
     pub reporting_instance: String,
     /// Managed kinds the API server does not serve, found at start.
     pub missing_kinds: Vec<served::ManagedKind>,
+    /// The ScyllaDB connection, when the operator was configured with one.
+    pub keyspaces: Option<crate::keyspace::Keyspaces>,
 }
 
 /// Errors of one reconcile, named after the operation that failed. Each is
@@ -61,6 +63,8 @@ pub enum Error {
     Credentials(#[source] CredentialsError),
     #[error("failed to update the finalizer")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error("failed to provision the ScyllaDB keyspace")]
+    Keyspace(#[source] crate::keyspace::KeyspaceError),
 }
 
 impl Error {
@@ -73,6 +77,7 @@ impl Error {
             Error::Build(_) => "build",
             Error::Credentials(_) => "credentials",
             Error::Finalizer(_) => "finalizer",
+            Error::Keyspace(_) => "keyspace",
         }
     }
 }
@@ -176,11 +181,16 @@ pub async fn run(
             "The API server does not serve a managed kind; skipping it"
         );
     }
+    let keyspaces = settings
+        .scylla
+        .clone()
+        .map(|scylla| crate::keyspace::Keyspaces::new(scylla, client.clone()));
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,
         reporting_instance,
         missing_kinds,
+        keyspaces,
     });
 
     let managed = watcher::Config::default().labels(&format!(

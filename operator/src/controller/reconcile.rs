@@ -1,8 +1,9 @@
 //! One reconcile of a ChatTenant, as a pipeline:
 //! validate (pure) → fetch what exists → build (pure) → apply → status.
 //!
-//! ScyllaDB keyspaces and roles will be one more step between fetch and
-//! apply, for tenants whose spec asks for them.
+//! For tenants with ScyllaDB storage, the keyspace, its role and its schema
+//! are provisioned between fetch and build, so the runtime never starts on
+//! a keyspace that is not ready.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use super::rotation;
 use super::served;
 use super::status::{self, Outcome};
 use super::{Context, Error};
+use crate::build::scylla::ScyllaAccess;
 use crate::build::{self, credentials::Credentials};
 use crate::crd::{ChatTenant, ChatTenantStatus, DeletionPolicy};
 use crate::naming;
@@ -95,10 +97,31 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         return Ok(Action::await_change());
     }
 
+    if let Some(message) = storage_change(&tenant, &valid) {
+        let outcome = Outcome::Invalid {
+            field: String::from("spec.storage"),
+            message,
+        };
+        write_status(&tenant, ctx, &outcome, None).await?;
+        return Ok(Action::await_change());
+    }
+    let keyspace = match provision_keyspace(&tenant, &valid, ctx).await? {
+        KeyspaceStep::NotNeeded => None,
+        KeyspaceStep::Ready(ready) => Some(ready),
+        KeyspaceStep::Stopped(action) => return Ok(action),
+    };
+
     let rotation = plan_credentials(&tenant, &valid, ctx).await?;
     let owner = crate::render::owner_reference(&tenant, &tenant.name_any());
+    let access = match (&keyspace, &ctx.keyspaces) {
+        (Some(ready), Some(keyspaces)) => Some(ScyllaAccess {
+            settings: keyspaces.settings(),
+            password: &ready.password,
+        }),
+        _ => None,
+    };
     let mut desired =
-        build::desired(&valid, &rotation.credentials, &owner).map_err(Error::Build)?;
+        build::desired(&valid, &rotation.credentials, access, &owner).map_err(Error::Build)?;
     if !rotation.annotations.is_empty() {
         desired.credentials.metadata.annotations = Some(rotation.annotations.clone());
     }
@@ -154,6 +177,8 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         has_ingress: desired.ingress.is_some()
             && !skipped_kinds.iter().any(|kind| kind == "Ingress"),
         skipped_kinds,
+        keyspace: keyspace.map(|ready| ready.summary),
+        requested_replicas: valid.requested_replicas,
     };
     write_status(&tenant, ctx, &outcome, Some(&valid)).await?;
 
@@ -292,6 +317,119 @@ async fn delete_stale_ingress(valid: &ValidTenant, ctx: &Context) -> Result<(), 
 
 /// Writes the status when it differs from the stored one, and records an
 /// Event when `Ready` or `Stalled` flips.
+/// A ScyllaDB tenant's keyspace, ready for the runtime.
+struct KeyspaceReady {
+    password: String,
+    /// `KeyspaceReady` condition message.
+    summary: String,
+}
+
+enum KeyspaceStep {
+    /// The tenant uses the embedded store.
+    NotNeeded,
+    Ready(KeyspaceReady),
+    /// The status is written, and the reconcile ends with this action.
+    Stopped(Action),
+}
+
+/// Returns why the spec's storage cannot be used, when it differs from the
+/// storage the tenant was created with: chat history is not moved between
+/// stores.
+fn storage_change(tenant: &ChatTenant, valid: &ValidTenant) -> Option<String> {
+    let status = tenant.status.as_ref()?;
+    status.namespace.as_ref()?;
+    let recorded = status.effective.as_ref()?.keyspace.as_deref();
+    let wanted = valid.effective.keyspace.as_deref();
+    if recorded == wanted {
+        return None;
+    }
+    let describe = |keyspace: Option<&str>| match keyspace {
+        Some(keyspace) => format!("ScyllaDB keyspace {keyspace}"),
+        None => String::from("the embedded store"),
+    };
+    Some(format!(
+        "the tenant's storage cannot change from {} to {}, because chat history is not moved between stores",
+        describe(recorded),
+        describe(wanted)
+    ))
+}
+
+/// Provisions the keyspace of a ScyllaDB tenant, or writes the status that
+/// explains why it cannot be.
+async fn provision_keyspace(
+    tenant: &ChatTenant,
+    valid: &ValidTenant,
+    ctx: &Context,
+) -> Result<KeyspaceStep, Error> {
+    let Some(storage) = &valid.scylla else {
+        return Ok(KeyspaceStep::NotNeeded);
+    };
+    let Some(keyspaces) = &ctx.keyspaces else {
+        let outcome = Outcome::Blocked {
+            reason: String::from("ScyllaNotConfigured"),
+            message: String::from(
+                "the tenant asks for ScyllaDB storage, but the operator was started without ScyllaDB contact points (--scylla-contact-points)",
+            ),
+        };
+        write_status(tenant, ctx, &outcome, Some(valid)).await?;
+        return Ok(KeyspaceStep::Stopped(Action::await_change()));
+    };
+
+    let (password, is_new) = scylla_password(valid, ctx).await?;
+    match keyspaces
+        .ensure(&valid.tenant_id, storage, &password, is_new)
+        .await
+    {
+        Ok(provisioned) => {
+            if provisioned.altered_replication {
+                let note = format!(
+                    "Changed the replication of keyspace {}; run a repair so new replicas receive the existing rows",
+                    storage.keyspace
+                );
+                publish(tenant, ctx, EventType::Normal, "ReplicationChanged", note).await;
+            }
+            let summary = format!(
+                "keyspace {} with role {} is at schema version {}",
+                storage.keyspace, provisioned.role, provisioned.schema_version
+            );
+            Ok(KeyspaceStep::Ready(KeyspaceReady { password, summary }))
+        }
+        Err(error) if !error.is_transient() => {
+            let outcome = Outcome::Blocked {
+                reason: String::from("KeyspaceOwnedByOtherTenant"),
+                message: error.to_string(),
+            };
+            write_status(tenant, ctx, &outcome, Some(valid)).await?;
+            Ok(KeyspaceStep::Stopped(Action::requeue(RESYNC)))
+        }
+        Err(error) => {
+            let outcome = Outcome::KeyspacePending {
+                message: crate::error_chain(&error),
+            };
+            write_status(tenant, ctx, &outcome, Some(valid)).await?;
+            Err(Error::Keyspace(error))
+        }
+    }
+}
+
+/// Returns the password of the tenant's CQL role from its Secret, or a new
+/// one (and `true`) when the Secret does not have it yet.
+async fn scylla_password(valid: &ValidTenant, ctx: &Context) -> Result<(String, bool), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    let existing = secrets
+        .get_opt(naming::SCYLLA_SECRET)
+        .await
+        .map_err(Error::Read)?
+        .and_then(|secret| secret.data)
+        .and_then(|data| data.get(build::scylla::PASSWORD_KEY).cloned())
+        .and_then(|value| String::from_utf8(value.0).ok())
+        .filter(|password| !password.is_empty());
+    Ok(match existing {
+        Some(password) => (password, false),
+        None => (build::scylla::generate_password(), true),
+    })
+}
+
 async fn write_status(
     tenant: &ChatTenant,
     ctx: &Context,
@@ -457,6 +595,8 @@ pub async fn cleanup_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Ac
     )
     .await;
 
+    drop_keyspace(&tenant, ctx).await?;
+
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     let Some(existing) = namespaces.get_opt(&namespace).await.map_err(Error::Read)? else {
         return Ok(Action::await_change());
@@ -485,6 +625,42 @@ pub async fn cleanup_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Ac
         }
     }
     Ok(Action::await_change())
+}
+
+/// Drops the keyspace and role of a ScyllaDB tenant whose keyspace policy
+/// is `Delete`. A keyspace owned by another tenant is kept, and so is every
+/// keyspace when the operator has no ScyllaDB connection, since the
+/// deletion would otherwise wait for one forever.
+async fn drop_keyspace(tenant: &ChatTenant, ctx: &Context) -> Result<(), Error> {
+    let Some(storage) = validate::scylla_storage(&tenant.spec) else {
+        return Ok(());
+    };
+    if storage.deletion_policy != DeletionPolicy::Delete {
+        return Ok(());
+    }
+    let tenant_id = &tenant.spec.tenant_id;
+    let Some(keyspaces) = &ctx.keyspaces else {
+        let note = format!(
+            "Kept keyspace {}: the operator has no ScyllaDB connection to drop it",
+            storage.keyspace
+        );
+        publish(tenant, ctx, EventType::Warning, "KeyspaceKept", note).await;
+        return Ok(());
+    };
+    match keyspaces.drop_tenant(tenant_id, &storage).await {
+        Ok(()) => {
+            tracing::info!(tenant = %tenant_id, keyspace = %storage.keyspace, "Dropped the tenant keyspace and role");
+            let note = format!("Dropped keyspace {} and its role", storage.keyspace);
+            publish(tenant, ctx, EventType::Normal, "KeyspaceDropped", note).await;
+            Ok(())
+        }
+        Err(error) if !error.is_transient() => {
+            let note = format!("Kept keyspace {}: {error}", storage.keyspace);
+            publish(tenant, ctx, EventType::Warning, "KeyspaceKept", note).await;
+            Ok(())
+        }
+        Err(error) => Err(Error::Keyspace(error)),
+    }
 }
 
 /// Drops the namespace's owner reference, so the garbage collector keeps

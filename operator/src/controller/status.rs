@@ -14,6 +14,7 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 pub const NAMESPACE_READY: &str = "NamespaceReady";
 pub const CREDENTIALS_READY: &str = "CredentialsReady";
+pub const KEYSPACE_READY: &str = "KeyspaceReady";
 pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const ENDPOINT_READY: &str = "EndpointReady";
 pub const KINDS_SERVED: &str = "KindsServed";
@@ -26,12 +27,21 @@ pub enum Outcome {
     /// The objects cannot be created, for a reason outside the spec (for
     /// example a namespace of that name that belongs to someone else).
     Blocked { reason: String, message: String },
+    /// The ScyllaDB keyspace could not be provisioned for a reason that
+    /// may pass (the cluster is unreachable, a request timed out); it is
+    /// tried again.
+    KeyspacePending { message: String },
     /// Every object was applied.
     Applied {
         runtime_available: bool,
         has_ingress: bool,
         /// Kinds skipped because the API server does not serve them.
         skipped_kinds: Vec<String>,
+        /// `KeyspaceReady` message of a ScyllaDB tenant; `None` for the
+        /// embedded store.
+        keyspace: Option<String>,
+        /// Replicas the spec requests. One runs.
+        requested_replicas: i32,
     },
 }
 
@@ -96,12 +106,53 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
             ),
             desired(STALLED, true, reason, message.clone()),
         ],
+        Outcome::KeyspacePending { message } => vec![
+            desired(
+                READY,
+                false,
+                "KeyspaceNotReady",
+                "waiting for the ScyllaDB keyspace",
+            ),
+            desired(
+                RECONCILING,
+                true,
+                "KeyspaceNotReady",
+                "provisioning the ScyllaDB keyspace again after a failure",
+            ),
+            desired(
+                STALLED,
+                false,
+                "KeyspaceNotReady",
+                "the failure may pass, so it is retried",
+            ),
+            desired(KEYSPACE_READY, false, "ScyllaUnavailable", message.clone()),
+        ],
         Outcome::Applied {
             runtime_available,
             has_ingress,
             skipped_kinds,
+            keyspace,
+            requested_replicas,
         } => {
             let mut conditions = applied_conditions(*runtime_available, *has_ingress);
+            if let Some(message) = keyspace {
+                conditions.push(desired(
+                    KEYSPACE_READY,
+                    true,
+                    "Provisioned",
+                    message.clone(),
+                ));
+            }
+            if *requested_replicas > 1
+                && let Some(runtime) = conditions
+                    .iter_mut()
+                    .find(|condition| condition.kind == RUNTIME_READY)
+            {
+                runtime.message = format!(
+                    "{}; 1 of {requested_replicas} requested replicas runs, because runtime replicas do not pass live events to each other yet",
+                    runtime.message
+                );
+            }
             conditions.push(kinds_served(skipped_kinds));
             conditions
         }
@@ -260,7 +311,54 @@ mod tests {
             runtime_available: available,
             has_ingress: false,
             skipped_kinds: Vec::new(),
+            keyspace: None,
+            requested_replicas: 1,
         }
+    }
+
+    fn condition<'a>(conditions: &'a [Condition], kind: &str) -> &'a Condition {
+        conditions
+            .iter()
+            .find(|condition| condition.type_ == kind)
+            .unwrap()
+    }
+
+    #[test]
+    fn keyspace_condition_only_for_scylla() {
+        let embedded = conditions(&[], Some(1), &applied(true), &time(10));
+        assert_eq!(condition_status(&embedded, KEYSPACE_READY), None);
+
+        let scylla = Outcome::Applied {
+            runtime_available: true,
+            has_ingress: false,
+            skipped_kinds: Vec::new(),
+            keyspace: Some(String::from("keyspace parley_acme is at schema version 1")),
+            requested_replicas: 3,
+        };
+        let result = conditions(&[], Some(1), &scylla, &time(10));
+        assert_eq!(condition_status(&result, KEYSPACE_READY), Some("True"));
+        assert_eq!(condition_status(&result, READY), Some("True"));
+        let runtime = condition(&result, RUNTIME_READY);
+        assert!(
+            runtime.message.contains("1 of 3 requested replicas runs"),
+            "{}",
+            runtime.message
+        );
+    }
+
+    #[test]
+    fn keyspace_failure_retries_without_stalling() {
+        let outcome = Outcome::KeyspacePending {
+            message: String::from("failed to connect to ScyllaDB"),
+        };
+        let result = conditions(&[], Some(1), &outcome, &time(10));
+        assert_eq!(condition_status(&result, READY), Some("False"));
+        assert_eq!(condition_status(&result, RECONCILING), Some("True"));
+        assert_eq!(condition_status(&result, STALLED), Some("False"));
+        let keyspace = condition(&result, KEYSPACE_READY);
+        assert_eq!(keyspace.status, "False");
+        assert_eq!(keyspace.reason, "ScyllaUnavailable");
+        assert!(keyspace.message.contains("failed to connect"));
     }
 
     #[test]
@@ -306,6 +404,8 @@ mod tests {
             runtime_available: true,
             has_ingress: false,
             skipped_kinds: vec![String::from("NetworkPolicy")],
+            keyspace: None,
+            requested_replicas: 1,
         };
         let result = conditions(&[], Some(1), &outcome, &time(10));
         assert_eq!(condition_status(&result, KINDS_SERVED), Some("False"));

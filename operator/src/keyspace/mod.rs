@@ -1,0 +1,374 @@
+//! Tenant keyspaces and CQL roles in ScyllaDB.
+//!
+//! For a tenant with ScyllaDB storage the operator claims the keyspace in
+//! its ownership table and creates it with NetworkTopologyStrategy, or
+//! alters its replication when the spec changes it. It then creates a login
+//! role named like the keyspace with SELECT and MODIFY on it, and applies
+//! the runtime's schema migrations. Every step is idempotent, so a reconcile
+//! that stopped half-way runs them all again.
+//!
+//! The operator's own role never needs superuser. The README lists the
+//! grants that cover every step here: creating, altering and dropping
+//! keyspaces and roles, and granting tenant roles their keyspace.
+
+pub mod cql;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chat_runtime::store::scylla::{self as store, ConsistencyLevel, ScyllaConfig};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use scylla::client::session::Session;
+use scylla::value::{CqlValue, Row};
+
+use crate::settings::ScyllaSettings;
+use crate::validate::{OPERATOR_KEYSPACE, ValidScylla};
+
+/// Failure of a provisioning step.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyspaceError {
+    /// The keyspace is recorded as another tenant's.
+    #[error("keyspace {keyspace} belongs to tenant {owner}")]
+    OwnedByOther { keyspace: String, owner: String },
+    /// The operator's own credentials Secret is missing or incomplete.
+    #[error(
+        "failed to read the operator's ScyllaDB credentials from Secret {namespace}/{name}: {reason}"
+    )]
+    Credentials {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error("failed to connect to ScyllaDB")]
+    Connect(#[source] store::ConnectError),
+    /// A statement failed; `step` names what it was doing.
+    #[error("failed to {step}")]
+    Request {
+        step: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("failed to apply the schema")]
+    Schema(#[source] store::SchemaError),
+}
+
+impl KeyspaceError {
+    /// Returns whether a later attempt can succeed without a change to the
+    /// spec or the cluster.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, KeyspaceError::OwnedByOther { .. })
+    }
+}
+
+fn request<E>(step: impl Into<String>) -> impl FnOnce(E) -> KeyspaceError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let step = step.into();
+    move |source| KeyspaceError::Request {
+        step,
+        source: Box::new(source),
+    }
+}
+
+/// Result of a successful provisioning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    pub role: String,
+    pub schema_version: i32,
+    /// Whether the replication was changed by this run.
+    pub altered_replication: bool,
+}
+
+/// Returns the name of the tenant's CQL role: the keyspace name, which is
+/// a valid unquoted CQL identifier.
+pub fn role_name(scylla: &ValidScylla) -> String {
+    scylla.keyspace.clone()
+}
+
+/// The operator's connection, opened on first use and kept.
+pub struct Keyspaces {
+    settings: ScyllaSettings,
+    client: kube::Client,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+}
+
+impl Keyspaces {
+    pub fn new(settings: ScyllaSettings, client: kube::Client) -> Self {
+        Self {
+            settings,
+            client,
+            session: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn settings(&self) -> &ScyllaSettings {
+        &self.settings
+    }
+
+    /// Returns the session, connecting (and creating the operator's own
+    /// keyspace) the first time. A failed attempt is retried on the next
+    /// call.
+    async fn session(&self) -> Result<Arc<Session>, KeyspaceError> {
+        let mut slot = self.session.lock().await;
+        if let Some(session) = slot.as_ref() {
+            return Ok(Arc::clone(session));
+        }
+        let session = Arc::new(self.connect().await?);
+        let statements = [
+            cql::create_operator_keyspace(
+                &self.settings.datacenter,
+                self.settings.operator_replication_factor,
+            ),
+            cql::create_owners_table(),
+        ];
+        for statement in statements {
+            session
+                .query_unpaged(statement, ())
+                .await
+                .map_err(request("create the operator's keyspace"))?;
+        }
+        *slot = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    async fn connect(&self) -> Result<Session, KeyspaceError> {
+        let (username, password) = match &self.settings.credentials_secret {
+            Some(name) => {
+                let (username, password) = self.read_credentials(name).await?;
+                (Some(username), Some(password))
+            }
+            None => (None, None),
+        };
+        let tls = match &self.settings.tls_ca_pem {
+            Some(pem) => Some(store::tls_from_pem(pem).map_err(KeyspaceError::Connect)?),
+            None => None,
+        };
+        let config = ScyllaConfig {
+            contact_points: self.settings.contact_points.clone(),
+            datacenter: self.settings.datacenter.clone(),
+            keyspace: OPERATOR_KEYSPACE.to_owned(),
+            username,
+            password_file: None,
+            password_env: None,
+            tls: None,
+            consistency: ConsistencyLevel::LocalQuorum,
+            request_timeout_ms: 30_000,
+            connect_timeout_ms: 5_000,
+        };
+        config
+            .connect_with(password, tls)
+            .await
+            .map_err(KeyspaceError::Connect)
+    }
+
+    async fn read_credentials(&self, name: &str) -> Result<(String, String), KeyspaceError> {
+        let namespace = &self.settings.credentials_namespace;
+        let failure = |reason: String| KeyspaceError::Credentials {
+            namespace: namespace.clone(),
+            name: name.to_owned(),
+            reason,
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = secrets
+            .get_opt(name)
+            .await
+            .map_err(|error| failure(error.to_string()))?
+            .ok_or_else(|| failure("the Secret does not exist".to_owned()))?;
+        let data = secret.data.unwrap_or_default();
+        let field = |key: &str| {
+            data.get(key)
+                .and_then(|value| String::from_utf8(value.0.clone()).ok())
+                .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+                .filter(|text| !text.is_empty())
+                .ok_or_else(|| failure(format!("key {key:?} is missing, empty or not UTF-8")))
+        };
+        Ok((field("username")?, field("password")?))
+    }
+
+    /// Brings the tenant's keyspace, role and schema in line with `scylla`.
+    /// `password` is the role's password as the tenant's Secret has it, and
+    /// `password_is_new` is true when the Secret did not have it yet, so the
+    /// role's password is set again.
+    pub async fn ensure(
+        &self,
+        tenant_id: &str,
+        scylla: &ValidScylla,
+        password: &str,
+        password_is_new: bool,
+    ) -> Result<Provisioned, KeyspaceError> {
+        let session = self.session().await?;
+        let keyspace = scylla.keyspace.as_str();
+        self.claim(&session, tenant_id, keyspace).await?;
+
+        session
+            .query_unpaged(cql::create_keyspace(keyspace, &scylla.replication), ())
+            .await
+            .map_err(request(format!("create keyspace {keyspace}")))?;
+        let current = replication_of(&session, keyspace).await?;
+        let altered_replication = cql::replication_differs(&current, &scylla.replication);
+        if altered_replication {
+            session
+                .query_unpaged(cql::alter_keyspace(keyspace, &scylla.replication), ())
+                .await
+                .map_err(request(format!(
+                    "alter the replication of keyspace {keyspace}"
+                )))?;
+            tracing::info!(
+                tenant = tenant_id,
+                keyspace,
+                "Changed the keyspace's replication; run a repair so new replicas get the existing rows"
+            );
+        }
+
+        let role = role_name(scylla);
+        session
+            .query_unpaged(cql::create_role(&role, password), ())
+            .await
+            .map_err(request(format!("create role {role}")))?;
+        if password_is_new {
+            session
+                .query_unpaged(cql::set_role_password(&role, password), ())
+                .await
+                .map_err(request(format!("set the password of role {role}")))?;
+        }
+        for grant in cql::grants(&role, keyspace) {
+            session
+                .query_unpaged(grant, ())
+                .await
+                .map_err(request(format!("grant role {role} access to {keyspace}")))?;
+        }
+
+        let now = now_millis();
+        store::apply_migrations(&session, keyspace, now)
+            .await
+            .map_err(KeyspaceError::Schema)?;
+        let schema_version = store::check_schema(&session, keyspace)
+            .await
+            .map_err(KeyspaceError::Schema)?;
+        Ok(Provisioned {
+            role,
+            schema_version,
+            altered_replication,
+        })
+    }
+
+    /// Records `tenant_id` as the owner of `keyspace`, or fails with
+    /// `OwnedByOther` when another tenant owns it.
+    async fn claim(
+        &self,
+        session: &Session,
+        tenant_id: &str,
+        keyspace: &str,
+    ) -> Result<(), KeyspaceError> {
+        let step = format!("claim keyspace {keyspace}");
+        session
+            .query_unpaged(cql::claim_owner(), (keyspace, tenant_id, now_millis()))
+            .await
+            .map_err(request(step.clone()))?;
+        let owner: Option<(Option<String>,)> = session
+            .query_unpaged(cql::select_owner(), (keyspace,))
+            .await
+            .map_err(request(step.clone()))?
+            .into_rows_result()
+            .map_err(request(step.clone()))?
+            .maybe_first_row()
+            .map_err(request(step.clone()))?;
+        match owner.and_then(|(owner,)| owner) {
+            Some(owner) if owner == tenant_id => Ok(()),
+            Some(owner) => Err(KeyspaceError::OwnedByOther {
+                keyspace: keyspace.to_owned(),
+                owner,
+            }),
+            None => Err(KeyspaceError::Request {
+                step,
+                source: "the ownership record is missing right after it was written".into(),
+            }),
+        }
+    }
+
+    /// Drops the tenant's keyspace and role and deletes its ownership record, for
+    /// the `Delete` policy. A keyspace owned by another tenant is left
+    /// alone.
+    pub async fn drop_tenant(
+        &self,
+        tenant_id: &str,
+        scylla: &ValidScylla,
+    ) -> Result<(), KeyspaceError> {
+        let session = self.session().await?;
+        let keyspace = scylla.keyspace.as_str();
+        let owner: Option<(Option<String>,)> = session
+            .query_unpaged(cql::select_owner(), (keyspace,))
+            .await
+            .map_err(request(format!("read the owner of keyspace {keyspace}")))?
+            .into_rows_result()
+            .map_err(request(format!("read the owner of keyspace {keyspace}")))?
+            .maybe_first_row()
+            .map_err(request(format!("read the owner of keyspace {keyspace}")))?;
+        if let Some(owner) = owner.and_then(|(owner,)| owner)
+            && owner != tenant_id
+        {
+            return Err(KeyspaceError::OwnedByOther {
+                keyspace: keyspace.to_owned(),
+                owner,
+            });
+        }
+
+        let role = role_name(scylla);
+        let statements = [
+            (
+                cql::drop_keyspace(keyspace),
+                format!("drop keyspace {keyspace}"),
+            ),
+            (cql::drop_role(&role), format!("drop role {role}")),
+        ];
+        for (statement, step) in statements {
+            session
+                .query_unpaged(statement, ())
+                .await
+                .map_err(request(step))?;
+        }
+        session
+            .query_unpaged(cql::release_owner(), (keyspace, tenant_id))
+            .await
+            .map_err(request(format!("release keyspace {keyspace}")))?;
+        Ok(())
+    }
+}
+
+/// Reads a keyspace's replication options from `system_schema.keyspaces`.
+async fn replication_of(
+    session: &Session,
+    keyspace: &str,
+) -> Result<BTreeMap<String, String>, KeyspaceError> {
+    let step = format!("read the replication of keyspace {keyspace}");
+    let row: Option<Row> = session
+        .query_unpaged(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (keyspace,),
+        )
+        .await
+        .map_err(request(step.clone()))?
+        .into_rows_result()
+        .map_err(request(step.clone()))?
+        .maybe_first_row()
+        .map_err(request(step.clone()))?;
+    let mut options = BTreeMap::new();
+    if let Some(Some(CqlValue::Map(entries))) = row.and_then(|row| row.columns.into_iter().next()) {
+        for (key, value) in entries {
+            if let (CqlValue::Text(key), CqlValue::Text(value)) = (key, value) {
+                options.insert(key, value);
+            }
+        }
+    }
+    Ok(options)
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
