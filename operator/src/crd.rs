@@ -250,6 +250,13 @@ pub struct ChatTenantStatus {
     /// Values in force, including defaults the spec left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective: Option<EffectiveSettings>,
+
+    /// The ScyllaDB keyspace the operator provisioned for this tenant. Set
+    /// once provisioning succeeded and kept, because the tenant's chat
+    /// history stays there: the storage cannot change afterwards, and
+    /// deletion drops this keyspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyspace: Option<String>,
 }
 
 /// Settings in force after defaults.
@@ -258,7 +265,7 @@ pub struct ChatTenantStatus {
 pub struct EffectiveSettings {
     pub deletion_policy: DeletionPolicy,
     /// Runtime pods that run. It can be lower than `spec.runtime.replicas`,
-    /// and the `RuntimeReady` condition then says why.
+    /// and the `RuntimeReady` condition then gives the reason.
     pub replicas: i32,
     pub image: String,
     pub storage_size: String,

@@ -54,9 +54,14 @@ pub fn render(yaml: &str, settings: &OperatorSettings) -> Result<String, RenderE
     // when it has them, and with placeholders otherwise.
     let placeholder_settings = placeholder_scylla(&valid);
     let scylla_settings = settings.scylla.as_ref().or(placeholder_settings.as_ref());
+    let role = valid.scylla.as_ref().map(crate::keyspace::role_name);
     let access = scylla_settings.map(|settings| ScyllaAccess {
         settings,
-        password: PLACEHOLDER_PASSWORD,
+        login: settings
+            .credentials_secret
+            .as_ref()
+            .and(role.as_deref())
+            .map(|role| (role, PLACEHOLDER_PASSWORD)),
     });
     let objects = build::desired(&valid, &Credentials::placeholder(), access, &owner)?;
 
@@ -85,7 +90,7 @@ fn placeholder_scylla(valid: &ValidTenant) -> Option<ScyllaSettings> {
     Some(ScyllaSettings {
         contact_points: vec!["scylla-contact-point.example:9042".to_owned()],
         datacenter,
-        credentials_secret: None,
+        credentials_secret: Some(String::from("scylla-operator-credentials")),
         credentials_namespace: String::new(),
         tls_ca_pem: None,
         operator_replication_factor: 3,

@@ -73,7 +73,9 @@ async fn keyspace_is_provisioned_once_and_dropped() {
         .ensure("acme", &scylla, "first-password", true)
         .await
         .unwrap();
-    assert_eq!(first.role, scylla.keyspace);
+    // The settings name no credentials, so the cluster is taken to have no
+    // authentication and no role is created.
+    assert_eq!(first.role, None);
     assert_eq!(
         first.schema_version,
         chat_runtime::store::scylla::REQUIRED_VERSION
@@ -100,13 +102,48 @@ async fn keyspace_is_provisioned_once_and_dropped() {
         Err(KeyspaceError::OwnedByOther { .. })
     ));
 
-    keyspaces.drop_tenant("acme", &scylla).await.unwrap();
+    assert!(keyspaces.drop_tenant("acme", &scylla).await.unwrap());
     // Dropped keyspaces can be claimed again.
     keyspaces
         .ensure("globex", &scylla, "other-password", true)
         .await
         .unwrap();
-    keyspaces.drop_tenant("globex", &scylla).await.unwrap();
+    assert!(keyspaces.drop_tenant("globex", &scylla).await.unwrap());
+}
+
+#[tokio::test]
+async fn existing_keyspace_is_not_taken_over() {
+    let Some(settings) = settings() else {
+        return;
+    };
+    let scylla = storage(&settings, 1);
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&settings.contact_points)
+        .build()
+        .await
+        .unwrap();
+    let statement = format!(
+        "CREATE KEYSPACE {} WITH replication = {{'class': 'NetworkTopologyStrategy', '{}': 1}}",
+        scylla.keyspace, settings.datacenter
+    );
+    session.query_unpaged(statement, ()).await.unwrap();
+
+    let keyspaces = Keyspaces::new(settings.clone(), unused_client());
+    let refused = keyspaces
+        .ensure("umbrella", &scylla, "password", true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, KeyspaceError::ExistsUnowned { .. }),
+        "{refused:?}"
+    );
+    assert!(!refused.is_transient());
+    // The claim was released, so deleting the tenant leaves the keyspace.
+    assert!(!keyspaces.drop_tenant("umbrella", &scylla).await.unwrap());
+    session
+        .query_unpaged(format!("DROP KEYSPACE {}", scylla.keyspace), ())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -177,7 +177,11 @@ mod tests {
         let credentials = Credentials::generate("chotot").unwrap();
         let valid = valid_tenant_from(crate::build::tests::SCYLLA_SPEC);
         let settings = crate::build::tests::scylla_settings();
-        let store = super::super::scylla::store_config(valid.scylla.as_ref().unwrap(), &settings);
+        let access = super::super::scylla::ScyllaAccess {
+            settings: &settings,
+            login: Some(("parley_chotot_runtime", "p4ssw0rd")),
+        };
+        let store = super::super::scylla::store_config(valid.scylla.as_ref().unwrap(), access);
         let yaml = config_yaml(&valid, &credentials, Some(store)).unwrap();
         let config = parse_with_secrets(&yaml, &credentials, &dir.0);
 
@@ -189,7 +193,7 @@ mod tests {
         assert_eq!(scylla.keyspace, "parley_chotot");
         assert_eq!(scylla.datacenter, "dc1");
         assert_eq!(scylla.contact_points, vec!["10.0.0.5:9042".to_owned()]);
-        assert_eq!(scylla.username.as_deref(), Some("parley_chotot"));
+        assert_eq!(scylla.username.as_deref(), Some("parley_chotot_runtime"));
         assert_eq!(
             scylla.password_file,
             Some(PathBuf::from("/etc/parley/scylla/password"))

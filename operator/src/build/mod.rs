@@ -75,11 +75,11 @@ pub fn desired(
         (Some(_), None) => return Err(BuildError::MissingScyllaAccess),
         (None, _) => None,
     };
-    let store = scylla.map(|(storage, access)| scylla::store_config(storage, access.settings));
+    let store = scylla.map(|(storage, access)| scylla::store_config(storage, access));
     let config_yaml = config::config_yaml(valid, credentials, store).map_err(BuildError::Config)?;
     let config_map = config::config_map(valid, config_yaml);
     let secret = credentials::secret(valid, credentials);
-    let scylla_secret = scylla.map(|(storage, access)| scylla::secret(valid, storage, access));
+    let scylla_secret = scylla.map(|(_, access)| scylla::secret(valid, access));
     let checksum = workload::config_checksum(&config_map, [Some(&secret), scylla_secret.as_ref()]);
 
     Ok(DesiredObjects {
@@ -88,7 +88,8 @@ pub fn desired(
         default_deny_policy: network::default_deny_policy(valid),
         allow_ingress_policy: network::allow_ingress_policy(valid),
         allow_dns_policy: network::allow_dns_policy(valid),
-        allow_scylla_policy: scylla.map(|_| scylla::egress_policy(valid)),
+        allow_scylla_policy: scylla
+            .map(|(_, access)| scylla::egress_policy(valid, access.settings)),
         service_account: workload::service_account(valid),
         credentials: secret,
         scylla_secret,
@@ -185,6 +186,8 @@ fn object_meta(valid: &ValidTenant, name: &str) -> ObjectMeta {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
     use super::*;
     use crate::crd::{ChatTenant, ChatTenantSpec};
     use crate::settings::OperatorSettings;
@@ -256,7 +259,7 @@ pub(crate) mod tests {
         let settings = scylla_settings();
         let access = ScyllaAccess {
             settings: &settings,
-            password: "p4ssw0rd",
+            login: Some(("parley_chotot_runtime", "p4ssw0rd")),
         };
         desired(
             &valid_tenant_from(SCYLLA_SPEC),
@@ -299,9 +302,52 @@ pub(crate) mod tests {
     fn scylla_secret_holds_role_and_ca() {
         let objects = scylla_objects();
         let data = objects.scylla_secret.unwrap().data.unwrap();
-        assert_eq!(data[scylla::USERNAME_KEY].0, b"parley_chotot");
+        assert_eq!(data[scylla::USERNAME_KEY].0, b"parley_chotot_runtime");
         assert_eq!(data[scylla::PASSWORD_KEY].0, b"p4ssw0rd");
         assert!(data.contains_key(scylla::CA_KEY));
+    }
+
+    #[test]
+    fn scylla_without_authentication_has_no_login() {
+        let mut settings = scylla_settings();
+        settings.credentials_secret = None;
+        settings.tls_ca_pem = None;
+        let access = ScyllaAccess {
+            settings: &settings,
+            login: None,
+        };
+        let objects = desired(
+            &valid_tenant_from(SCYLLA_SPEC),
+            &Credentials::placeholder(),
+            Some(access),
+            &owner(),
+        )
+        .unwrap();
+        let data = objects.scylla_secret.unwrap().data.unwrap();
+        assert!(data.is_empty(), "{:?}", data.keys().collect::<Vec<_>>());
+        let config = &objects.config.data.unwrap()[layout::CONFIG_FILE];
+        assert!(config.contains("kind: scylla"), "{config}");
+        assert!(!config.contains("username"), "{config}");
+        assert!(!config.contains("password_file"), "{config}");
+        assert!(!config.contains("ca_file"), "{config}");
+    }
+
+    #[test]
+    fn scylla_policy_allows_named_ports() {
+        let mut settings = scylla_settings();
+        settings.contact_points = vec!["scylla.example:9500".to_owned(), "10.0.0.5".to_owned()];
+        let policy = scylla::egress_policy(&valid_tenant_from(SCYLLA_SPEC), &settings);
+        let ports: Vec<i32> = policy.spec.unwrap().egress.unwrap()[0]
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|port| match port.port {
+                Some(IntOrString::Int(number)) => number,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(ports, vec![9042, 9142, 9500, 19042, 19142]);
     }
 
     #[test]
@@ -323,7 +369,7 @@ pub(crate) mod tests {
         let build = |password: &str| {
             let access = ScyllaAccess {
                 settings: &settings,
-                password,
+                login: Some(("parley_chotot_runtime", password)),
             };
             desired(&valid, &Credentials::placeholder(), Some(access), &owner()).unwrap()
         };

@@ -44,24 +44,23 @@ pub fn generate_password() -> String {
 }
 
 /// What a ScyllaDB tenant's runtime needs to connect: the operator's
-/// cluster settings and the tenant role's password.
+/// cluster settings, and the tenant's role and password unless the
+/// cluster has no authentication.
 #[derive(Clone, Copy, Debug)]
 pub struct ScyllaAccess<'a> {
     pub settings: &'a ScyllaSettings,
-    pub password: &'a str,
+    pub login: Option<(&'a str, &'a str)>,
 }
 
 /// Builds the Secret with the tenant's CQL role, its password and the
 /// certificate authorities of the nodes.
-pub fn secret(valid: &ValidTenant, scylla: &ValidScylla, access: ScyllaAccess<'_>) -> Secret {
+pub fn secret(valid: &ValidTenant, access: ScyllaAccess<'_>) -> Secret {
     let bytes = |text: &str| ByteString(text.as_bytes().to_vec());
-    let mut data = BTreeMap::from([
-        (
-            USERNAME_KEY.to_owned(),
-            bytes(&crate::keyspace::role_name(scylla)),
-        ),
-        (PASSWORD_KEY.to_owned(), bytes(access.password)),
-    ]);
+    let mut data = BTreeMap::new();
+    if let Some((role, password)) = access.login {
+        data.insert(USERNAME_KEY.to_owned(), bytes(role));
+        data.insert(PASSWORD_KEY.to_owned(), bytes(password));
+    }
     if let Some(ca) = &access.settings.tls_ca_pem {
         data.insert(CA_KEY.to_owned(), bytes(ca));
     }
@@ -75,11 +74,22 @@ pub fn secret(valid: &ValidTenant, scylla: &ValidScylla, access: ScyllaAccess<'_
 
 /// Builds the NetworkPolicy that lets the runtime open CQL connections.
 /// Contact points may be host names, and the driver connects to every node
-/// it discovers, so the policy allows the CQL ports to any address.
-pub fn egress_policy(valid: &ValidTenant) -> NetworkPolicy {
-    let ports = CQL_PORTS
+/// it discovers, so the policy allows the CQL ports to any address: the
+/// standard ones and any other port a contact point names.
+pub fn egress_policy(valid: &ValidTenant, settings: &ScyllaSettings) -> NetworkPolicy {
+    let named = settings
+        .contact_points
+        .iter()
+        .filter_map(|point| point.rsplit_once(':'))
+        .filter_map(|(_, port)| port.parse::<u16>().ok())
+        .map(i32::from);
+    let ports: std::collections::BTreeSet<i32> = CQL_PORTS
         .into_iter()
         .chain(CQL_TLS_PORTS)
+        .chain(named)
+        .collect();
+    let ports = ports
+        .into_iter()
         .map(|number| NetworkPolicyPort {
             protocol: Some("TCP".to_owned()),
             port: Some(IntOrString::Int(number)),
@@ -110,8 +120,10 @@ pub struct StoreConfig {
     contact_points: Vec<String>,
     datacenter: String,
     keyspace: String,
-    username: String,
-    password_file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password_file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<TlsConfig>,
 }
@@ -122,15 +134,16 @@ struct TlsConfig {
 }
 
 /// Returns the runtime's `store` section for `scylla`.
-pub fn store_config(scylla: &ValidScylla, settings: &ScyllaSettings) -> StoreConfig {
+pub fn store_config(scylla: &ValidScylla, access: ScyllaAccess<'_>) -> StoreConfig {
     let file = |key: &str| format!("{}/{key}", layout::SCYLLA_DIR);
+    let settings = access.settings;
     StoreConfig {
         kind: "scylla",
         contact_points: settings.contact_points.clone(),
         datacenter: settings.datacenter.clone(),
         keyspace: scylla.keyspace.clone(),
-        username: crate::keyspace::role_name(scylla),
-        password_file: file(PASSWORD_KEY),
+        username: access.login.map(|(role, _)| role.to_owned()),
+        password_file: access.login.map(|_| file(PASSWORD_KEY)),
         tls: settings.tls_ca_pem.as_ref().map(|_| TlsConfig {
             ca_file: file(CA_KEY),
         }),

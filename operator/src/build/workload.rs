@@ -76,8 +76,10 @@ pub fn data_claim(valid: &ValidTenant) -> PersistentVolumeClaim {
 
 /// Returns the hex SHA-256 of the ConfigMap's and the Secrets' data. Each
 /// entry is hashed with its key and both lengths, in key order, so the
-/// digest changes exactly when some data changes. A missing Secret is
-/// hashed as a marker, so adding one changes the digest too.
+/// digest changes exactly when some data changes. A missing Secret adds
+/// nothing, so tenants without one keep the digest they had before the
+/// ScyllaDB Secret existed. A tenant's storage never changes, so no Secret
+/// comes or goes on a running tenant.
 pub fn config_checksum<'a>(
     config: &ConfigMap,
     secrets: impl IntoIterator<Item = Option<&'a Secret>>,
@@ -92,11 +94,7 @@ pub fn config_checksum<'a>(
     for (key, value) in config.data.iter().flatten() {
         add("configmap", key, value.as_bytes());
     }
-    for secret in secrets {
-        let Some(secret) = secret else {
-            add("secret", "", b"absent");
-            continue;
-        };
+    for secret in secrets.into_iter().flatten() {
         for (key, value) in secret.data.iter().flatten() {
             add("secret", key, &value.0);
         }

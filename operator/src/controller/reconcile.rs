@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Secret};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -26,6 +26,7 @@ use super::{Context, Error};
 use crate::build::scylla::ScyllaAccess;
 use crate::build::{self, credentials::Credentials};
 use crate::crd::{ChatTenant, ChatTenantStatus, DeletionPolicy};
+use crate::keyspace::KeyspaceError;
 use crate::naming;
 use crate::validate::{self, ValidTenant};
 
@@ -97,7 +98,7 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    if let Some(message) = storage_change(&tenant, &valid) {
+    if let Some(message) = storage_change(&tenant, &valid, ctx).await? {
         let outcome = Outcome::Invalid {
             field: String::from("spec.storage"),
             message,
@@ -116,7 +117,10 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
     let access = match (&keyspace, &ctx.keyspaces) {
         (Some(ready), Some(keyspaces)) => Some(ScyllaAccess {
             settings: keyspaces.settings(),
-            password: &ready.password,
+            login: ready
+                .login
+                .as_ref()
+                .map(|(role, password)| (role.as_str(), password.as_str())),
         }),
         _ => None,
     };
@@ -199,7 +203,16 @@ fn is_drift(tenant: &ChatTenant) -> bool {
     let Some(status) = tenant.status.as_ref() else {
         return false;
     };
-    status.namespace.is_some() && status.observed_generation == tenant.metadata.generation
+    // A status written before anything was applied (a keyspace still being
+    // provisioned, say) records the namespace too, so the namespace
+    // condition tells whether objects were applied before.
+    let applied_before = status
+        .conditions
+        .iter()
+        .any(|condition| condition.type_ == status::NAMESPACE_READY && condition.status == "True");
+    applied_before
+        && status.namespace.is_some()
+        && status.observed_generation == tenant.metadata.generation
 }
 
 /// Returns why the tenant namespace cannot be used, if it exists and is not
@@ -319,7 +332,8 @@ async fn delete_stale_ingress(valid: &ValidTenant, ctx: &Context) -> Result<(), 
 /// Event when `Ready` or `Stalled` flips.
 /// A ScyllaDB tenant's keyspace, ready for the runtime.
 struct KeyspaceReady {
-    password: String,
+    /// The runtime's role and password; `None` without authentication.
+    login: Option<(String, String)>,
     /// `KeyspaceReady` condition message.
     summary: String,
 }
@@ -332,26 +346,48 @@ enum KeyspaceStep {
     Stopped(Action),
 }
 
-/// Returns why the spec's storage cannot be used, when it differs from the
-/// storage the tenant was created with: chat history is not moved between
-/// stores.
-fn storage_change(tenant: &ChatTenant, valid: &ValidTenant) -> Option<String> {
-    let status = tenant.status.as_ref()?;
-    status.namespace.as_ref()?;
-    let recorded = status.effective.as_ref()?.keyspace.as_deref();
-    let wanted = valid.effective.keyspace.as_deref();
-    if recorded == wanted {
-        return None;
+/// Returns why the spec's storage cannot be used, when the tenant already
+/// keeps chat history elsewhere: in a keyspace the operator provisioned
+/// for it, or in the embedded store's volume. Chat history is not moved
+/// between stores.
+async fn storage_change(
+    tenant: &ChatTenant,
+    valid: &ValidTenant,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
+    let provisioned = tenant
+        .status
+        .as_ref()
+        .and_then(|status| status.keyspace.as_deref());
+    let wanted = valid.scylla.as_ref().map(|scylla| scylla.keyspace.as_str());
+    if let Some(provisioned) = provisioned {
+        if wanted == Some(provisioned) {
+            return Ok(None);
+        }
+        let target = match wanted {
+            Some(keyspace) => format!("keyspace {keyspace}"),
+            None => String::from("the embedded store"),
+        };
+        return Ok(Some(format!(
+            "the tenant's chat history is in ScyllaDB keyspace {provisioned} and cannot move to {target}"
+        )));
     }
-    let describe = |keyspace: Option<&str>| match keyspace {
-        Some(keyspace) => format!("ScyllaDB keyspace {keyspace}"),
-        None => String::from("the embedded store"),
-    };
-    Some(format!(
-        "the tenant's storage cannot change from {} to {}, because chat history is not moved between stores",
-        describe(recorded),
-        describe(wanted)
-    ))
+    if wanted.is_none() {
+        return Ok(None);
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    let has_volume = claims
+        .get_opt(naming::DATA_CLAIM)
+        .await
+        .map_err(Error::Read)?
+        .is_some();
+    Ok(has_volume.then(|| {
+        format!(
+            "the tenant's chat history is in the embedded store (PersistentVolumeClaim {}/{}) and cannot move to ScyllaDB",
+            valid.namespace,
+            naming::DATA_CLAIM
+        )
+    }))
 }
 
 /// Provisions the keyspace of a ScyllaDB tenant, or writes the status that
@@ -374,8 +410,25 @@ async fn provision_keyspace(
         write_status(tenant, ctx, &outcome, Some(valid)).await?;
         return Ok(KeyspaceStep::Stopped(Action::await_change()));
     };
+    // Runtimes read and write in the operator's datacenter only, so the
+    // keyspace needs replicas there.
+    let datacenter = &keyspaces.settings().datacenter;
+    if !storage.replication.contains_key(datacenter) {
+        let outcome = Outcome::Invalid {
+            field: String::from("spec.storage.scylla.replication"),
+            message: format!(
+                "must include datacenter {datacenter}, where the operator and the runtimes run"
+            ),
+        };
+        write_status(tenant, ctx, &outcome, None).await?;
+        return Ok(KeyspaceStep::Stopped(Action::await_change()));
+    }
 
-    let (password, is_new) = scylla_password(valid, ctx).await?;
+    let (password, is_new) = if keyspaces.uses_roles() {
+        scylla_password(valid, ctx).await?
+    } else {
+        (String::new(), false)
+    };
     match keyspaces
         .ensure(&valid.tenant_id, storage, &password, is_new)
         .await
@@ -388,16 +441,31 @@ async fn provision_keyspace(
                 );
                 publish(tenant, ctx, EventType::Normal, "ReplicationChanged", note).await;
             }
-            let summary = format!(
-                "keyspace {} with role {} is at schema version {}",
-                storage.keyspace, provisioned.role, provisioned.schema_version
-            );
-            Ok(KeyspaceStep::Ready(KeyspaceReady { password, summary }))
+            let summary = match &provisioned.role {
+                Some(role) => format!(
+                    "keyspace {} with role {role} is at schema version {}",
+                    storage.keyspace, provisioned.schema_version
+                ),
+                None => format!(
+                    "keyspace {} is at schema version {}; the cluster has no authentication, so no role was created",
+                    storage.keyspace, provisioned.schema_version
+                ),
+            };
+            Ok(KeyspaceStep::Ready(KeyspaceReady {
+                login: provisioned.role.map(|role| (role, password)),
+                summary,
+            }))
         }
         Err(error) if !error.is_transient() => {
+            let reason = match error {
+                KeyspaceError::OwnedByOther { .. } | KeyspaceError::ExistsUnowned { .. } => {
+                    "KeyspaceConflict"
+                }
+                _ => "ScyllaRejected",
+            };
             let outcome = Outcome::Blocked {
-                reason: String::from("KeyspaceOwnedByOtherTenant"),
-                message: error.to_string(),
+                reason: String::from(reason),
+                message: crate::error_chain(&error),
             };
             write_status(tenant, ctx, &outcome, Some(valid)).await?;
             Ok(KeyspaceStep::Stopped(Action::requeue(RESYNC)))
@@ -452,6 +520,17 @@ async fn write_status(
         endpoint: valid.map(endpoint_url),
         credentials_secret: valid.map(|_| naming::CREDENTIALS_SECRET.to_owned()),
         effective: valid.map(|valid| valid.effective.clone()),
+        // Recorded once provisioning succeeded, and kept: it marks where the
+        // tenant's chat history is, for the storage check and for deletion.
+        keyspace: match outcome {
+            Outcome::Applied {
+                keyspace: Some(_), ..
+            } => valid
+                .and_then(|valid| valid.scylla.as_ref())
+                .map(|scylla| scylla.keyspace.clone())
+                .or(previous.keyspace.clone()),
+            _ => previous.keyspace.clone(),
+        },
     };
     if next == previous {
         return Ok(());
@@ -627,18 +706,33 @@ pub async fn cleanup_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Ac
     Ok(Action::await_change())
 }
 
-/// Drops the keyspace and role of a ScyllaDB tenant whose keyspace policy
-/// is `Delete`. A keyspace owned by another tenant is kept, and so is every
-/// keyspace when the operator has no ScyllaDB connection, since the
-/// deletion would otherwise wait for one forever.
+/// Drops the keyspace and role the operator provisioned for `tenant`, when
+/// its keyspace policy is `Delete`. Only the keyspace recorded in the
+/// status is dropped, only when the ownership record names this tenant,
+/// and only while no other ChatTenant owns the tenant namespace. Every
+/// keyspace is kept when the operator has no ScyllaDB connection, since
+/// the deletion would otherwise wait for one forever. A failure is
+/// retried, and each one is published as an Event that says how to stop
+/// waiting.
 async fn drop_keyspace(tenant: &ChatTenant, ctx: &Context) -> Result<(), Error> {
-    let Some(storage) = validate::scylla_storage(&tenant.spec) else {
+    let Some(keyspace) = tenant
+        .status
+        .as_ref()
+        .and_then(|status| status.keyspace.clone())
+    else {
+        return Ok(());
+    };
+    let Some(mut storage) = validate::scylla_storage(&tenant.spec) else {
         return Ok(());
     };
     if storage.deletion_policy != DeletionPolicy::Delete {
         return Ok(());
     }
+    storage.keyspace = keyspace;
     let tenant_id = &tenant.spec.tenant_id;
+    if !holds_namespace(tenant, ctx).await? {
+        return Ok(());
+    }
     let Some(keyspaces) = &ctx.keyspaces else {
         let note = format!(
             "Kept keyspace {}: the operator has no ScyllaDB connection to drop it",
@@ -648,10 +742,18 @@ async fn drop_keyspace(tenant: &ChatTenant, ctx: &Context) -> Result<(), Error> 
         return Ok(());
     };
     match keyspaces.drop_tenant(tenant_id, &storage).await {
-        Ok(()) => {
+        Ok(true) => {
             tracing::info!(tenant = %tenant_id, keyspace = %storage.keyspace, "Dropped the tenant keyspace and role");
             let note = format!("Dropped keyspace {} and its role", storage.keyspace);
             publish(tenant, ctx, EventType::Normal, "KeyspaceDropped", note).await;
+            Ok(())
+        }
+        Ok(false) => {
+            let note = format!(
+                "Kept keyspace {}: no ownership record names this tenant",
+                storage.keyspace
+            );
+            publish(tenant, ctx, EventType::Warning, "KeyspaceKept", note).await;
             Ok(())
         }
         Err(error) if !error.is_transient() => {
@@ -659,8 +761,32 @@ async fn drop_keyspace(tenant: &ChatTenant, ctx: &Context) -> Result<(), Error> 
             publish(tenant, ctx, EventType::Warning, "KeyspaceKept", note).await;
             Ok(())
         }
-        Err(error) => Err(Error::Keyspace(error)),
+        Err(error) => {
+            let note = format!(
+                "Failed to drop keyspace {}, retrying: {}. Set spec.storage.scylla.deletionPolicy to Retain to delete the ChatTenant without dropping it",
+                storage.keyspace,
+                crate::error_chain(&error)
+            );
+            publish(tenant, ctx, EventType::Warning, "KeyspaceDropFailed", note).await;
+            Err(Error::Keyspace(error))
+        }
     }
+}
+
+/// Returns whether no other ChatTenant owns the tenant namespace: it is
+/// missing, or owned by `tenant`. A ChatTenant that repeats another's
+/// tenantId never owns the namespace.
+async fn holds_namespace(tenant: &ChatTenant, ctx: &Context) -> Result<bool, Error> {
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let namespace = naming::namespace(&tenant.spec.tenant_id);
+    let Some(existing) = namespaces.get_opt(&namespace).await.map_err(Error::Read)? else {
+        return Ok(true);
+    };
+    let own_uid = tenant.uid().unwrap_or_default();
+    Ok(existing
+        .owner_references()
+        .iter()
+        .any(|owner| owner.uid == own_uid))
 }
 
 /// Drops the namespace's owner reference, so the garbage collector keeps

@@ -32,6 +32,12 @@ pub enum KeyspaceError {
     /// The keyspace is recorded as another tenant's.
     #[error("keyspace {keyspace} belongs to tenant {owner}")]
     OwnedByOther { keyspace: String, owner: String },
+    /// The keyspace exists but no tenant is recorded as its owner, so it
+    /// was not created by the operator and is not taken over.
+    #[error(
+        "keyspace {keyspace} already exists and was not created by the operator; choose another keyspace name"
+    )]
+    ExistsUnowned { keyspace: String },
     /// The operator's own credentials Secret is missing or incomplete.
     #[error(
         "failed to read the operator's ScyllaDB credentials from Secret {namespace}/{name}: {reason}"
@@ -56,10 +62,41 @@ pub enum KeyspaceError {
 
 impl KeyspaceError {
     /// Returns whether a later attempt can succeed without a change to the
-    /// spec or the cluster.
+    /// spec or the cluster: the cluster was unreachable, overloaded or timed
+    /// out. A refusal by the cluster (invalid statement, missing
+    /// permission, failed login) or a conflict of names needs a change.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, KeyspaceError::OwnedByOther { .. })
+        match self {
+            KeyspaceError::OwnedByOther { .. }
+            | KeyspaceError::ExistsUnowned { .. }
+            | KeyspaceError::Credentials { .. } => false,
+            KeyspaceError::Connect(error) => !matches!(error, store::ConnectError::Invalid(_)),
+            KeyspaceError::Request { source, .. } => !is_refusal(source.as_ref()),
+            KeyspaceError::Schema(error) => {
+                !std::error::Error::source(error).is_some_and(is_refusal)
+            }
+        }
     }
+}
+
+/// Returns whether `error` is the cluster refusing a statement, which a
+/// retry repeats.
+fn is_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+    let Some(ExecutionError::LastAttemptError(RequestAttemptError::DbError(kind, _))) =
+        error.downcast_ref::<ExecutionError>()
+    else {
+        return false;
+    };
+    matches!(
+        kind,
+        DbError::SyntaxError
+            | DbError::Invalid
+            | DbError::AlreadyExists { .. }
+            | DbError::Unauthorized
+            | DbError::AuthenticationError
+            | DbError::ConfigError
+    )
 }
 
 fn request<E>(step: impl Into<String>) -> impl FnOnce(E) -> KeyspaceError
@@ -76,16 +113,23 @@ where
 /// Result of a successful provisioning.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provisioned {
-    pub role: String,
+    /// The tenant's login role; `None` when the cluster has no
+    /// authentication.
+    pub role: Option<String>,
     pub schema_version: i32,
     /// Whether the replication was changed by this run.
     pub altered_replication: bool,
 }
 
-/// Returns the name of the tenant's CQL role: the keyspace name, which is
-/// a valid unquoted CQL identifier.
+/// Returns the name of the tenant's CQL role: the keyspace name with
+/// `_runtime` appended, a valid unquoted CQL identifier. The suffix keeps
+/// it clear of roles that people name like keyspaces.
+///
+/// NOTE: an existing role of that name is adopted (its password is set and
+/// it keeps its other grants), because this module has no portable way to
+/// tell whether a role exists across ScyllaDB versions.
 pub fn role_name(scylla: &ValidScylla) -> String {
-    scylla.keyspace.clone()
+    format!("{}_runtime", scylla.keyspace)
 }
 
 /// The operator's connection, opened on first use and kept.
@@ -106,6 +150,13 @@ impl Keyspaces {
 
     pub fn settings(&self) -> &ScyllaSettings {
         &self.settings
+    }
+
+    /// Returns whether tenants get a login role: only when the operator
+    /// logs in itself. Without authentication ScyllaDB rejects roles'
+    /// grants, and a runtime needs no role to connect.
+    pub fn uses_roles(&self) -> bool {
+        self.settings.credentials_secret.is_some()
     }
 
     /// Returns the session, connecting (and creating the operator's own
@@ -191,7 +242,8 @@ impl Keyspaces {
     /// Brings the tenant's keyspace, role and schema in line with `scylla`.
     /// `password` is the role's password as the tenant's Secret has it, and
     /// `password_is_new` is true when the Secret did not have it yet, so the
-    /// role's password is set again.
+    /// role's password is set again. Without [`Self::uses_roles`] the
+    /// password is ignored.
     pub async fn ensure(
         &self,
         tenant_id: &str,
@@ -201,7 +253,16 @@ impl Keyspaces {
     ) -> Result<Provisioned, KeyspaceError> {
         let session = self.session().await?;
         let keyspace = scylla.keyspace.as_str();
-        self.claim(&session, tenant_id, keyspace).await?;
+        let first_claim = self.claim(&session, tenant_id, keyspace).await?;
+        if first_claim && !replication_of(&session, keyspace).await?.is_empty() {
+            session
+                .query_unpaged(cql::release_owner(), (keyspace, tenant_id))
+                .await
+                .map_err(request(format!("release keyspace {keyspace}")))?;
+            return Err(KeyspaceError::ExistsUnowned {
+                keyspace: keyspace.to_owned(),
+            });
+        }
 
         session
             .query_unpaged(cql::create_keyspace(keyspace, &scylla.replication), ())
@@ -223,23 +284,14 @@ impl Keyspaces {
             );
         }
 
-        let role = role_name(scylla);
-        session
-            .query_unpaged(cql::create_role(&role, password), ())
-            .await
-            .map_err(request(format!("create role {role}")))?;
-        if password_is_new {
-            session
-                .query_unpaged(cql::set_role_password(&role, password), ())
-                .await
-                .map_err(request(format!("set the password of role {role}")))?;
-        }
-        for grant in cql::grants(&role, keyspace) {
-            session
-                .query_unpaged(grant, ())
-                .await
-                .map_err(request(format!("grant role {role} access to {keyspace}")))?;
-        }
+        let role = if self.uses_roles() {
+            let role = role_name(scylla);
+            self.ensure_role(&session, &role, keyspace, password, password_is_new)
+                .await?;
+            Some(role)
+        } else {
+            None
+        };
 
         let now = now_millis();
         store::apply_migrations(&session, keyspace, now)
@@ -255,19 +307,56 @@ impl Keyspaces {
         })
     }
 
+    async fn ensure_role(
+        &self,
+        session: &Session,
+        role: &str,
+        keyspace: &str,
+        password: &str,
+        password_is_new: bool,
+    ) -> Result<(), KeyspaceError> {
+        session
+            .query_unpaged(cql::create_role(role, password), ())
+            .await
+            .map_err(request(format!("create role {role}")))?;
+        if password_is_new {
+            session
+                .query_unpaged(cql::set_role_password(role, password), ())
+                .await
+                .map_err(request(format!("set the password of role {role}")))?;
+        }
+        for grant in cql::grants(role, keyspace) {
+            session
+                .query_unpaged(grant, ())
+                .await
+                .map_err(request(format!("grant role {role} access to {keyspace}")))?;
+        }
+        Ok(())
+    }
+
     /// Records `tenant_id` as the owner of `keyspace`, or fails with
-    /// `OwnedByOther` when another tenant owns it.
+    /// `OwnedByOther` when another tenant owns it. Returns whether the
+    /// record is new.
     async fn claim(
         &self,
         session: &Session,
         tenant_id: &str,
         keyspace: &str,
-    ) -> Result<(), KeyspaceError> {
+    ) -> Result<bool, KeyspaceError> {
         let step = format!("claim keyspace {keyspace}");
-        session
+        let inserted: Option<Row> = session
             .query_unpaged(cql::claim_owner(), (keyspace, tenant_id, now_millis()))
             .await
+            .map_err(request(step.clone()))?
+            .into_rows_result()
+            .map_err(request(step.clone()))?
+            .maybe_first_row()
             .map_err(request(step.clone()))?;
+        // The first column of a conditional statement's result is `[applied]`.
+        let first_claim = matches!(
+            inserted.and_then(|row| row.columns.into_iter().next()),
+            Some(Some(CqlValue::Boolean(true)))
+        );
         let owner: Option<(Option<String>,)> = session
             .query_unpaged(cql::select_owner(), (keyspace,))
             .await
@@ -277,7 +366,7 @@ impl Keyspaces {
             .maybe_first_row()
             .map_err(request(step.clone()))?;
         match owner.and_then(|(owner,)| owner) {
-            Some(owner) if owner == tenant_id => Ok(()),
+            Some(owner) if owner == tenant_id => Ok(first_claim),
             Some(owner) => Err(KeyspaceError::OwnedByOther {
                 keyspace: keyspace.to_owned(),
                 owner,
@@ -289,14 +378,16 @@ impl Keyspaces {
         }
     }
 
-    /// Drops the tenant's keyspace and role and deletes its ownership record, for
-    /// the `Delete` policy. A keyspace owned by another tenant is left
-    /// alone.
+    /// Drops the tenant's keyspace and role and deletes its ownership
+    /// record, for the `Delete` policy. Only a keyspace recorded as this
+    /// tenant's is dropped: one owned by another tenant fails with
+    /// `OwnedByOther`, and one without a record is left alone (returns
+    /// false).
     pub async fn drop_tenant(
         &self,
         tenant_id: &str,
         scylla: &ValidScylla,
-    ) -> Result<(), KeyspaceError> {
+    ) -> Result<bool, KeyspaceError> {
         let session = self.session().await?;
         let keyspace = scylla.keyspace.as_str();
         let owner: Option<(Option<String>,)> = session
@@ -307,23 +398,25 @@ impl Keyspaces {
             .map_err(request(format!("read the owner of keyspace {keyspace}")))?
             .maybe_first_row()
             .map_err(request(format!("read the owner of keyspace {keyspace}")))?;
-        if let Some(owner) = owner.and_then(|(owner,)| owner)
-            && owner != tenant_id
-        {
-            return Err(KeyspaceError::OwnedByOther {
-                keyspace: keyspace.to_owned(),
-                owner,
-            });
+        match owner.and_then(|(owner,)| owner) {
+            Some(owner) if owner == tenant_id => {}
+            Some(owner) => {
+                return Err(KeyspaceError::OwnedByOther {
+                    keyspace: keyspace.to_owned(),
+                    owner,
+                });
+            }
+            None => return Ok(false),
         }
 
         let role = role_name(scylla);
-        let statements = [
-            (
-                cql::drop_keyspace(keyspace),
-                format!("drop keyspace {keyspace}"),
-            ),
-            (cql::drop_role(&role), format!("drop role {role}")),
-        ];
+        let mut statements = vec![(
+            cql::drop_keyspace(keyspace),
+            format!("drop keyspace {keyspace}"),
+        )];
+        if self.uses_roles() {
+            statements.push((cql::drop_role(&role), format!("drop role {role}")));
+        }
         for (statement, step) in statements {
             session
                 .query_unpaged(statement, ())
@@ -334,7 +427,7 @@ impl Keyspaces {
             .query_unpaged(cql::release_owner(), (keyspace, tenant_id))
             .await
             .map_err(request(format!("release keyspace {keyspace}")))?;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -371,4 +464,71 @@ fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+
+    use super::*;
+
+    fn refused_by_cluster(kind: DbError) -> KeyspaceError {
+        let error = ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            kind,
+            String::from("from the test"),
+        ));
+        KeyspaceError::Request {
+            step: String::from("create keyspace parley_acme"),
+            source: Box::new(error),
+        }
+    }
+
+    #[test]
+    fn refusals_are_not_retried() {
+        for kind in [
+            DbError::Unauthorized,
+            DbError::SyntaxError,
+            DbError::Invalid,
+            DbError::AuthenticationError,
+            DbError::ConfigError,
+        ] {
+            assert!(!refused_by_cluster(kind.clone()).is_transient(), "{kind:?}");
+        }
+        let conflicts = [
+            KeyspaceError::OwnedByOther {
+                keyspace: String::from("parley_acme"),
+                owner: String::from("globex"),
+            },
+            KeyspaceError::ExistsUnowned {
+                keyspace: String::from("parley_acme"),
+            },
+        ];
+        for conflict in conflicts {
+            assert!(!conflict.is_transient(), "{conflict}");
+        }
+    }
+
+    #[test]
+    fn outages_are_retried() {
+        for kind in [DbError::Overloaded, DbError::IsBootstrapping] {
+            assert!(refused_by_cluster(kind.clone()).is_transient(), "{kind:?}");
+        }
+        let timeout = KeyspaceError::Request {
+            step: String::from("claim keyspace parley_acme"),
+            source: Box::new(ExecutionError::RequestTimeout(
+                std::time::Duration::from_secs(30),
+            )),
+        };
+        assert!(timeout.is_transient());
+    }
+
+    #[test]
+    fn role_name_has_suffix() {
+        let scylla = ValidScylla {
+            keyspace: String::from("parley_acme"),
+            replication: BTreeMap::from([(String::from("dc1"), 3)]),
+            deletion_policy: crate::crd::DeletionPolicy::Retain,
+        };
+        assert_eq!(role_name(&scylla), "parley_acme_runtime");
+    }
 }
