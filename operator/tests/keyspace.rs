@@ -69,10 +69,7 @@ async fn keyspace_is_provisioned_once_and_dropped() {
     let keyspaces = Keyspaces::new(settings.clone(), unused_client());
     let scylla = storage(&settings, 1);
 
-    let first = keyspaces
-        .ensure("acme", &scylla, "first-password", true)
-        .await
-        .unwrap();
+    let first = keyspaces.ensure("acme", &scylla, None).await.unwrap();
     // The settings name no credentials, so the cluster is taken to have no
     // authentication and no role is created.
     assert_eq!(first.role, None);
@@ -81,17 +78,11 @@ async fn keyspace_is_provisioned_once_and_dropped() {
         chat_runtime::store::scylla::REQUIRED_VERSION
     );
     assert!(!first.altered_replication);
-    let again = keyspaces
-        .ensure("acme", &scylla, "first-password", false)
-        .await
-        .unwrap();
+    let again = keyspaces.ensure("acme", &scylla, None).await.unwrap();
     assert_eq!(again, first);
 
     // Another tenant naming the same keyspace is refused, with the owner.
-    let taken = keyspaces
-        .ensure("globex", &scylla, "other-password", true)
-        .await
-        .unwrap_err();
+    let taken = keyspaces.ensure("globex", &scylla, None).await.unwrap_err();
     assert!(
         matches!(&taken, KeyspaceError::OwnedByOther { owner, .. } if owner == "acme"),
         "{taken:?}"
@@ -104,10 +95,7 @@ async fn keyspace_is_provisioned_once_and_dropped() {
 
     assert!(keyspaces.drop_tenant("acme", &scylla).await.unwrap());
     // Dropped keyspaces can be claimed again.
-    keyspaces
-        .ensure("globex", &scylla, "other-password", true)
-        .await
-        .unwrap();
+    keyspaces.ensure("globex", &scylla, None).await.unwrap();
     assert!(keyspaces.drop_tenant("globex", &scylla).await.unwrap());
 }
 
@@ -130,7 +118,7 @@ async fn existing_keyspace_is_not_taken_over() {
 
     let keyspaces = Keyspaces::new(settings.clone(), unused_client());
     let refused = keyspaces
-        .ensure("umbrella", &scylla, "password", true)
+        .ensure("umbrella", &scylla, None)
         .await
         .unwrap_err();
     assert!(
@@ -153,17 +141,12 @@ async fn replication_change_is_applied() {
     };
     let keyspaces = Keyspaces::new(settings.clone(), unused_client());
     let mut scylla = storage(&settings, 1);
-    keyspaces
-        .ensure("initech", &scylla, "password", true)
-        .await
-        .unwrap();
+    keyspaces.ensure("initech", &scylla, None).await.unwrap();
 
     // A factor above the node count is accepted by CREATE and ALTER; only
     // writes at quorum would then fail, and this test writes nothing more.
     scylla.replication = BTreeMap::from([(settings.datacenter.clone(), 2)]);
-    let altered = keyspaces
-        .ensure("initech", &scylla, "password", false)
-        .await;
+    let altered = keyspaces.ensure("initech", &scylla, None).await;
     keyspaces.drop_tenant("initech", &scylla).await.unwrap();
     assert!(altered.unwrap().altered_replication);
 }

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod leader;
 pub mod reconcile;
 pub mod rotation;
+pub mod scylla_login;
 pub mod served;
 pub mod status;
 

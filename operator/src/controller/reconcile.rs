@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::apply::{self, Applied, Mode};
 use super::rotation;
+use super::scylla_login;
 use super::served;
 use super::status::{self, Outcome};
 use super::{Context, Error};
@@ -106,7 +107,7 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         write_status(&tenant, ctx, &outcome, None).await?;
         return Ok(Action::await_change());
     }
-    let keyspace = match provision_keyspace(&tenant, &valid, ctx).await? {
+    let mut keyspace = match provision_keyspace(&tenant, &valid, ctx).await? {
         KeyspaceStep::NotNeeded => None,
         KeyspaceStep::Ready(ready) => Some(ready),
         KeyspaceStep::Stopped(action) => return Ok(action),
@@ -120,12 +121,21 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
             login: ready
                 .login
                 .as_ref()
-                .map(|(role, password)| (role.as_str(), password.as_str())),
+                .map(|login| (login.role.as_str(), login.password.as_str())),
         }),
         _ => None,
     };
     let mut desired =
         build::desired(&valid, &rotation.credentials, access, &owner).map_err(Error::Build)?;
+    let mut dropped_role = false;
+    if let Some(login) = keyspace.as_mut().and_then(|ready| ready.login.as_mut()) {
+        dropped_role = finish_rotation(&tenant, &valid, login, &desired, ctx).await?;
+        if let Some(secret) = desired.scylla_secret.as_mut()
+            && !login.annotations.is_empty()
+        {
+            secret.metadata.annotations = Some(login.annotations.clone());
+        }
+    }
     if !rotation.annotations.is_empty() {
         desired.credentials.metadata.annotations = Some(rotation.annotations.clone());
     }
@@ -140,7 +150,7 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
             continue;
         }
         let mode = match manifest {
-            build::Manifest::Secret(_) if rotation.drops_keys => Mode::Always,
+            build::Manifest::Secret(_) if rotation.drops_keys || dropped_role => Mode::Always,
             _ => Mode::WhenChanged,
         };
         if apply::apply(&ctx.client, manifest, mode)
@@ -333,7 +343,7 @@ async fn delete_stale_ingress(valid: &ValidTenant, ctx: &Context) -> Result<(), 
 /// A ScyllaDB tenant's keyspace, ready for the runtime.
 struct KeyspaceReady {
     /// The runtime's role and password; `None` without authentication.
-    login: Option<(String, String)>,
+    login: Option<scylla_login::Login>,
     /// `KeyspaceReady` condition message.
     summary: String,
 }
@@ -424,13 +434,20 @@ async fn provision_keyspace(
         return Ok(KeyspaceStep::Stopped(Action::await_change()));
     }
 
-    let (password, is_new) = if keyspaces.uses_roles() {
-        scylla_password(valid, ctx).await?
+    let login = if keyspaces.uses_roles() {
+        Some(plan_scylla_login(tenant, valid, storage, ctx).await?)
     } else {
-        (String::new(), false)
+        None
     };
+    let credentials = login.as_ref().map(|login| {
+        (
+            login.role.as_str(),
+            login.password.as_str(),
+            login.password_is_new,
+        )
+    });
     match keyspaces
-        .ensure(&valid.tenant_id, storage, &password, is_new)
+        .ensure(&valid.tenant_id, storage, credentials)
         .await
     {
         Ok(provisioned) => {
@@ -451,10 +468,15 @@ async fn provision_keyspace(
                     storage.keyspace, provisioned.schema_version
                 ),
             };
-            Ok(KeyspaceStep::Ready(KeyspaceReady {
-                login: provisioned.role.map(|role| (role, password)),
-                summary,
-            }))
+            if let Some(login) = login.as_ref().filter(|login| login.rotating) {
+                let note = format!(
+                    "Rotating the ScyllaDB role: the runtime moves to role {}, and {} is dropped once no pod uses it",
+                    login.role,
+                    login.previous_role.as_deref().unwrap_or_default()
+                );
+                publish(tenant, ctx, EventType::Normal, "RotatingScyllaRole", note).await;
+            }
+            Ok(KeyspaceStep::Ready(KeyspaceReady { login, summary }))
         }
         Err(error) if !error.is_transient() => {
             let reason = match error {
@@ -480,22 +502,92 @@ async fn provision_keyspace(
     }
 }
 
-/// Returns the password of the tenant's CQL role from its Secret, or a new
-/// one (and `true`) when the Secret does not have it yet.
-async fn scylla_password(valid: &ValidTenant, ctx: &Context) -> Result<(String, bool), Error> {
+/// Decides the tenant's CQL role and password from its Secret and the
+/// ChatTenant's rotation request.
+async fn plan_scylla_login(
+    tenant: &ChatTenant,
+    valid: &ValidTenant,
+    storage: &validate::ValidScylla,
+    ctx: &Context,
+) -> Result<scylla_login::Login, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.namespace);
-    let existing = secrets
+    let secret = secrets
         .get_opt(naming::SCYLLA_SECRET)
         .await
+        .map_err(Error::Read)?;
+    let text = |key: &str| {
+        secret
+            .as_ref()
+            .and_then(|secret| secret.data.as_ref())
+            .and_then(|data| data.get(key))
+            .and_then(|value| String::from_utf8(value.0.clone()).ok())
+            .filter(|text| !text.is_empty())
+    };
+    let recorded = scylla_login::Recorded {
+        role: text(build::scylla::USERNAME_KEY),
+        password: text(build::scylla::PASSWORD_KEY),
+        annotations: secret
+            .as_ref()
+            .and_then(|secret| secret.metadata.annotations.clone())
+            .unwrap_or_default(),
+    };
+    let request = tenant
+        .annotations()
+        .get(rotation::ROTATE_ANNOTATION)
+        .map(String::as_str);
+    let base = crate::keyspace::role_name(storage);
+    Ok(scylla_login::plan(
+        &base,
+        &recorded,
+        request,
+        build::scylla::generate_password,
+    ))
+}
+
+/// Drops the role a rotation left behind once every runtime pod runs the
+/// configuration `desired` has, and returns whether it did. Until then the
+/// old role keeps working for the pods that still use it.
+async fn finish_rotation(
+    tenant: &ChatTenant,
+    valid: &ValidTenant,
+    login: &mut scylla_login::Login,
+    desired: &build::DesiredObjects,
+    ctx: &Context,
+) -> Result<bool, Error> {
+    let (Some(previous), Some(storage), Some(keyspaces)) =
+        (login.previous_role.clone(), &valid.scylla, &ctx.keyspaces)
+    else {
+        return Ok(false);
+    };
+    let checksum = desired
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.metadata.as_ref())
+        .and_then(|metadata| metadata.annotations.as_ref())
+        .and_then(|annotations| annotations.get(build::workload::CONFIG_CHECKSUM_ANNOTATION))
+        .cloned()
+        .unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    let rolled_out = deployments
+        .get_opt(naming::RUNTIME)
+        .await
         .map_err(Error::Read)?
-        .and_then(|secret| secret.data)
-        .and_then(|data| data.get(build::scylla::PASSWORD_KEY).cloned())
-        .and_then(|value| String::from_utf8(value.0).ok())
-        .filter(|password| !password.is_empty());
-    Ok(match existing {
-        Some(password) => (password, false),
-        None => (build::scylla::generate_password(), true),
-    })
+        .is_some_and(|deployment| status::rolled_out(&deployment, &checksum));
+    if !rolled_out {
+        return Ok(false);
+    }
+    keyspaces
+        .drop_role(storage, &previous)
+        .await
+        .map_err(Error::Keyspace)?;
+    login.previous_dropped();
+    let note = format!(
+        "Dropped ScyllaDB role {previous}: every runtime pod uses {}",
+        login.role
+    );
+    publish(tenant, ctx, EventType::Normal, "DroppedScyllaRole", note).await;
+    Ok(true)
 }
 
 async fn write_status(

@@ -289,6 +289,36 @@ pub fn deployment_available(deployment: &Deployment) -> bool {
     observed && available_pods && available
 }
 
+/// Returns whether every pod of `deployment` runs the pod template whose
+/// configuration checksum is `checksum`: the template has it, the
+/// controller saw the latest spec, and no pod of an older template is left.
+pub fn rolled_out(deployment: &Deployment, checksum: &str) -> bool {
+    let template_checksum = deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.metadata.as_ref())
+        .and_then(|metadata| metadata.annotations.as_ref())
+        .and_then(|annotations| {
+            annotations.get(crate::build::workload::CONFIG_CHECKSUM_ANNOTATION)
+        });
+    if template_checksum.map(String::as_str) != Some(checksum) {
+        return false;
+    }
+    let Some(status) = deployment.status.as_ref() else {
+        return false;
+    };
+    let wanted = deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.replicas)
+        .unwrap_or(1);
+    let observed =
+        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    observed
+        && status.updated_replicas.unwrap_or(0) == wanted
+        && status.replicas.unwrap_or(0) == wanted
+}
+
 /// Returns the status of condition `kind`, if present.
 pub fn condition_status<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a str> {
     conditions
@@ -301,6 +331,46 @@ pub fn condition_status<'a>(conditions: &'a [Condition], kind: &str) -> Option<&
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
+
+    fn deployment(
+        checksum: &str,
+        generation: i64,
+        observed: i64,
+        updated: i32,
+        pods: i32,
+    ) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "chat-runtime", "generation": generation},
+            "spec": {
+                "replicas": 1,
+                "selector": {},
+                "template": {"metadata": {"annotations": {"parley.dev/config-checksum": checksum}}}
+            },
+            "status": {"observedGeneration": observed, "updatedReplicas": updated, "replicas": pods}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rolled_out_needs_new_template_everywhere() {
+        assert!(rolled_out(&deployment("new", 2, 2, 1, 1), "new"));
+        assert!(
+            !rolled_out(&deployment("old", 2, 2, 1, 1), "new"),
+            "old template"
+        );
+        assert!(
+            !rolled_out(&deployment("new", 3, 2, 1, 1), "new"),
+            "spec not observed"
+        );
+        assert!(
+            !rolled_out(&deployment("new", 2, 2, 0, 1), "new"),
+            "pod not updated"
+        );
+        assert!(
+            !rolled_out(&deployment("new", 2, 2, 1, 2), "new"),
+            "old pod left"
+        );
+    }
 
     fn time(seconds: i64) -> Time {
         Time(Timestamp::from_second(seconds).unwrap())

@@ -121,15 +121,23 @@ pub struct Provisioned {
     pub altered_replication: bool,
 }
 
-/// Returns the name of the tenant's CQL role: the keyspace name with
+/// Returns the name of the tenant's first CQL role: the keyspace name with
 /// `_runtime` appended, a valid unquoted CQL identifier. The suffix keeps
-/// it clear of roles that people name like keyspaces.
+/// it clear of roles that people name like keyspaces. A rotation switches
+/// to the same name with `_b` appended, and back.
 ///
 /// NOTE: an existing role of that name is adopted (its password is set and
 /// it keeps its other grants), because this module has no portable way to
 /// tell whether a role exists across ScyllaDB versions.
 pub fn role_name(scylla: &ValidScylla) -> String {
     format!("{}_runtime", scylla.keyspace)
+}
+
+/// Returns both role names a tenant can have.
+pub fn role_names(scylla: &ValidScylla) -> [String; 2] {
+    let base = role_name(scylla);
+    let alternate = format!("{base}_b");
+    [base, alternate]
 }
 
 /// The operator's connection, opened on first use and kept.
@@ -240,16 +248,15 @@ impl Keyspaces {
     }
 
     /// Brings the tenant's keyspace, role and schema in line with `scylla`.
-    /// `password` is the role's password as the tenant's Secret has it, and
-    /// `password_is_new` is true when the Secret did not have it yet, so the
-    /// role's password is set again. Without [`Self::uses_roles`] the
-    /// password is ignored.
+    /// `login` is the runtime's role and password, with `true` when the
+    /// password must be set (a new role, or a Secret that did not have it).
+    /// It is `None` when the cluster has no authentication
+    /// ([`Self::uses_roles`]).
     pub async fn ensure(
         &self,
         tenant_id: &str,
         scylla: &ValidScylla,
-        password: &str,
-        password_is_new: bool,
+        login: Option<(&str, &str, bool)>,
     ) -> Result<Provisioned, KeyspaceError> {
         let session = self.session().await?;
         let keyspace = scylla.keyspace.as_str();
@@ -284,13 +291,13 @@ impl Keyspaces {
             );
         }
 
-        let role = if self.uses_roles() {
-            let role = role_name(scylla);
-            self.ensure_role(&session, &role, keyspace, password, password_is_new)
-                .await?;
-            Some(role)
-        } else {
-            None
+        let role = match login {
+            Some((role, password, password_is_new)) => {
+                self.ensure_role(&session, role, keyspace, password, password_is_new)
+                    .await?;
+                Some(role.to_owned())
+            }
+            None => None,
         };
 
         let now = now_millis();
@@ -331,6 +338,20 @@ impl Keyspaces {
                 .await
                 .map_err(request(format!("grant role {role} access to {keyspace}")))?;
         }
+        Ok(())
+    }
+
+    /// Drops a role of the tenant that no pod uses any more, after a
+    /// rotation.
+    pub async fn drop_role(&self, scylla: &ValidScylla, role: &str) -> Result<(), KeyspaceError> {
+        if !role_names(scylla).iter().any(|name| name == role) {
+            return Ok(());
+        }
+        let session = self.session().await?;
+        session
+            .query_unpaged(cql::drop_role(role), ())
+            .await
+            .map_err(request(format!("drop role {role}")))?;
         Ok(())
     }
 
@@ -409,13 +430,14 @@ impl Keyspaces {
             None => return Ok(false),
         }
 
-        let role = role_name(scylla);
         let mut statements = vec![(
             cql::drop_keyspace(keyspace),
             format!("drop keyspace {keyspace}"),
         )];
         if self.uses_roles() {
-            statements.push((cql::drop_role(&role), format!("drop role {role}")));
+            for role in role_names(scylla) {
+                statements.push((cql::drop_role(&role), format!("drop role {role}")));
+            }
         }
         for (statement, step) in statements {
             session
