@@ -215,7 +215,7 @@ fn is_drift(tenant: &ChatTenant) -> bool {
     };
     // A status written before anything was applied (a keyspace still being
     // provisioned, say) records the namespace too, so the namespace
-    // condition tells whether objects were applied before.
+    // condition shows whether objects were applied before.
     let applied_before = status
         .conditions
         .iter()
@@ -804,7 +804,7 @@ pub async fn cleanup_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Ac
 /// and only while no other ChatTenant owns the tenant namespace. Every
 /// keyspace is kept when the operator has no ScyllaDB connection, since
 /// the deletion would otherwise wait for one forever. A failure is
-/// retried, and each one is published as an Event that says how to stop
+/// retried, and each one is published as an Event that explains how to stop
 /// waiting.
 async fn drop_keyspace(tenant: &ChatTenant, ctx: &Context) -> Result<(), Error> {
     let Some(keyspace) = tenant

@@ -26,7 +26,7 @@ pub struct Recorded {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// What to apply.
+/// The login to apply, with the Secret annotations that record it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Login {
     pub role: String,
