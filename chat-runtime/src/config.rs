@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::store::scylla::ScyllaConfig;
+use crate::store::scylla::{ConnectError, ScyllaConfig};
 
 /// Shortest accepted API secret: HS256 keys shorter than the hash output
 /// (32 bytes) weaken the signature.
@@ -116,15 +116,26 @@ pub struct TenantConfig {
 }
 
 /// A tenant's `store` section, selected by `kind`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StoreConfig {
     /// One SQLite file per tenant in `server.data_dir`, for one process.
-    #[default]
-    Embedded,
+    Embedded(EmbeddedStoreConfig),
     /// A keyspace in a ScyllaDB cluster, shared by every replica.
     Scylla(Box<ScyllaConfig>),
 }
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Embedded(EmbeddedStoreConfig {})
+    }
+}
+
+/// The embedded store's section, which has no settings of its own; the
+/// struct makes an unknown field an error.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedStoreConfig {}
 
 /// A tenant's validated store settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,11 +372,13 @@ fn validate_tenant(
     }
     validate_limits(&tenant.limits, &format!("{field}.limits"))?;
     let store = match &tenant.store {
-        StoreConfig::Embedded => StoreSettings::Embedded,
+        StoreConfig::Embedded(_) => StoreSettings::Embedded,
         StoreConfig::Scylla(config) => {
-            config
-                .validate()
-                .map_err(|error| invalid(format!("{field}.store"), error.to_string()))?;
+            let store_error = |error: ConnectError| {
+                invalid(format!("{field}.store"), crate::server::error_chain(&error))
+            };
+            config.validate().map_err(store_error)?;
+            config.check_files(base).map_err(store_error)?;
             StoreSettings::Scylla {
                 config: config.clone(),
                 base: base.to_owned(),
@@ -536,7 +549,10 @@ mod tests {
     #[test]
     fn scylla_store_parses_with_base() {
         let store = "    store:\n      kind: scylla\n      contact_points: [\"10.0.0.5:9042\"]\n      datacenter: dc1\n      keyspace: acme_chat\n      username: acme\n      password_file: secrets/scylla\n";
-        let config = Config::parse(&yaml(store), Path::new("/srv")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        std::fs::write(dir.path().join("secrets/scylla"), "s3cret\n").unwrap();
+        let config = Config::parse(&yaml(store), dir.path()).unwrap();
         let StoreSettings::Scylla {
             config: scylla,
             base,
@@ -549,7 +565,25 @@ mod tests {
         };
         assert_eq!(scylla.keyspace, "acme_chat");
         assert_eq!(scylla.contact_points, vec!["10.0.0.5:9042".to_owned()]);
-        assert_eq!(base, Path::new("/srv"));
+        assert_eq!(base, dir.path());
+    }
+
+    #[test]
+    fn store_files_are_checked_at_load() {
+        let base =
+            "    store: {kind: scylla, contact_points: [\"a:1\"], datacenter: dc1, keyspace: acme";
+        let unset = error_of(&yaml(&format!(
+            "{base}, username: acme, password_env: PARLEY_TEST_UNSET_PASSWORD}}\n"
+        )));
+        assert!(unset.contains("tenants[0].store"), "{unset}");
+        assert!(unset.contains("PARLEY_TEST_UNSET_PASSWORD"), "{unset}");
+        let missing_ca = error_of(&yaml(&format!(
+            "{base}, tls: {{ca_file: /nonexistent/ca.pem}}}}\n"
+        )));
+        assert!(missing_ca.contains("tenants[0].store"), "{missing_ca}");
+        assert!(missing_ca.contains("/nonexistent/ca.pem"), "{missing_ca}");
+        let embedded = error_of(&yaml("    store: {kind: embedded, path: /tmp/x}\n"));
+        assert!(embedded.contains("path"), "{embedded}");
     }
 
     #[test]

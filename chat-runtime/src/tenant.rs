@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use crate::config::{Config, StoreSettings, TenantSettings};
 use crate::hub::Hub;
 use crate::limits::RateLimiter;
-use crate::store::scylla::ScyllaStore;
+use crate::store::scylla::ConnectingStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Store, StoreError};
 
@@ -61,12 +61,6 @@ pub enum TenantError {
         tenant: String,
         #[source]
         source: StoreError,
-    },
-    #[error("failed to open the ScyllaDB store of tenant {tenant}")]
-    OpenScylla {
-        tenant: String,
-        #[source]
-        source: crate::store::scylla::OpenError,
     },
 }
 
@@ -228,15 +222,12 @@ async fn open_tenant(
             })?;
             Arc::new(store)
         }
-        StoreSettings::Scylla { config, base } => {
-            let store = ScyllaStore::open(config, base).await.map_err(|source| {
-                TenantError::OpenScylla {
-                    tenant: settings.id.clone(),
-                    source,
-                }
-            })?;
-            Arc::new(store)
-        }
+        // The cluster may be unreachable now, so the store connects in the
+        // background and reports not ready until it has.
+        StoreSettings::Scylla { config, base } => Arc::new(ConnectingStore::start(
+            config.as_ref().clone(),
+            base.clone(),
+        )),
     };
     Ok(Arc::new(Tenant {
         id: settings.id.clone(),
@@ -249,14 +240,12 @@ async fn open_tenant(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
-    /// A ScyllaDB tenant whose cluster cannot be reached stops start-up with
-    /// an error that names the tenant, instead of serving without a store.
+    /// A ScyllaDB tenant whose cluster cannot be reached does not stop the
+    /// other tenants: it is opened, reports not ready, and refuses writes.
     #[tokio::test]
-    async fn unreachable_scylla_stops_open() {
+    async fn unreachable_scylla_tenant_is_not_ready() {
         // Binding and dropping a listener leaves a loopback port with
         // nothing behind it.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -265,21 +254,27 @@ mod tests {
             .unwrap()
             .port();
         let dir = tempfile::tempdir().unwrap();
+        let key = "      - id: k1\n        secret: 0123456789abcdef0123456789abcdef\n";
         let text = format!(
-            "server:\n  data_dir: data\ntenants:\n  - id: acme\n    display_name: Acme\n    api_keys:\n      - id: k1\n        secret: 0123456789abcdef0123456789abcdef\n    store:\n      kind: scylla\n      contact_points: [\"127.0.0.1:{port}\"]\n      datacenter: dc1\n      keyspace: acme_chat\n      connect_timeout_ms: 500\n"
+            "server:\n  data_dir: data\ntenants:\n  - id: acme\n    display_name: Acme\n    api_keys:\n{key}  - id: chotot\n    display_name: Chợ Tốt\n    api_keys:\n{key}    store:\n      kind: scylla\n      contact_points: [\"127.0.0.1:{port}\"]\n      datacenter: dc1\n      keyspace: chotot_chat\n      connect_timeout_ms: 500\n"
         );
         let config = Config::parse(&text, dir.path()).unwrap();
 
-        let error = match Tenants::open(&config).await {
-            Ok(_) => panic!("opened a ScyllaDB store with no node listening"),
-            Err(error) => error,
-        };
-        assert!(
-            matches!(&error, TenantError::OpenScylla { tenant, .. } if tenant == "acme"),
-            "{error:?}"
-        );
-        let chain = crate::server::error_chain(&error);
-        assert!(chain.contains(&port.to_string()), "{chain}");
-        assert!(!Path::new(&dir.path().join("data/acme.sqlite3")).exists());
+        let tenants = Tenants::open(&config).await.unwrap();
+        let embedded = tenants.get("acme").unwrap();
+        assert!(embedded.store.is_ready());
+        let scylla = tenants.get("chotot").unwrap();
+        assert!(!scylla.store.is_ready());
+        let user = scylla
+            .store
+            .upsert_user("lan", "Lan", serde_json::json!({}), 1)
+            .await;
+        assert!(matches!(user, Err(StoreError::Unavailable(_))), "{user:?}");
+        embedded
+            .store
+            .upsert_user("lan", "Lan", serde_json::json!({}), 1)
+            .await
+            .unwrap();
+        tenants.close_all().await;
     }
 }

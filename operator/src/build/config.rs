@@ -176,13 +176,33 @@ mod tests {
         let dir = TempDir::new("scylla-config");
         let credentials = Credentials::generate("chotot").unwrap();
         let valid = valid_tenant_from(crate::build::tests::SCYLLA_SPEC);
-        let settings = crate::build::tests::scylla_settings();
+        let mut settings = crate::build::tests::scylla_settings();
+        let with_tls = super::super::scylla::ScyllaAccess {
+            settings: &settings,
+            login: Some(("parley_chotot_runtime", "p4ssw0rd")),
+        };
+        let tls_store =
+            super::super::scylla::store_config(valid.scylla.as_ref().unwrap(), with_tls);
+        let tls_yaml = config_yaml(&valid, &credentials, Some(tls_store)).unwrap();
+        assert!(
+            tls_yaml.contains("ca_file: /etc/parley/scylla/ca.pem"),
+            "{tls_yaml}"
+        );
+        // The runtime reads the CA file when it loads the config, and the
+        // test has no real certificate, so the parsed config has no TLS.
+        settings.tls_ca_pem = None;
         let access = super::super::scylla::ScyllaAccess {
             settings: &settings,
             login: Some(("parley_chotot_runtime", "p4ssw0rd")),
         };
         let store = super::super::scylla::store_config(valid.scylla.as_ref().unwrap(), access);
         let yaml = config_yaml(&valid, &credentials, Some(store)).unwrap();
+        // The runtime reads the role's password when it loads the file, so
+        // the test writes it where the relocated path points.
+        let scylla_dir = dir.0.join("scylla");
+        std::fs::create_dir_all(&scylla_dir).unwrap();
+        std::fs::write(scylla_dir.join("password"), "p4ssw0rd\n").unwrap();
+        let yaml = yaml.replace(layout::SCYLLA_DIR, &scylla_dir.display().to_string());
         let config = parse_with_secrets(&yaml, &credentials, &dir.0);
 
         let chat_runtime::config::StoreSettings::Scylla { config: scylla, .. } =
@@ -194,14 +214,8 @@ mod tests {
         assert_eq!(scylla.datacenter, "dc1");
         assert_eq!(scylla.contact_points, vec!["10.0.0.5:9042".to_owned()]);
         assert_eq!(scylla.username.as_deref(), Some("parley_chotot_runtime"));
-        assert_eq!(
-            scylla.password_file,
-            Some(PathBuf::from("/etc/parley/scylla/password"))
-        );
-        assert_eq!(
-            scylla.tls.as_ref().map(|tls| tls.ca_file.clone()),
-            Some(PathBuf::from("/etc/parley/scylla/ca.pem"))
-        );
+        assert_eq!(scylla.password_file, Some(scylla_dir.join("password")));
+        assert_eq!(scylla.tls, None);
     }
 
     #[test]

@@ -47,7 +47,8 @@ pub struct ScyllaConfig {
     /// Client-side limit on one request, retries included, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Limit on opening one connection, in milliseconds.
+    /// Limit on opening the session, in milliseconds: the first connection
+    /// and the cluster metadata it reads.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
 }
@@ -151,6 +152,14 @@ pub enum ConnectError {
     /// rustls rejected the certificates or the key.
     #[error("invalid TLS settings")]
     Tls(#[source] rustls::Error),
+    /// The session did not open within `connect_timeout_ms`.
+    #[error(
+        "timed out after {milliseconds} ms connecting to ScyllaDB at {contact_points}; check that the nodes answer CQL on these addresses"
+    )]
+    TimedOut {
+        contact_points: String,
+        milliseconds: u64,
+    },
     /// No contact point accepted a connection, or the login failed.
     #[error("failed to connect to ScyllaDB at {contact_points}")]
     Session {
@@ -185,6 +194,18 @@ impl ScyllaConfig {
             return Err(ConnectError::Invalid(
                 "tls.cert_file and tls.key_file must be set together".to_owned(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Reads the password and the TLS files, to report a missing or invalid
+    /// one when the configuration is loaded rather than at connection time.
+    pub fn check_files(&self, base: &Path) -> Result<(), ConnectError> {
+        if self.username.is_some() {
+            self.password(base)?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.client_config(base)?;
         }
         Ok(())
     }
@@ -269,13 +290,20 @@ impl ScyllaConfig {
         if let Some(tls) = tls {
             builder = builder.tls_context(Some(tls));
         }
-        builder
-            .build()
-            .await
-            .map_err(|source| ConnectError::Session {
+        // The driver's own timeout covers opening a socket. A node that
+        // accepts connections and then never answers would hold the first
+        // metadata read for a minute, so the whole start gets the limit too.
+        let limit = Duration::from_millis(self.connect_timeout_ms);
+        match tokio::time::timeout(limit, builder.build()).await {
+            Ok(session) => session.map_err(|source| ConnectError::Session {
                 contact_points: self.contact_points.join(", "),
                 source: Box::new(source),
-            })
+            }),
+            Err(_) => Err(ConnectError::TimedOut {
+                contact_points: self.contact_points.join(", "),
+                milliseconds: self.connect_timeout_ms,
+            }),
+        }
     }
 
     fn password(&self, base: &Path) -> Result<String, ConnectError> {
@@ -509,5 +537,36 @@ keyspace: acme_chat
         assert!(empty.to_string().contains("no PEM certificate"), "{empty}");
         let garbage = "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n";
         assert!(tls_from_pem(garbage).is_err());
+    }
+
+    /// A node that accepts TCP connections but never answers must not hold
+    /// the start past `connect_timeout_ms`.
+    #[tokio::test]
+    async fn silent_node_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                sockets.push(socket);
+            }
+        });
+        let mut config = parse(MINIMAL);
+        config.contact_points = vec![address.to_string()];
+        config.connect_timeout_ms = 300;
+
+        let error = config.connect(Path::new(".")).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConnectError::TimedOut {
+                    milliseconds: 300,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains(&address.to_string()), "{error}");
+        accepted.abort();
     }
 }

@@ -77,6 +77,7 @@
 
 mod channels;
 mod config;
+mod connecting;
 mod messages;
 mod rows;
 mod schema;
@@ -97,6 +98,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
 pub use config::{ConnectError, ConsistencyLevel, ScyllaConfig, ScyllaTlsConfig, tls_from_pem};
+pub use connecting::ConnectingStore;
 pub use schema::{
     MIGRATIONS, Migration, REQUIRED_VERSION, SchemaError, Step, apply_migrations,
     check_keyspace_name, check_schema,

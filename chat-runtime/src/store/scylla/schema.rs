@@ -143,6 +143,9 @@ const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS {keyspace}.schema
 /// Keyspaces that belong to ScyllaDB itself or to its tools.
 const RESERVED_PREFIXES: &[&str] = &["system", "alternator", "cdc", "audit"];
 
+/// The operator's own keyspace, with its record of keyspace owners.
+const OPERATOR_KEYSPACE: &str = "parley_operator";
+
 /// Error of checking or applying the schema.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -174,6 +177,11 @@ pub fn check_keyspace_name(name: &str) -> Result<(), String> {
     if !starts_with_letter || !rest_valid || name.len() > 48 {
         return Err(format!(
             "keyspace {name:?} must be 1 to 48 lowercase letters, digits or '_', starting with a letter"
+        ));
+    }
+    if name == OPERATOR_KEYSPACE {
+        return Err(format!(
+            "keyspace {name:?} is reserved for the Parley operator's own tables"
         ));
     }
     if let Some(prefix) = RESERVED_PREFIXES
@@ -414,6 +422,7 @@ mod tests {
             "system_schema",
             "alternator_t",
             "cdc_x",
+            "parley_operator",
         ] {
             let error = check_keyspace_name(reserved).unwrap_err();
             assert!(error.contains("reserved"), "{reserved}: {error}");

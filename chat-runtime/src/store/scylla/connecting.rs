@@ -1,0 +1,288 @@
+//! A ScyllaDB store that connects in the background, so that one tenant's
+//! unreachable cluster neither stops the runtime from starting nor holds
+//! up a reload for the other tenants.
+//!
+//! Until the connection, the schema check and the statement preparation
+//! have succeeded, every call returns `Unavailable` and the store is not
+//! ready, so `/readyz` fails and no message is acknowledged. The task
+//! tries again with growing waits, and stops when the store is closed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OnceCell, watch};
+
+use super::{ScyllaConfig, ScyllaStore};
+use crate::store::{
+    Appended, Channel, ChannelSummary, Member, MembershipChange, Message, Millis, NewMessage, Page,
+    Store, StoreError, StoreResult, User, UserAuthState,
+};
+
+/// Wait after the first failed attempt. Each later failure doubles it, up
+/// to [`MAX_RETRY_WAIT`].
+const FIRST_RETRY_WAIT: Duration = Duration::from_secs(1);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+pub struct ConnectingStore {
+    keyspace: String,
+    store: Arc<OnceCell<ScyllaStore>>,
+    closed: AtomicBool,
+    stop: watch::Sender<bool>,
+}
+
+impl ConnectingStore {
+    /// Starts connecting with `config` in a task on the current Tokio
+    /// runtime. Relative file paths in `config` resolve against `base`.
+    pub fn start(config: ScyllaConfig, base: PathBuf) -> ConnectingStore {
+        let store = Arc::new(OnceCell::new());
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(connect_until_open(
+            config.clone(),
+            base,
+            Arc::clone(&store),
+            stopped,
+        ));
+        ConnectingStore {
+            keyspace: config.keyspace,
+            store,
+            closed: AtomicBool::new(false),
+            stop,
+        }
+    }
+
+    fn open(&self) -> StoreResult<&ScyllaStore> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        self.store.get().ok_or_else(|| {
+            StoreError::Unavailable(
+                format!("not connected to ScyllaDB keyspace {} yet", self.keyspace).into(),
+            )
+        })
+    }
+}
+
+async fn connect_until_open(
+    config: ScyllaConfig,
+    base: PathBuf,
+    slot: Arc<OnceCell<ScyllaStore>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut wait = FIRST_RETRY_WAIT;
+    loop {
+        let attempt = tokio::select! {
+            result = ScyllaStore::open(&config, &base) => result,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        match attempt {
+            Ok(store) => {
+                // Only this task fills the cell, so it is empty here.
+                let _ = slot.set(store);
+                return;
+            }
+            Err(error) => {
+                let message = crate::server::error_chain(&error);
+                tracing::warn!(keyspace = %config.keyspace, error = %message, retry_in_seconds = wait.as_secs(), "Failed to open the ScyllaDB store; the tenant is not ready until it opens");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        wait = (wait * 2).min(MAX_RETRY_WAIT);
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for ConnectingStore {
+    async fn upsert_user(
+        &self,
+        id: &str,
+        name: &str,
+        metadata: serde_json::Value,
+        now: Millis,
+    ) -> StoreResult<User> {
+        self.open()?.upsert_user(id, name, metadata, now).await
+    }
+
+    async fn delete_user(&self, id: &str, now: Millis) -> StoreResult<()> {
+        self.open()?.delete_user(id, now).await
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {
+        self.open()?.get_user(id).await
+    }
+
+    async fn user_auth_state(&self, id: &str) -> StoreResult<Option<UserAuthState>> {
+        self.open()?.user_auth_state(id).await
+    }
+
+    async fn open_direct(
+        &self,
+        a: &str,
+        b: &str,
+        subject: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<(Channel, Vec<String>)> {
+        self.open()?.open_direct(a, b, subject, now).await
+    }
+
+    async fn create_group(
+        &self,
+        creator: &str,
+        name: &str,
+        members: &[String],
+        now: Millis,
+    ) -> StoreResult<(Channel, Vec<String>)> {
+        self.open()?.create_group(creator, name, members, now).await
+    }
+
+    async fn add_member(
+        &self,
+        channel_id: &str,
+        actor: &str,
+        user: &str,
+        now: Millis,
+    ) -> StoreResult<MembershipChange> {
+        self.open()?.add_member(channel_id, actor, user, now).await
+    }
+
+    async fn remove_member(
+        &self,
+        channel_id: &str,
+        actor: &str,
+        user: &str,
+        now: Millis,
+    ) -> StoreResult<MembershipChange> {
+        self.open()?
+            .remove_member(channel_id, actor, user, now)
+            .await
+    }
+
+    async fn channel_for_member(
+        &self,
+        channel_id: &str,
+        user: &str,
+    ) -> StoreResult<(Channel, Vec<Member>)> {
+        self.open()?.channel_for_member(channel_id, user).await
+    }
+
+    async fn member_ids(&self, channel_id: &str) -> StoreResult<Vec<String>> {
+        self.open()?.member_ids(channel_id).await
+    }
+
+    async fn channel_positions(&self, user: &str) -> StoreResult<Vec<(String, u64)>> {
+        self.open()?.channel_positions(user).await
+    }
+
+    async fn list_channels(
+        &self,
+        user: &str,
+        before: Option<(Millis, String)>,
+        limit: u32,
+    ) -> StoreResult<Vec<ChannelSummary>> {
+        self.open()?.list_channels(user, before, limit).await
+    }
+
+    async fn append_message(&self, message: NewMessage) -> StoreResult<Appended> {
+        self.open()?.append_message(message).await
+    }
+
+    async fn history(&self, channel_id: &str, user: &str, page: Page) -> StoreResult<Vec<Message>> {
+        self.open()?.history(channel_id, user, page).await
+    }
+
+    async fn messages_between(
+        &self,
+        channel_id: &str,
+        after: u64,
+        up_to: u64,
+    ) -> StoreResult<Vec<Message>> {
+        self.open()?
+            .messages_between(channel_id, after, up_to)
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        channel_id: &str,
+        user: &str,
+        seq: u64,
+    ) -> StoreResult<(u64, Vec<String>)> {
+        self.open()?.mark_read(channel_id, user, seq).await
+    }
+
+    async fn purge_client_ids(&self, older_than: Millis) -> StoreResult<u64> {
+        self.open()?.purge_client_ids(older_than).await
+    }
+
+    /// Stops the connecting task and closes the store if it opened.
+    async fn close(&self) -> StoreResult<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        let _ = self.stop.send(true);
+        match self.store.get() {
+            Some(store) => store.close().await,
+            None => Ok(()),
+        }
+    }
+
+    fn reads_started(&self) -> u64 {
+        self.store.get().map_or(0, ScyllaStore::reads_started)
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.store.get().is_some_and(ScyllaStore::is_ready)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable_config() -> ScyllaConfig {
+        // Binding and dropping a listener leaves a loopback port with
+        // nothing behind it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        serde_yaml::from_str(&format!(
+            "{{contact_points: [\"127.0.0.1:{port}\"], datacenter: dc1, keyspace: acme_chat, connect_timeout_ms: 200}}"
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unreachable_cluster_is_not_ready_and_refuses_writes() {
+        let store = ConnectingStore::start(unreachable_config(), PathBuf::from("."));
+        assert!(!store.is_ready());
+        let appended = store
+            .append_message(NewMessage {
+                channel_id: String::from("g_1"),
+                sender_id: String::from("ann"),
+                client_id: String::from("c1"),
+                content: crate::store::Content::Text {
+                    text: String::from("xin chào"),
+                },
+                created_at: 1,
+            })
+            .await;
+        let Err(StoreError::Unavailable(reason)) = appended else {
+            panic!("an append without a connection must fail as Unavailable: {appended:?}");
+        };
+        assert!(reason.to_string().contains("acme_chat"), "{reason}");
+        assert_eq!(store.reads_started(), 0);
+
+        store.close().await.unwrap();
+        assert!(!store.is_ready());
+        assert!(matches!(
+            store.close().await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+}
