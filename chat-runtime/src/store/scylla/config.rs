@@ -173,6 +173,7 @@ impl ScyllaConfig {
     /// Checks the settings that need no file or network access.
     pub fn validate(&self) -> Result<(), ConnectError> {
         self.validate_connection()?;
+        check_keyspace_name(&self.keyspace).map_err(ConnectError::Invalid)?;
         let password_sources =
             usize::from(self.password_file.is_some()) + usize::from(self.password_env.is_some());
         match (&self.username, password_sources) {
@@ -210,7 +211,8 @@ impl ScyllaConfig {
         Ok(())
     }
 
-    /// Checks the settings [`Self::connect_with`] uses.
+    /// Checks the settings [`Self::connect_with`] uses. The keyspace is not
+    /// one of them: the session is not bound to a keyspace.
     fn validate_connection(&self) -> Result<(), ConnectError> {
         if self.contact_points.is_empty() {
             return Err(ConnectError::Invalid(
@@ -222,7 +224,6 @@ impl ScyllaConfig {
                 "datacenter must not be empty".to_owned(),
             ));
         }
-        check_keyspace_name(&self.keyspace).map_err(ConnectError::Invalid)?;
         if !(1..=600_000).contains(&self.request_timeout_ms) {
             return Err(ConnectError::Invalid(
                 "request_timeout_ms must be between 1 and 600000".to_owned(),
