@@ -300,7 +300,7 @@ impl Keyspaces {
             None => None,
         };
 
-        let now = now_millis();
+        let now = chat_runtime::chat::now_millis();
         store::apply_migrations(&session, keyspace, now)
             .await
             .map_err(KeyspaceError::Schema)?;
@@ -366,7 +366,10 @@ impl Keyspaces {
     ) -> Result<bool, KeyspaceError> {
         let step = format!("claim keyspace {keyspace}");
         let inserted: Option<Row> = session
-            .query_unpaged(cql::claim_owner(), (keyspace, tenant_id, now_millis()))
+            .query_unpaged(
+                cql::claim_owner(),
+                (keyspace, tenant_id, chat_runtime::chat::now_millis()),
+            )
             .await
             .map_err(request(step.clone()))?
             .into_rows_result()
@@ -378,15 +381,7 @@ impl Keyspaces {
             inserted.and_then(|row| row.columns.into_iter().next()),
             Some(Some(CqlValue::Boolean(true)))
         );
-        let owner: Option<(Option<String>,)> = session
-            .query_unpaged(cql::select_owner(), (keyspace,))
-            .await
-            .map_err(request(step.clone()))?
-            .into_rows_result()
-            .map_err(request(step.clone()))?
-            .maybe_first_row()
-            .map_err(request(step.clone()))?;
-        match owner.and_then(|(owner,)| owner) {
+        match owner_of(session, keyspace).await? {
             Some(owner) if owner == tenant_id => Ok(first_claim),
             Some(owner) => Err(KeyspaceError::OwnedByOther {
                 keyspace: keyspace.to_owned(),
@@ -411,15 +406,7 @@ impl Keyspaces {
     ) -> Result<bool, KeyspaceError> {
         let session = self.session().await?;
         let keyspace = scylla.keyspace.as_str();
-        let owner: Option<(Option<String>,)> = session
-            .query_unpaged(cql::select_owner(), (keyspace,))
-            .await
-            .map_err(request(format!("read the owner of keyspace {keyspace}")))?
-            .into_rows_result()
-            .map_err(request(format!("read the owner of keyspace {keyspace}")))?
-            .maybe_first_row()
-            .map_err(request(format!("read the owner of keyspace {keyspace}")))?;
-        match owner.and_then(|(owner,)| owner) {
+        match owner_of(&session, keyspace).await? {
             Some(owner) if owner == tenant_id => {}
             Some(owner) => {
                 return Err(KeyspaceError::OwnedByOther {
@@ -481,11 +468,18 @@ async fn replication_of(
     Ok(options)
 }
 
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// Returns the tenant recorded as the owner of `keyspace`, if any.
+async fn owner_of(session: &Session, keyspace: &str) -> Result<Option<String>, KeyspaceError> {
+    let step = format!("read the owner of keyspace {keyspace}");
+    let row: Option<(Option<String>,)> = session
+        .query_unpaged(cql::select_owner(), (keyspace,))
+        .await
+        .map_err(request(step.clone()))?
+        .into_rows_result()
+        .map_err(request(step.clone()))?
+        .maybe_first_row()
+        .map_err(request(step))?;
+    Ok(row.and_then(|(owner,)| owner))
 }
 
 #[cfg(test)]
