@@ -172,9 +172,9 @@ pub struct ScyllaStorage {
     #[schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,47}$"))]
     pub keyspace: Option<String>,
 
-    /// What happens to the keyspace and the tenant's CQL role when this
-    /// resource is deleted: `Retain` (the default) keeps both for a later
-    /// ChatTenant with the same tenantId; `Delete` drops them.
+    /// Fate of the keyspace and the tenant's CQL roles when this resource is
+    /// deleted. `Retain` (the default) keeps both for a later ChatTenant
+    /// with the same tenantId, and `Delete` drops them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
 }

@@ -42,7 +42,7 @@ mod support {
         })
     }
 
-    /// A Kubernetes client that is never used: the settings name no
+    /// Returns a Kubernetes client that is never used: the settings name no
     /// credentials Secret, so the provisioner reads none.
     pub fn unused_client() -> kube::Client {
         parley_operator::install_crypto_provider();

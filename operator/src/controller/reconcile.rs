@@ -369,12 +369,12 @@ async fn storage_change(
         .status
         .as_ref()
         .and_then(|status| status.keyspace.as_deref());
-    let wanted = valid.scylla.as_ref().map(|scylla| scylla.keyspace.as_str());
+    let requested = valid.scylla.as_ref().map(|scylla| scylla.keyspace.as_str());
     if let Some(provisioned) = provisioned {
-        if wanted == Some(provisioned) {
+        if requested == Some(provisioned) {
             return Ok(None);
         }
-        let target = match wanted {
+        let target = match requested {
             Some(keyspace) => format!("keyspace {keyspace}"),
             None => String::from("the embedded store"),
         };
@@ -382,7 +382,7 @@ async fn storage_change(
             "the tenant's chat history is in ScyllaDB keyspace {provisioned} and cannot move to {target}"
         )));
     }
-    if wanted.is_none() {
+    if requested.is_none() {
         return Ok(None);
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &valid.namespace);

@@ -307,7 +307,7 @@ pub fn rolled_out(deployment: &Deployment, checksum: &str) -> bool {
     let Some(status) = deployment.status.as_ref() else {
         return false;
     };
-    let wanted = deployment
+    let desired_replicas = deployment
         .spec
         .as_ref()
         .and_then(|spec| spec.replicas)
@@ -315,8 +315,8 @@ pub fn rolled_out(deployment: &Deployment, checksum: &str) -> bool {
     let observed =
         status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
     observed
-        && status.updated_replicas.unwrap_or(0) == wanted
-        && status.replicas.unwrap_or(0) == wanted
+        && status.updated_replicas.unwrap_or(0) == desired_replicas
+        && status.replicas.unwrap_or(0) == desired_replicas
 }
 
 /// Returns the status of condition `kind`, if present.

@@ -292,7 +292,7 @@ impl ScyllaConfig {
             builder = builder.tls_context(Some(tls));
         }
         // The driver's own timeout covers opening a socket. A node that
-        // accepts connections and then never answers would hold the first
+        // accepts connections and then never replies would hold the first
         // metadata read for a minute, so the whole start gets the limit too.
         let limit = Duration::from_millis(self.connect_timeout_ms);
         match tokio::time::timeout(limit, builder.build()).await {
@@ -540,7 +540,7 @@ keyspace: acme_chat
         assert!(tls_from_pem(garbage).is_err());
     }
 
-    /// A node that accepts TCP connections but never answers must not hold
+    /// A node that accepts TCP connections but never replies must not hold
     /// the start past `connect_timeout_ms`.
     #[tokio::test]
     async fn silent_node_times_out() {

@@ -10,15 +10,15 @@
 //!   buckets suit ids that encode time, but readers here page by number. A
 //!   fixed count per partition bounds its size as well, and leaves no empty
 //!   partitions to skip.
-//! - `channels` holds each channel's newest number (`last_seq`), its last
+//! - `channels` contains each channel's newest number (`last_seq`), its last
 //!   activity and, in `newest`, the whole newest message.
-//! - `members` (by channel) and `user_channels` (by user) hold membership.
-//!   `channel_activity` (by user) holds each of the user's channels with its
+//! - `members` (by channel) and `user_channels` (by user) record membership.
+//!   `channel_activity` (by user) contains each of the user's channels with its
 //!   newest number and activity, so a user's channel list and the positions
 //!   a new socket needs are one partition read whatever the number of
 //!   channels. The list is sorted by activity in memory: a table clustered
 //!   by activity would need a delete and an insert per member per message.
-//! - `read_positions` (by channel) holds each member's read position.
+//! - `read_positions` (by channel) contains each member's read position.
 //! - `client_ids` is keyed by sender and client message id, which makes
 //!   dedupe hold across replicas and restarts.
 //!
