@@ -1,6 +1,7 @@
 //! Chat operations shared by REST and WebSocket: each checks its input,
-//! writes through the tenant's store, and then hands the resulting events to
-//! the hub. A write always completes before anything is delivered, so no
+//! writes through the tenant's store, and then delivers the resulting events
+//! to the sockets of this process and, through the relay, of the other
+//! replicas. A write always completes before anything is delivered, so no
 //! client ever sees a message that is not durable.
 
 use std::collections::HashSet;
@@ -157,7 +158,7 @@ fn publish_message(tenant: &Tenant, appended: &Appended) {
         frame: ServerFrame::Message { message }.to_text(),
         stored_at: Instant::now(),
     };
-    tenant.hub.send_to_users(&appended.members, &event, None);
+    tenant.deliver(&appended.members, event, None);
 }
 
 /// Creates (or returns) a direct channel and notifies both users' sockets.
@@ -232,10 +233,8 @@ pub async fn remove_member(
             channel_id: Arc::from(channel_id),
             frame: frame.clone(),
         };
-        tenant.hub.send_to_users(&[user.to_owned()], &removed, None);
-        tenant
-            .hub
-            .send_to_users(&change.members, &Outbound::Event(frame), None);
+        tenant.deliver(&[user.to_owned()], removed, None);
+        tenant.deliver(&change.members, Outbound::Event(frame), None);
     }
     Ok(change)
 }
@@ -248,9 +247,10 @@ fn announce_added(tenant: &Tenant, channel: &Channel, added: &[String], members:
     // hear of each added user. At creation every member is new, so one
     // request costs one frame per member instead of one per pair.
     let added_set: HashSet<&String> = added.iter().collect();
-    let earlier: Vec<&String> = members
+    let earlier: Vec<String> = members
         .iter()
         .filter(|member| !added_set.contains(member))
+        .cloned()
         .collect();
     for user in added {
         let frame = ServerFrame::MemberAdded {
@@ -263,12 +263,8 @@ fn announce_added(tenant: &Tenant, channel: &Channel, added: &[String], members:
             last_seq: channel.last_seq,
             frame: frame.clone(),
         };
-        tenant
-            .hub
-            .send_to_users(std::slice::from_ref(user), &to_added, None);
-        tenant
-            .hub
-            .send_to_users(earlier.iter().copied(), &Outbound::Event(frame), None);
+        tenant.deliver(std::slice::from_ref(user), to_added, None);
+        tenant.deliver(&earlier, Outbound::Event(frame), None);
     }
 }
 
@@ -286,9 +282,7 @@ pub async fn mark_read(
         seq: read_seq,
     }
     .to_text();
-    tenant
-        .hub
-        .send_to_users(&members, &Outbound::Event(frame), None);
+    tenant.deliver(&members, Outbound::Event(frame), None);
     Ok(read_seq)
 }
 
@@ -310,16 +304,14 @@ pub async fn typing(
         state,
     }
     .to_text();
-    tenant
-        .hub
-        .send_to_users(&members, &Outbound::Event(frame), Some(origin));
+    tenant.deliver(&members, Outbound::Event(frame), Some(origin));
     Ok(())
 }
 
 /// Deletes a user and closes the user's open sockets.
 pub async fn delete_user(tenant: &Tenant, user: &str) -> Result<(), ChatError> {
     tenant.store.delete_user(user, now_millis()).await?;
-    tenant.hub.close_user(
+    tenant.close_user(
         user,
         crate::ws::protocol::close::USER_DELETED,
         "user_deleted",

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::relay::{RedisConfig, RelaySettings};
 use crate::store::scylla::{ConnectError, ScyllaConfig};
 
 /// Shortest accepted API secret: HS256 keys shorter than the hash output
@@ -76,6 +77,9 @@ pub struct ServerConfig {
     /// `/readyz` fails but requests are still served, so load balancers stop
     /// routing here before connections are refused.
     pub shutdown_delay_seconds: u64,
+    /// Redis that relays live events between the processes serving the
+    /// same tenants. Without it, a process delivers to its own sockets only.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             token_leeway_seconds: 30,
             shutdown_delay_seconds: 0,
             metrics_listen: None,
+            redis: None,
         }
     }
 }
@@ -252,6 +257,8 @@ impl TenantSettings {
 pub struct Config {
     pub server: ServerConfig,
     pub tenants: Vec<TenantSettings>,
+    /// `server.redis`, validated, with its password loaded.
+    pub relay: Option<RelaySettings>,
 }
 
 impl Config {
@@ -274,6 +281,12 @@ impl Config {
         if server.data_dir.is_relative() {
             server.data_dir = base.join(&server.data_dir);
         }
+        let relay = server
+            .redis
+            .as_ref()
+            .map(|redis| redis.validate(base))
+            .transpose()
+            .map_err(|reason| invalid("server.redis", reason))?;
 
         let mut seen = HashSet::new();
         let mut tenants = Vec::with_capacity(raw.tenants.len());
@@ -288,7 +301,11 @@ impl Config {
             }
             tenants.push(settings);
         }
-        Ok(Config { server, tenants })
+        Ok(Config {
+            server,
+            tenants,
+            relay,
+        })
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -535,6 +552,38 @@ mod tests {
             Ok(_) => String::from("<parsed>"),
             Err(error) => error.to_string(),
         }
+    }
+
+    #[test]
+    fn redis_section_is_validated_with_its_field() {
+        let without = Config::parse(&yaml(""), Path::new("/srv")).unwrap();
+        assert_eq!(without.relay, None);
+
+        let with = format!(
+            "server:\n  redis:\n    url: redis://127.0.0.1:6379\n{}",
+            yaml("")
+        );
+        let relay = Config::parse(&with, Path::new("/srv"))
+            .unwrap()
+            .relay
+            .unwrap();
+        assert_eq!(relay.channel_prefix, "parley");
+
+        let tls = format!(
+            "server:\n  redis:\n    url: rediss://cache:6380\n{}",
+            yaml("")
+        );
+        let error = error_of(&tls);
+        assert!(error.contains("server.redis"), "{error}");
+        let unknown = format!(
+            "server:\n  redis:\n    url: redis://a\n    db: 2\n{}",
+            yaml("")
+        );
+        assert!(
+            error_of(&unknown).contains("unknown field"),
+            "{}",
+            error_of(&unknown)
+        );
     }
 
     #[test]

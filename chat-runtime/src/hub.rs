@@ -58,6 +58,9 @@ pub enum Outbound {
         last_seq: u64,
         frame: Utf8Bytes,
     },
+    /// Live events may have been lost on their way from another replica:
+    /// read what was missed from the store.
+    Resync(Arc<Resync>),
     /// Close the socket with this WebSocket close code after sending an
     /// error frame with `code` and `message`.
     Close {
@@ -65,6 +68,15 @@ pub enum Outbound {
         code: &'static str,
         message: String,
     },
+}
+
+/// Which channels a socket catches up on after events may have been lost.
+#[derive(Debug)]
+pub enum Resync {
+    /// Every channel of the user, and the user's account state.
+    All,
+    /// These channels, up to these sequence numbers.
+    Channels(Vec<(Arc<str>, u64)>),
 }
 
 #[derive(Debug)]
@@ -153,6 +165,15 @@ impl Hub {
         let users = lock(&self.users);
         for socket in users.get(user).into_iter().flatten() {
             force_close(&socket.sender, close_code, code, message);
+        }
+    }
+
+    /// Tells every socket of the tenant in this process to catch up.
+    pub fn resync(&self, resync: &Arc<Resync>) {
+        let event = Arc::new(Outbound::Resync(Arc::clone(resync)));
+        let users = lock(&self.users);
+        for socket in users.values().flatten() {
+            offer(socket, Arc::clone(&event));
         }
     }
 
@@ -305,6 +326,20 @@ mod tests {
         }
         assert_eq!(events, OUTBOUND_QUEUE);
         assert_eq!(closes, 1);
+    }
+
+    #[tokio::test]
+    async fn resync_reaches_every_socket() {
+        let hub = Hub::default();
+        let (_, mut alice) = hub.register("alice", 2).unwrap();
+        let (_, mut bob) = hub.register("bob", 2).unwrap();
+        hub.resync(&Arc::new(Resync::All));
+        for receiver in [&mut alice, &mut bob] {
+            let queued = receiver.try_recv().unwrap();
+            assert!(
+                matches!(queued.as_ref(), Outbound::Resync(resync) if matches!(**resync, Resync::All))
+            );
+        }
     }
 
     #[tokio::test]

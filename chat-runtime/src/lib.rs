@@ -8,7 +8,8 @@
 //! - [`server`]: start-up, configuration reload and graceful shutdown.
 //! - [`api`]: HTTP routes and authentication; [`ws`]: the WebSocket endpoint.
 //! - [`chat`]: operations shared by REST and WebSocket.
-//! - [`hub`]: live delivery to the sockets of this process.
+//! - [`hub`]: live delivery to the sockets of this process; [`relay`]:
+//!   to the sockets of other processes, through Redis.
 //! - [`store`]: durable storage, one [`store::Store`] per tenant.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod relay;
 pub mod server;
 pub mod store;
 pub mod tenant;

@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::relay::RelayMetrics;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantLabel {
     pub tenant: String,
@@ -31,6 +33,7 @@ pub struct Metrics {
     pub deliveries: Family<TenantLabel, Counter>,
     pub delivery_seconds: LatencyFamily,
     pub errors: Family<ErrorLabels, Counter>,
+    pub relay: RelayMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -79,8 +82,10 @@ impl Default for Metrics {
             errors.clone(),
         );
 
+        let relay = register_relay(&mut registry);
         Self {
             registry,
+            relay,
             connections,
             store_reads,
             messages_stored,
@@ -89,6 +94,56 @@ impl Default for Metrics {
             errors,
         }
     }
+}
+
+/// Registers the process-wide metrics of the Redis relay, which carry no
+/// tenant label.
+fn register_relay(registry: &mut Registry) -> RelayMetrics {
+    let relay = RelayMetrics {
+        published: Counter::default(),
+        received: Counter::default(),
+        dropped: Counter::default(),
+        resyncs: Counter::default(),
+        subscription_losses: Counter::default(),
+        publisher_connected: Gauge::default(),
+        subscriber_connected: Gauge::default(),
+    };
+    registry.register(
+        "relay_published",
+        "Events published to Redis for the other replicas",
+        relay.published.clone(),
+    );
+    registry.register(
+        "relay_received",
+        "Events received from Redis, this replica's own included",
+        relay.received.clone(),
+    );
+    registry.register(
+        "relay_dropped",
+        "Events not published because Redis was unreachable or slow; each leads to a resync",
+        relay.dropped.clone(),
+    );
+    registry.register(
+        "relay_resyncs",
+        "Resyncs handed to this replica's sockets after events may have been lost",
+        relay.resyncs.clone(),
+    );
+    registry.register(
+        "relay_subscription_losses",
+        "Times the Redis subscription closed or stopped answering",
+        relay.subscription_losses.clone(),
+    );
+    registry.register(
+        "relay_publisher_connected",
+        "1 while the publishing connection to Redis is up",
+        relay.publisher_connected.clone(),
+    );
+    registry.register(
+        "relay_subscriber_connected",
+        "1 while the subscription to Redis is up",
+        relay.subscriber_connected.clone(),
+    );
+    relay
 }
 
 impl Metrics {

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState, SharedState};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::relay::Relay;
 use crate::tenant::{TenantError, Tenants};
 
 /// How often the configuration file is checked for changes. Polling also
@@ -89,7 +90,12 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (config, config_text) = load(&options)?;
-    let tenants = Tenants::open(&config).await?;
+    let metrics = Metrics::default();
+    let relay = config
+        .relay
+        .clone()
+        .map(|settings| Relay::new(settings, &metrics));
+    let tenants = Tenants::open(&config, relay.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -115,12 +121,16 @@ pub async fn run(
     let (shutdown_sender, shutdown) = watch::channel(false);
     let state: SharedState = Arc::new(AppState {
         tenants,
-        metrics: Metrics::default(),
+        metrics,
         server: config.server.clone(),
         shutdown,
         connections: TaskTracker::new(),
         ready: Default::default(),
+        relay: relay.clone(),
     });
+    if let Some(relay) = &relay {
+        relay.start(Arc::clone(&state));
+    }
 
     tokio::spawn(watch_config(
         options.clone(),
@@ -236,6 +246,11 @@ async fn watch_config(
         }
         match state.tenants.apply(&next).await {
             Ok(summary) => {
+                if let Some(relay) = &state.relay
+                    && !(summary.added.is_empty() && summary.removed.is_empty())
+                {
+                    relay.tenants_changed();
+                }
                 tracing::info!(
                     added = ?summary.added,
                     removed = ?summary.removed,

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::config::{Config, StoreSettings, TenantSettings};
-use crate::hub::Hub;
+use crate::hub::{ConnectionId, Hub, Outbound};
 use crate::limits::RateLimiter;
+use crate::relay::{Action, Relay, TenantLink};
 use crate::store::scylla::ConnectingStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Store, StoreError};
@@ -19,6 +20,9 @@ pub struct Tenant {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
     pub rate: RateLimiter,
+    /// Publishes events to the tenant's other replicas, when a Redis relay
+    /// is configured.
+    relay: Option<TenantLink>,
 }
 
 impl Tenant {
@@ -30,6 +34,66 @@ impl Tenant {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
+    }
+
+    /// Hands `event` to the sockets of `users` in this process, except the
+    /// socket `skip`, and publishes it to the other replicas.
+    pub fn deliver(&self, users: &[String], event: Outbound, skip: Option<ConnectionId>) {
+        self.hub.send_to_users(users, &event, skip);
+        let Some(relay) = &self.relay else {
+            return;
+        };
+        let users = users.to_vec();
+        let (action, frame) = match event {
+            Outbound::Message {
+                channel_id,
+                seq,
+                frame,
+                ..
+            } => {
+                let channel_id = channel_id.to_string();
+                let action = Action::Message {
+                    users,
+                    channel_id,
+                    seq,
+                };
+                (action, frame)
+            }
+            Outbound::Event(frame) => (Action::Event { users }, frame),
+            Outbound::Added {
+                channel_id,
+                last_seq,
+                frame,
+            } => {
+                let channel_id = channel_id.to_string();
+                let action = Action::Added {
+                    users,
+                    channel_id,
+                    last_seq,
+                };
+                (action, frame)
+            }
+            Outbound::Removed { channel_id, frame } => {
+                let channel_id = channel_id.to_string();
+                (Action::Removed { users, channel_id }, frame)
+            }
+            // Closes of slow consumers and resyncs concern this process only.
+            Outbound::Close { .. } | Outbound::Resync(_) => return,
+        };
+        relay.publish(action, frame.as_str());
+    }
+
+    /// Closes every socket of `user`, in this process and in the others.
+    pub fn close_user(&self, user: &str, close_code: u16, code: &'static str, message: &str) {
+        self.hub.close_user(user, close_code, code, message);
+        if let Some(relay) = &self.relay {
+            let action = Action::CloseUser {
+                user: user.to_owned(),
+                close_code,
+                code: code.to_owned(),
+            };
+            relay.publish(action, message);
+        }
     }
 
     fn replace_settings(&self, settings: TenantSettings) {
@@ -67,11 +131,13 @@ pub enum TenantError {
 pub struct Tenants {
     map: RwLock<HashMap<String, Arc<Tenant>>>,
     data_dir: PathBuf,
+    relay: Option<Arc<Relay>>,
 }
 
 impl Tenants {
-    /// Opens the store of every configured tenant.
-    pub async fn open(config: &Config) -> Result<Tenants, TenantError> {
+    /// Opens the store of every configured tenant. With `relay`, tenants
+    /// publish their events to the other replicas through it.
+    pub async fn open(config: &Config, relay: Option<Arc<Relay>>) -> Result<Tenants, TenantError> {
         let data_dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| TenantError::DataDir {
             path: data_dir.clone(),
@@ -79,7 +145,7 @@ impl Tenants {
         })?;
         let mut map = HashMap::new();
         for settings in &config.tenants {
-            let tenant = match open_tenant(&data_dir, settings.clone()).await {
+            let tenant = match open_tenant(&data_dir, settings.clone(), relay.as_ref()).await {
                 Ok(tenant) => tenant,
                 Err(error) => {
                     let opened: Vec<Arc<Tenant>> = map.into_values().collect();
@@ -92,6 +158,7 @@ impl Tenants {
         Ok(Tenants {
             map: RwLock::new(map),
             data_dir,
+            relay,
         })
     }
 
@@ -126,7 +193,7 @@ impl Tenants {
             .iter()
             .filter(|settings| self.get(&settings.id).is_none())
         {
-            match open_tenant(&self.data_dir, settings.clone()).await {
+            match open_tenant(&self.data_dir, settings.clone(), self.relay.as_ref()).await {
                 Ok(tenant) => opened.push(tenant),
                 Err(error) => {
                     close_stores(&opened).await;
@@ -210,6 +277,7 @@ pub fn tenant_data_file(data_dir: &Path, tenant_id: &str) -> PathBuf {
 async fn open_tenant(
     data_dir: &Path,
     settings: TenantSettings,
+    relay: Option<&Arc<Relay>>,
 ) -> Result<Arc<Tenant>, TenantError> {
     let store: Arc<dyn Store> = match &settings.store {
         StoreSettings::Embedded => {
@@ -229,12 +297,14 @@ async fn open_tenant(
             base.clone(),
         )),
     };
+    let relay = relay.map(|relay| relay.link(&settings.id));
     Ok(Arc::new(Tenant {
         id: settings.id.clone(),
         settings: RwLock::new(Arc::new(settings)),
         store,
         hub: Hub::default(),
         rate: RateLimiter::default(),
+        relay,
     }))
 }
 
@@ -260,7 +330,7 @@ mod tests {
         );
         let config = Config::parse(&text, dir.path()).unwrap();
 
-        let tenants = Tenants::open(&config).await.unwrap();
+        let tenants = Tenants::open(&config, None).await.unwrap();
         let embedded = tenants.get("acme").unwrap();
         assert!(embedded.store.is_ready());
         let scylla = tenants.get("chotot").unwrap();

@@ -24,6 +24,7 @@ pub use auth::{ServerAuth, TokenSources, UserAuth, tenant_from_parts};
 use crate::chat::ChatError;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::relay::Relay;
 use crate::tenant::Tenants;
 
 /// Everything request handlers share.
@@ -36,6 +37,8 @@ pub struct AppState {
     /// Every WebSocket session, so shutdown can wait for them to close.
     pub connections: TaskTracker,
     pub ready: AtomicBool,
+    /// The Redis relay to other replicas, when configured.
+    pub relay: Option<Arc<Relay>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -222,7 +225,12 @@ async fn readyz(State(state): State<SharedState>) -> Response {
         .map(|tenant| tenant.id.clone())
         .collect();
     if unreachable.is_empty() {
-        return "ready".into_response();
+        // A replica without Redis still serves its own sockets and stores
+        // every message, so it stays in the Service and only says so.
+        return match state.relay.as_ref().and_then(|relay| relay.degraded()) {
+            Some(detail) => format!("ready, degraded: {detail}").into_response(),
+            None => "ready".into_response(),
+        };
     }
     unreachable.sort_unstable();
     let message = format!(

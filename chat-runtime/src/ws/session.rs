@@ -31,7 +31,7 @@ use super::protocol::{ClientFrame, ServerFrame, TypingState, close, peek_ref};
 use crate::api::{SharedState, UserAuth};
 use crate::chat::{self, ChatError};
 use crate::config::max_frame_bytes;
-use crate::hub::{ConnectionId, Outbound, Queued};
+use crate::hub::{ConnectionId, Outbound, Queued, Resync};
 use crate::metrics::Metrics;
 use crate::store::Message;
 use crate::tenant::Tenant;
@@ -513,14 +513,7 @@ impl Session {
             .await
         {
             Ok(messages) => messages,
-            Err(error) => {
-                let error = ChatError::from(error);
-                return Err(Exit::Close {
-                    code: 1011,
-                    error: error.code,
-                    message: error.message,
-                });
-            }
+            Err(error) => return Err(store_failure(error)),
         };
         for message in &missed {
             self.write_message(message_frame(message), channel, message.seq, None)
@@ -598,6 +591,7 @@ impl Session {
                 self.removed.insert(channel_id);
                 self.write(frame).await
             }
+            Outbound::Resync(resync) => self.resync(&resync).await,
             Outbound::Close {
                 close_code,
                 code,
@@ -608,6 +602,67 @@ impl Session {
                 message,
             }),
         }
+    }
+
+    /// Catches up after live events from another replica may have been lost.
+    async fn resync(&mut self, resync: &Resync) -> Result<(), Exit> {
+        let Resync::Channels(channels) = resync else {
+            return self.resync_all().await;
+        };
+        for (channel, seq) in channels {
+            if self.positions.contains_key(channel) {
+                self.catch_up(channel, *seq).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Catches up on every channel of the user, and closes the socket when
+    /// the user was deleted meanwhile.
+    async fn resync_all(&mut self) -> Result<(), Exit> {
+        let store = &self.tenant.store;
+        let deleted = match store.user_auth_state(&self.user_id).await {
+            Ok(state) => state.is_none_or(|state| state.deleted),
+            Err(error) => return Err(store_failure(error)),
+        };
+        if deleted {
+            return Err(Exit::Close {
+                code: close::USER_DELETED,
+                error: "user_deleted",
+                message: String::from("this user was deleted"),
+            });
+        }
+        let positions = match store.channel_positions(&self.user_id).await {
+            Ok(positions) => positions,
+            Err(error) => return Err(store_failure(error)),
+        };
+
+        let mut current = HashSet::with_capacity(positions.len());
+        for (channel_id, last_seq) in positions {
+            let channel: Arc<str> = Arc::from(channel_id);
+            current.insert(Arc::clone(&channel));
+            if self.positions.contains_key(&channel) {
+                self.catch_up(&channel, last_seq).await?;
+                continue;
+            }
+            // Joined while events were lost: live from the newest message,
+            // and what came before is history, as for a new socket.
+            self.removed.remove(&channel);
+            self.starts.insert(Arc::clone(&channel), last_seq);
+            self.positions.insert(channel, last_seq);
+        }
+        let left: Vec<Arc<str>> = self
+            .positions
+            .keys()
+            .filter(|channel| !current.contains(*channel))
+            .cloned()
+            .collect();
+        for channel in left {
+            self.positions.remove(&channel);
+            self.starts.remove(&channel);
+            self.removed.insert(channel);
+        }
+        Ok(())
     }
 
     async fn write_message(
@@ -735,6 +790,17 @@ async fn bounded(write: impl Future<Output = Result<(), axum::Error>>) -> Result
             tracing::debug!("WebSocket write timed out; dropping the connection");
             Err(Exit::Gone)
         }
+    }
+}
+
+/// Closes a socket that cannot be brought up to date because a store read
+/// failed. The client reconnects and resumes, so nothing is skipped.
+fn store_failure(error: crate::store::StoreError) -> Exit {
+    let error = ChatError::from(error);
+    Exit::Close {
+        code: 1011,
+        error: error.code,
+        message: error.message,
     }
 }
 
