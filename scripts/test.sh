@@ -21,11 +21,14 @@ require_cargo_subcommand() {
 # The operator tests start their own etcd, kube-apiserver and
 # kube-controller-manager on loopback; this finds (or builds once, into a
 # cache outside the checkout) those binaries and exports their directory.
-# They also need openssl, for the test certificates, and curl.
+# They also need openssl, for the test certificates, and curl. The replica
+# tests start their own redis-server processes on free loopback ports, from
+# Debian's package.
 start_services() {
     local missing=()
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     if ((${#missing[@]} > 0)); then
         echo "scripts/test.sh: installing ${missing[*]}" >&2
         apt-get update -qq && apt-get install -y -qq "${missing[@]}" >&2
@@ -33,6 +36,8 @@ start_services() {
     local assets
     assets=$(bash scripts/envtest-assets.sh | tail -n 1)
     export KUBEBUILDER_ASSETS=$assets
+    PARLEY_REDIS_SERVER=$(command -v redis-server)
+    export PARLEY_REDIS_SERVER
 }
 
 stop_services() {

@@ -2,6 +2,8 @@
 //! its own data directory, and talks to it over HTTP and WebSocket.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,368 @@
+//! Two runtime processes sharing one data directory and one Redis serve
+//! one chat: live delivery across them, and recovery when Redis or a
+//! subscription is lost.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{NO_RATE_LIMIT, Runtime, User, WAIT, Ws, config_yaml_with_server, poll_until};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Two replicas, A and B, with their Redis. The heartbeat is long because
+/// one test pauses a replica with SIGSTOP.
+struct Replicas {
+    a: Runtime,
+    b: Runtime,
+    redis: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+fn replica_config(data_dir: &Path, redis_url: &str) -> String {
+    let server = format!(
+        "  redis:\n    url: {redis_url}\n    channel_prefix: parley-test\n  max_replay: 5000\n"
+    );
+    config_yaml_with_server(&server, NO_RATE_LIMIT).replace(
+        "  heartbeat_seconds: 2\n  data_dir: data\n",
+        &format!(
+            "  heartbeat_seconds: 30\n  data_dir: {}\n",
+            data_dir.display()
+        ),
+    )
+}
+
+async fn start_replicas() -> Replicas {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let redis = RedisServer::start(dir.path());
+    let mut runtimes = Vec::new();
+    for name in ["a", "b"] {
+        let replica_dir = dir.path().join(name);
+        std::fs::create_dir_all(&replica_dir).unwrap();
+        let runtime = Runtime::start(&replica_dir, &replica_config(&data, &redis.url()));
+        runtimes.push(runtime);
+    }
+    let b = runtimes.pop().unwrap();
+    let a = runtimes.pop().unwrap();
+    for runtime in [&a, &b] {
+        poll_until("both Redis connections are up", || relay_up(runtime)).await;
+    }
+    Replicas {
+        a,
+        b,
+        redis,
+        _dir: dir,
+    }
+}
+
+/// True when `/readyz` reports ready without a degraded relay.
+async fn relay_up(runtime: &Runtime) -> bool {
+    readyz(runtime).await == (200, String::from("ready"))
+}
+
+async fn readyz(runtime: &Runtime) -> (u16, String) {
+    let response = reqwest::get(format!("{}/readyz", runtime.base_url()))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+async fn metric(runtime: &Runtime, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", runtime.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Reads frames until `count` messages of `channel` arrived and returns
+/// their sequence numbers in arrival order. Fails when nothing arrives for
+/// [`WAIT`], or on a frame that requests the client to page history.
+async fn receive_messages(ws: &mut Ws, channel: &str, count: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(count);
+    while seqs.len() < count {
+        let frame: Value = match ws.next_frame(WAIT).await {
+            Some(Message::Text(text)) => serde_json::from_str(text.as_str()).unwrap(),
+            other => panic!("after messages {seqs:?} the socket gave {other:?}"),
+        };
+        assert_ne!(frame["type"], "resync_required", "{frame}");
+        if frame["type"] == "message" && frame["message"]["channel_id"] == channel {
+            seqs.push(frame["message"]["seq"].as_u64().unwrap());
+        }
+    }
+    seqs
+}
+
+/// Asserts that `seqs` is exactly 1, 2, ..., `count`.
+fn assert_complete(who: &str, seqs: &[u64], count: u64) {
+    let expected: Vec<u64> = (1..=count).collect();
+    assert_eq!(seqs, expected.as_slice(), "messages received by {who}");
+}
+
+/// Alice and Bob of tenant acme, with their direct channel.
+async fn alice_and_bob(replicas: &Replicas) -> (User, User, String) {
+    let api = replicas.a.api("acme");
+    let alice = api.user("alice").await;
+    let bob = api.user("bob").await;
+    let channel = alice.direct_with("bob", Some("bike-42")).await;
+    (alice, bob, channel)
+}
+
+/// Sends `count` messages alternately as Alice through replica A and as
+/// Bob through replica B, over REST, and checks that each was stored.
+async fn send_alternately(alice: &User, bob: &User, channel: &str, from: usize, count: usize) {
+    for index in from..from + count {
+        let sender = if index % 2 == 0 { alice } else { bob };
+        let (status, body) = sender
+            .send_text(channel, &format!("m-{index}"), &format!("tin nhắn {index}"))
+            .await;
+        assert_eq!(status, 201, "send {index}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn message_reaches_other_replica_in_order() {
+    let replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let mut alice_on_a = Ws::connect(&replicas.a, "acme", &alice.token).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+    // A second device of Bob on the sender's replica.
+    let mut bob_on_a = Ws::connect(&replicas.a, "acme", &bob.token).await;
+
+    for index in 0..30 {
+        alice_on_a
+            .send_text(&channel, &format!("c-{index}"), "xin chào")
+            .await;
+    }
+
+    for (who, ws) in [
+        ("Bob on B", &mut bob_on_b),
+        ("Bob on A", &mut bob_on_a),
+        ("Alice on A", &mut alice_on_a),
+    ] {
+        let seqs = receive_messages(ws, &channel, 30).await;
+        assert_complete(who, &seqs, 30);
+    }
+    // Each socket got each message once: nothing more arrives.
+    bob_on_b.expect_silence(Duration::from_millis(300)).await;
+    bob_on_a.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// The subscriber pings Redis every 5 seconds, and a failed ping counts as
+/// a lost subscription. A misread reply would make every ping fail.
+#[tokio::test]
+async fn subscription_survives_its_pings() {
+    let replicas = start_replicas().await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for runtime in [&replicas.a, &replicas.b] {
+        assert_eq!(
+            metric(runtime, "parley_relay_subscription_losses_total").await,
+            0.0
+        );
+        assert!(relay_up(runtime).await);
+    }
+}
+
+#[tokio::test]
+async fn senders_on_both_replicas_share_one_order() {
+    let replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let mut alice_on_a = Ws::connect(&replicas.a, "acme", &alice.token).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+
+    let bob_at_b = bob.at(&replicas.b);
+    let send_all = |user: User, prefix: &'static str| {
+        let channel = channel.clone();
+        async move {
+            for index in 0..40 {
+                let client_id = format!("{prefix}-{index}");
+                let (status, body) = user.send_text(&channel, &client_id, prefix).await;
+                assert_eq!(status, 201, "{client_id}: {body}");
+            }
+        }
+    };
+    tokio::join!(send_all(alice.clone(), "a"), send_all(bob_at_b, "b"));
+
+    let on_a = receive_messages(&mut alice_on_a, &channel, 80).await;
+    assert_complete("Alice on A", &on_a, 80);
+    let on_b = receive_messages(&mut bob_on_b, &channel, 80).await;
+    assert_complete("Bob on B", &on_b, 80);
+}
+
+#[tokio::test]
+async fn redis_killed_under_traffic_loses_nothing() {
+    let mut replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let bob_at_b = bob.at(&replicas.b);
+    let mut alice_on_a = Ws::connect(&replicas.a, "acme", &alice.token).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+
+    send_alternately(&alice, &bob_at_b, &channel, 0, 20).await;
+    replicas.redis.kill();
+    // Both replicas keep storing while Redis is down, and stay ready.
+    send_alternately(&alice, &bob_at_b, &channel, 20, 20).await;
+    let a = &replicas.a;
+    poll_until("replica A reports the relay degraded", || async {
+        let (status, body) = readyz(a).await;
+        status == 200 && body.contains("degraded")
+    })
+    .await;
+    assert_eq!(metric(a, "parley_relay_publisher_connected").await, 0.0);
+
+    replicas.redis.restart();
+    send_alternately(&alice, &bob_at_b, &channel, 40, 20).await;
+
+    let on_a = receive_messages(&mut alice_on_a, &channel, 60).await;
+    assert_complete("Alice on A", &on_a, 60);
+    let on_b = receive_messages(&mut bob_on_b, &channel, 60).await;
+    assert_complete("Bob on B", &on_b, 60);
+    alice_on_a.expect_silence(Duration::from_millis(300)).await;
+    bob_on_b.expect_silence(Duration::from_millis(300)).await;
+    poll_until("replica A's relay is up again", || relay_up(a)).await;
+    assert!(metric(a, "parley_relay_dropped_total").await > 0.0);
+}
+
+#[tokio::test]
+async fn silent_channel_catches_up_after_redis_restart() {
+    let mut replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+
+    replicas.redis.kill();
+    // Stored while Redis is down, and nothing is sent after it is back:
+    // only a resync can bring these to Bob's socket on B.
+    for index in 0..5 {
+        let (status, body) = alice
+            .send_text(&channel, &format!("q-{index}"), "hỏi")
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    replicas.redis.restart();
+
+    let seqs = receive_messages(&mut bob_on_b, &channel, 5).await;
+    assert_complete("Bob on B", &seqs, 5);
+}
+
+#[tokio::test]
+async fn killed_subscription_is_repaired() {
+    let replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+
+    send_alternately(&alice, &bob.at(&replicas.b), &channel, 0, 10).await;
+    let killed = replicas
+        .redis
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed, ":2", "both replicas had one subscription each");
+    send_alternately(&alice, &bob.at(&replicas.b), &channel, 10, 10).await;
+
+    let seqs = receive_messages(&mut bob_on_b, &channel, 20).await;
+    assert_complete("Bob on B", &seqs, 20);
+    let b = &replicas.b;
+    poll_until("replica B counted the lost subscription", || async {
+        metric(b, "parley_relay_subscription_losses_total").await >= 1.0
+    })
+    .await;
+}
+
+/// A replica that stops reading its subscription is dropped by Redis once
+/// the subscriber's output buffer passes its limit. SIGSTOP makes B stop
+/// reading; after SIGCONT it must notice and catch its sockets up.
+#[tokio::test]
+async fn stalled_subscriber_dropped_by_redis_recovers() {
+    let replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+    let limit = replicas.redis.command(&[
+        "CONFIG",
+        "SET",
+        "client-output-buffer-limit",
+        "pubsub 64kb 0 0",
+    ]);
+    assert_eq!(limit, "+OK");
+
+    let pid = replicas.b.pid().to_string();
+    signal("-STOP", &pid);
+    // About 12 MB of envelopes for B, sent by four concurrent clients: far
+    // past the 64 KiB limit and what the kernel's socket buffers absorb on
+    // loopback (2.5 MB were absorbed whole in a trial).
+    let text = "chợ ".repeat(650);
+    let send_all = |worker: usize| {
+        let (alice, channel, text) = (alice.clone(), channel.clone(), text.clone());
+        async move {
+            for index in 0..750 {
+                let client_id = format!("big-{worker}-{index}");
+                let (status, body) = alice.send_text(&channel, &client_id, &text).await;
+                assert_eq!(status, 201, "{client_id}: {body}");
+            }
+        }
+    };
+    tokio::join!(send_all(0), send_all(1), send_all(2), send_all(3));
+    let subscribers = replicas.redis.subscribers("parley-test:tenant:acme");
+    signal("-CONT", &pid);
+    assert_eq!(subscribers, 1, "only A is subscribed once Redis dropped B");
+
+    let seqs = receive_messages(&mut bob_on_b, &channel, 3000).await;
+    assert_complete("Bob on B", &seqs, 3000);
+    let b = &replicas.b;
+    poll_until("replica B counted the lost subscription", || async {
+        metric(b, "parley_relay_subscription_losses_total").await >= 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tenants_with_same_ids_stay_apart() {
+    let replicas = start_replicas().await;
+    let (alice, _bob, channel) = alice_and_bob(&replicas).await;
+    let globex = replicas.b.api("globex");
+    let other_alice = globex.user("alice").await;
+    let other_bob = globex.user("bob").await;
+    let other_channel = other_alice.direct_with("bob", Some("bike-42")).await;
+    let mut other_bob_on_b = Ws::connect(&replicas.b, "globex", &other_bob.token).await;
+
+    for index in 0..5 {
+        let (status, _) = alice
+            .send_text(&channel, &format!("x-{index}"), "acme")
+            .await;
+        assert_eq!(status, 201);
+    }
+    other_bob_on_b
+        .expect_silence(Duration::from_millis(500))
+        .await;
+    let (status, _) = other_alice.send_text(&other_channel, "g-1", "globex").await;
+    assert_eq!(status, 201);
+    let seqs = receive_messages(&mut other_bob_on_b, &other_channel, 1).await;
+    assert_eq!(seqs, [1]);
+}
+
+#[tokio::test]
+async fn deleting_user_closes_sockets_on_every_replica() {
+    let replicas = start_replicas().await;
+    let (_alice, bob, _channel) = alice_and_bob(&replicas).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+
+    assert_eq!(replicas.a.api("acme").delete_user("bob").await, 204);
+    let (code, _) = bob_on_b.expect_close().await;
+    assert_eq!(code, 4003);
+}
+
+fn signal(signal: &str, pid: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
