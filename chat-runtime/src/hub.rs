@@ -160,6 +160,20 @@ impl Hub {
         handed
     }
 
+    /// Hands `event` to the listed sockets, each named by its user and id.
+    pub fn send_to_connections(&self, targets: &[(Arc<str>, ConnectionId)], event: &Outbound) {
+        let event = Arc::new(event.clone());
+        let users = lock(&self.users);
+        for (user, id) in targets {
+            let socket = users
+                .get(user.as_ref())
+                .and_then(|sockets| sockets.iter().find(|socket| socket.id == *id));
+            if let Some(socket) = socket {
+                offer(socket, Arc::clone(&event));
+            }
+        }
+    }
+
     /// Closes every socket of `user`, for example when the user is deleted.
     pub fn close_user(&self, user: &str, close_code: u16, code: &'static str, message: &str) {
         let users = lock(&self.users);

@@ -9,7 +9,8 @@
 //! - [`api`]: HTTP routes and authentication; [`ws`]: the WebSocket endpoint.
 //! - [`chat`]: operations shared by REST and WebSocket.
 //! - [`hub`]: live delivery to the sockets of this process; [`relay`]:
-//!   to the sockets of other processes, through Redis.
+//!   to the sockets of other processes, through Redis; [`presence`]: who
+//!   is online, across processes.
 //! - [`store`]: durable storage, one [`store::Store`] per tenant.
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod presence;
 pub mod relay;
 pub mod server;
 pub mod store;

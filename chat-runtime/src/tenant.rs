@@ -5,13 +5,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use crate::chat::now_millis;
 use crate::config::{Config, StoreSettings, TenantSettings};
 use crate::hub::{ConnectionId, Hub, Outbound};
 use crate::limits::RateLimiter;
+use crate::presence::{Change, Presence};
 use crate::relay::{Action, Relay, TenantLink};
 use crate::store::scylla::ConnectingStore;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Store, StoreError};
+use crate::ws::protocol::ServerFrame;
 
 /// One tenant's live state in this process.
 pub struct Tenant {
@@ -19,6 +22,7 @@ pub struct Tenant {
     settings: RwLock<Arc<TenantSettings>>,
     pub store: Arc<dyn Store>,
     pub hub: Hub,
+    pub presence: Presence,
     pub rate: RateLimiter,
     /// Publishes events to the tenant's other replicas, when a Redis relay
     /// is configured.
@@ -93,6 +97,73 @@ impl Tenant {
                 code: code.to_owned(),
             };
             relay.publish(action, message);
+        }
+    }
+
+    /// Counts a newly opened socket of `user`, telling watchers and the
+    /// other replicas when that changes what they know.
+    pub fn socket_opened(&self, user: &str) {
+        let (change, first_here) = self.presence.socket_opened(user, now_millis());
+        if let Some(change) = change {
+            self.tell_watchers(&change);
+        }
+        if first_here {
+            self.publish_presence(user, true, None);
+        }
+    }
+
+    /// Counts a closed socket of `user`, as [`Tenant::socket_opened`] does.
+    pub fn socket_closed(&self, user: &str) {
+        let now = now_millis();
+        let (change, last_here) = self.presence.socket_closed(user, now);
+        if let Some(change) = change {
+            self.tell_watchers(&change);
+        }
+        if last_here {
+            self.publish_presence(user, false, Some(now));
+        }
+    }
+
+    /// Sends a `presence` frame about the changed user to its watchers in
+    /// this process.
+    pub fn tell_watchers(&self, change: &Change) {
+        if change.watchers.is_empty() {
+            return;
+        }
+        let frame = ServerFrame::Presence {
+            user_id: &change.user,
+            online: change.state.online,
+            last_seen: change.state.last_seen,
+        }
+        .to_text();
+        self.hub
+            .send_to_connections(&change.watchers, &Outbound::Event(frame));
+    }
+
+    /// Publishes the users with a socket open in this process, so the other
+    /// replicas renew their entries.
+    pub fn publish_presence_refresh(&self) {
+        if let Some(relay) = &self.relay {
+            let users = self.presence.local_users();
+            relay.publish(Action::PresenceRefresh { users }, "");
+        }
+    }
+
+    /// Asks the other replicas to publish their refreshes now.
+    pub fn query_presence(&self) {
+        if let Some(relay) = &self.relay {
+            relay.publish(Action::PresenceQuery, "");
+        }
+    }
+
+    fn publish_presence(&self, user: &str, online: bool, last_seen: Option<i64>) {
+        if let Some(relay) = &self.relay {
+            let action = Action::Presence {
+                user: user.to_owned(),
+                online,
+                last_seen,
+            };
+            relay.publish(action, "");
         }
     }
 
@@ -303,6 +374,7 @@ async fn open_tenant(
         settings: RwLock::new(Arc::new(settings)),
         store,
         hub: Hub::default(),
+        presence: Presence::default(),
         rate: RateLimiter::default(),
         relay,
     }))

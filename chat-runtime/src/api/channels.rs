@@ -131,6 +131,45 @@ pub async fn get_one(
     Ok(Json(ChannelDetail { channel, members }))
 }
 
+#[derive(Serialize)]
+pub struct MemberPresence {
+    user_id: String,
+    online: bool,
+    /// Milliseconds since the epoch, or null when unknown.
+    last_seen: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct ChannelPresence {
+    presence: Vec<MemberPresence>,
+}
+
+/// Returns the presence of the channel's other members, for clients that
+/// poll instead of subscribing over WebSocket.
+pub async fn presence(
+    auth: UserAuth,
+    Path(channel_id): Path<String>,
+) -> ApiResult<Json<ChannelPresence>> {
+    let (_, members) = auth
+        .tenant
+        .store
+        .channel_for_member(&channel_id, &auth.user_id)
+        .await?;
+    let presence = members
+        .into_iter()
+        .filter(|member| member.user_id != auth.user_id)
+        .map(|member| {
+            let state = auth.tenant.presence.state(&member.user_id);
+            MemberPresence {
+                user_id: member.user_id,
+                online: state.online,
+                last_seen: state.last_seen,
+            }
+        })
+        .collect();
+    Ok(Json(ChannelPresence { presence }))
+}
+
 /// Other parameters (such as `tenant`) are ignored here.
 #[derive(Deserialize)]
 pub struct ListQuery {

@@ -147,6 +147,10 @@ pub fn router(state: SharedState) -> Router {
             get(channels::history).post(channels::send),
         )
         .route("/v1/channels/{channel_id}/read", post(channels::mark_read))
+        .route(
+            "/v1/channels/{channel_id}/presence",
+            get(channels::presence),
+        )
         .route("/v1/ws", get(crate::ws::upgrade));
 
     let server_api = Router::new()

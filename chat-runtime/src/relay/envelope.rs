@@ -46,6 +46,20 @@ pub enum Action {
         close_code: u16,
         code: String,
     },
+    /// `user` has a socket open on the publishing replica (`online`), or no
+    /// longer has; `last_seen` is when the last one closed there, in
+    /// milliseconds since the epoch.
+    Presence {
+        user: String,
+        online: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen: Option<i64>,
+    },
+    /// Every user with a socket open on the publishing replica.
+    PresenceRefresh { users: Vec<String> },
+    /// Asks every replica to publish its `PresenceRefresh` now, sent by a
+    /// replica that just subscribed.
+    PresenceQuery,
     /// Live events of the tenant may have been lost: sockets catch up from
     /// the store. With `channels`, only those channels up to the given
     /// sequence numbers; without, every channel of every socket.

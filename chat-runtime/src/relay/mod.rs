@@ -91,7 +91,8 @@ enum Loss {
     },
     /// Membership changes and resyncs: every channel of the tenant.
     All,
-    /// Typing indicators and read positions, which nobody needs late.
+    /// Typing indicators and read positions, which nobody needs late, and
+    /// presence, which the next refresh repairs.
     Nothing,
 }
 
@@ -167,6 +168,7 @@ impl Relay {
             receiver,
             state.shutdown.clone(),
         ));
+        tokio::spawn(refresh_presence(state.clone()));
         tokio::spawn(subscriber::run(Arc::clone(self), state));
     }
 
@@ -325,6 +327,29 @@ impl TenantLink {
                 | mpsc::error::TrySendError::Closed(publication) => publication,
             };
             self.relay.record_lost(publication);
+        }
+    }
+}
+
+/// Announces this replica's online users every
+/// [`crate::presence::REFRESH_INTERVAL`], and expires the other replicas'
+/// announcements that were not renewed, until shutdown.
+async fn refresh_presence(state: SharedState) {
+    let mut shutdown = state.shutdown.clone();
+    let mut interval = tokio::time::interval(crate::presence::REFRESH_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = crate::api::shutdown_started(&mut shutdown) => return,
+        }
+        let now = std::time::Instant::now();
+        let now_ms = crate::chat::now_millis();
+        for tenant in state.tenants.all() {
+            tenant.publish_presence_refresh();
+            for change in tenant.presence.expire(now, now_ms) {
+                tenant.tell_watchers(&change);
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 use super::envelope::{self, Action, Envelope};
 use super::{Backoff, COMMAND_TIMEOUT, CONNECT_TIMEOUT, Relay};
 use crate::api::{SharedState, shutdown_started};
+use crate::chat::now_millis;
 use crate::hub::{Outbound, Resync};
 use crate::tenant::Tenant;
 
@@ -60,8 +61,13 @@ async fn subscribe_and_serve(
         "Relay subscriber connected to Redis"
     );
     // Anything published while this replica was not subscribed is lost to
-    // its sockets, so each one reads what it missed from the store.
+    // its sockets, so each one reads what it missed from the store. The
+    // other replicas' presence is asked for again for the same reason.
     resync_local_sockets(relay, state);
+    for tenant in state.tenants.all() {
+        tenant.query_presence();
+        tenant.publish_presence_refresh();
+    }
 
     serve(relay, state, &mut sink, &mut stream, &mut subscribed).await
 }
@@ -162,9 +168,41 @@ fn deliver(relay: &Relay, state: &SharedState, channel: &str, payload: &[u8]) {
 }
 
 fn hand_to_hub(tenant: &Tenant, envelope: Envelope) {
-    let Envelope { action, frame, .. } = envelope;
+    let Envelope {
+        origin,
+        action,
+        frame,
+    } = envelope;
     let hub = &tenant.hub;
     match action {
+        Action::Presence {
+            user,
+            online,
+            last_seen,
+        } => {
+            let presence = &tenant.presence;
+            let change = presence.remote_report(
+                &origin,
+                &user,
+                online,
+                last_seen,
+                Instant::now(),
+                now_millis(),
+            );
+            if let Some(change) = change {
+                tenant.tell_watchers(&change);
+            }
+        }
+        Action::PresenceRefresh { users } => {
+            let changes =
+                tenant
+                    .presence
+                    .remote_refresh(&origin, &users, Instant::now(), now_millis());
+            for change in changes {
+                tenant.tell_watchers(&change);
+            }
+        }
+        Action::PresenceQuery => tenant.publish_presence_refresh(),
         Action::Message {
             users,
             channel_id,

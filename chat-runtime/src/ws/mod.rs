@@ -117,6 +117,7 @@ impl Registration {
         max_sockets: u32,
     ) -> Result<(Registration, mpsc::Receiver<Queued>), TooManyConnections> {
         let (id, outbound) = tenant.hub.register(user_id, max_sockets)?;
+        tenant.socket_opened(user_id);
         let registration = Registration {
             tenant: Arc::clone(tenant),
             user_id: user_id.to_owned(),
@@ -129,6 +130,9 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.tenant.hub.unregister(&self.user_id, self.id);
+        let watcher = (Arc::from(self.user_id.as_str()), self.id);
+        self.tenant.presence.unwatch_all(&watcher);
+        self.tenant.socket_closed(&self.user_id);
     }
 }
 

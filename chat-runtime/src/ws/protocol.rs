@@ -58,6 +58,18 @@ pub enum ClientFrame {
         #[serde(default)]
         r#ref: Option<String>,
     },
+    /// Watch the presence of the channel's other members.
+    PresenceSubscribe {
+        #[serde(default)]
+        r#ref: Option<String>,
+        channel_id: String,
+    },
+    /// Stop watching the presence of the channel's current members.
+    PresenceUnsubscribe {
+        #[serde(default)]
+        r#ref: Option<String>,
+        channel_id: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +138,14 @@ pub enum ServerFrame<'a> {
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
+    },
+    /// A watched user's presence: sent for each member on
+    /// `presence_subscribe`, and then whenever it changes. `last_seen` is
+    /// in milliseconds since the epoch, or null when unknown.
+    Presence {
+        user_id: &'a str,
+        online: bool,
+        last_seen: Option<i64>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -349,7 +349,59 @@ impl Session {
                 )
                 .await
             }
+            ClientFrame::PresenceSubscribe { r#ref, channel_id } => {
+                self.on_presence(r#ref.as_deref(), &channel_id, true).await
+            }
+            ClientFrame::PresenceUnsubscribe { r#ref, channel_id } => {
+                self.on_presence(r#ref.as_deref(), &channel_id, false).await
+            }
         }
+    }
+
+    /// Starts or stops watching the presence of the channel's other members.
+    /// Only a member may watch, so presence never crosses tenants or
+    /// reaches users who share no channel.
+    async fn on_presence(
+        &mut self,
+        reference: Option<&str>,
+        channel_id: &str,
+        subscribe: bool,
+    ) -> Result<(), Exit> {
+        let store = &self.tenant.store;
+        let members = match store.channel_for_member(channel_id, &self.user_id).await {
+            Ok((_, members)) => members,
+            Err(error) => return self.send_error(reference, &error.into()).await,
+        };
+        let others: Vec<String> = members
+            .into_iter()
+            .map(|member| member.user_id)
+            .filter(|user| *user != self.user_id)
+            .collect();
+        let watcher = (Arc::from(self.user_id.as_str()), self.connection_id);
+        if !subscribe {
+            self.tenant.presence.unwatch(&watcher, &others);
+            return Ok(());
+        }
+        let states = match self.tenant.presence.watch(&watcher, &others) {
+            Ok(states) => states,
+            Err(error) => {
+                let error = ChatError::new(
+                    StatusCode::BAD_REQUEST,
+                    "too_many_presence_subscriptions",
+                    error.to_string(),
+                );
+                return self.send_error(reference, &error).await;
+            }
+        };
+        for (user, state) in states {
+            let frame = ServerFrame::Presence {
+                user_id: &user,
+                online: state.online,
+                last_seen: state.last_seen,
+            };
+            self.write(frame.to_text()).await?;
+        }
+        Ok(())
     }
 
     async fn on_send(

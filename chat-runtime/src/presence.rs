@@ -1,0 +1,425 @@
+//! Online state of a tenant's users across replicas, and the index of
+//! which sockets watch which users.
+//!
+//! A user is online while at least one socket of theirs is open on any
+//! replica. This process counts its own sockets. Other replicas announce
+//! their users through the relay: a change when a user's first socket opens
+//! or last one closes there, and every [`REFRESH_INTERVAL`] the full list of
+//! users online there. An entry from another replica expires after
+//! [`REMOTE_TTL`] without a refresh, so the users of a replica that crashed
+//! go offline within that bound.
+//!
+//! Watchers are sockets that subscribed to users' presence (members of a
+//! shared channel). Every change of a watched user's state is returned as a
+//! [`Change`] with the sockets to tell.
+//!
+//! This module only decides; the caller delivers frames and publishes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::hub::ConnectionId;
+
+/// How often a replica announces the users online on it.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long another replica's announcement stays valid: three refreshes, so
+/// one or two lost refreshes do not flap a user offline.
+pub const REMOTE_TTL: Duration = Duration::from_secs(15);
+
+/// Users one socket may watch at once, which bounds the memory of the
+/// watcher index per socket.
+pub const MAX_WATCHED_PER_SOCKET: usize = 1_000;
+
+/// A watching socket: its user and connection id.
+pub type Watcher = (Arc<str>, ConnectionId);
+
+/// A user's presence as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub online: bool,
+    /// When the user was last seen online, in milliseconds since the epoch.
+    /// `None` when this process never saw the user online.
+    pub last_seen: Option<i64>,
+}
+
+/// A user whose state changed, and the sockets watching that user.
+#[derive(Debug)]
+pub struct Change {
+    pub user: String,
+    pub state: State,
+    pub watchers: Vec<Watcher>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a socket may watch at most {MAX_WATCHED_PER_SOCKET} users")]
+pub struct TooManyWatched;
+
+#[derive(Default)]
+struct Inner {
+    /// Open sockets per user in this process.
+    local: HashMap<String, usize>,
+    /// Per user, the replicas that reported the user online, with the time
+    /// their report expires.
+    remote: HashMap<String, HashMap<String, Instant>>,
+    /// When each user went offline, in milliseconds since the epoch.
+    ///
+    /// NOTE: kept in memory only, so it starts empty after a restart and a
+    /// replica that never saw a user online reports no last-seen time. It
+    /// grows by one entry per user seen since the process started.
+    last_seen: HashMap<String, i64>,
+    watchers: HashMap<String, HashSet<Watcher>>,
+    watched_by_socket: HashMap<ConnectionId, HashSet<String>>,
+}
+
+impl Inner {
+    fn is_online(&self, user: &str) -> bool {
+        self.local.contains_key(user) || self.remote.contains_key(user)
+    }
+
+    fn state(&self, user: &str) -> State {
+        State {
+            online: self.is_online(user),
+            last_seen: self.last_seen.get(user).copied(),
+        }
+    }
+
+    /// Returns the change to report when `user`'s online flag moved from
+    /// `was_online`, stamping last-seen when the user went offline.
+    fn change_from(&mut self, user: &str, was_online: bool, now_ms: i64) -> Option<Change> {
+        let online = self.is_online(user);
+        if online == was_online {
+            return None;
+        }
+        if !online {
+            self.last_seen.insert(user.to_owned(), now_ms);
+        }
+        let watchers = self
+            .watchers
+            .get(user)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
+        Some(Change {
+            user: user.to_owned(),
+            state: self.state(user),
+            watchers,
+        })
+    }
+}
+
+/// Presence of one tenant's users.
+#[derive(Default)]
+pub struct Presence {
+    inner: Mutex<Inner>,
+}
+
+impl Presence {
+    /// Counts a socket of `user` opened in this process. Returns the change,
+    /// and whether it is the user's first socket here.
+    pub fn socket_opened(&self, user: &str, now_ms: i64) -> (Option<Change>, bool) {
+        let mut inner = self.lock();
+        let was_online = inner.is_online(user);
+        let count = inner.local.entry(user.to_owned()).or_default();
+        *count += 1;
+        let first_here = *count == 1;
+        (inner.change_from(user, was_online, now_ms), first_here)
+    }
+
+    /// Counts a socket of `user` closed in this process. Returns the change,
+    /// and whether it was the user's last socket here.
+    pub fn socket_closed(&self, user: &str, now_ms: i64) -> (Option<Change>, bool) {
+        let mut inner = self.lock();
+        let was_online = inner.is_online(user);
+        let last_here = match inner.local.get_mut(user) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                inner.local.remove(user);
+                true
+            }
+            None => false,
+        };
+        (inner.change_from(user, was_online, now_ms), last_here)
+    }
+
+    /// Records that replica `instance` has `user` online (`online`) or no
+    /// longer has. `last_seen` is the other replica's stamp for an offline
+    /// report.
+    pub fn remote_report(
+        &self,
+        instance: &str,
+        user: &str,
+        online: bool,
+        last_seen: Option<i64>,
+        now: Instant,
+        now_ms: i64,
+    ) -> Option<Change> {
+        let mut inner = self.lock();
+        let was_online = inner.is_online(user);
+        if online {
+            let replicas = inner.remote.entry(user.to_owned()).or_default();
+            replicas.insert(instance.to_owned(), now + REMOTE_TTL);
+        } else if let Some(replicas) = inner.remote.get_mut(user) {
+            replicas.remove(instance);
+            if replicas.is_empty() {
+                inner.remote.remove(user);
+            }
+        }
+        let change = inner.change_from(user, was_online, last_seen.unwrap_or(now_ms));
+        if let Some(stamp) = last_seen
+            && !inner.is_online(user)
+        {
+            let newest = inner.last_seen.entry(user.to_owned()).or_insert(stamp);
+            *newest = (*newest).max(stamp);
+        }
+        change
+    }
+
+    /// Applies replica `instance`'s full list of online users: each listed
+    /// user's entry is renewed, and the replica's entries for users it no
+    /// longer lists are removed.
+    pub fn remote_refresh(
+        &self,
+        instance: &str,
+        users: &[String],
+        now: Instant,
+        now_ms: i64,
+    ) -> Vec<Change> {
+        let listed: HashSet<&str> = users.iter().map(String::as_str).collect();
+        let inner = self.lock();
+        let dropped: Vec<String> = inner
+            .remote
+            .iter()
+            .filter(|(user, replicas)| {
+                replicas.contains_key(instance) && !listed.contains(user.as_str())
+            })
+            .map(|(user, _)| user.clone())
+            .collect();
+        drop(inner);
+
+        let mut changes = Vec::new();
+        for user in dropped {
+            changes.extend(self.remote_report(instance, &user, false, None, now, now_ms));
+        }
+        for user in users {
+            changes.extend(self.remote_report(instance, user, true, None, now, now_ms));
+        }
+        changes
+    }
+
+    /// Removes reports of other replicas that were not refreshed in time.
+    pub fn expire(&self, now: Instant, now_ms: i64) -> Vec<Change> {
+        let inner = self.lock();
+        let stale: Vec<(String, String)> = inner
+            .remote
+            .iter()
+            .flat_map(|(user, replicas)| {
+                replicas
+                    .iter()
+                    .filter(|(_, expires)| **expires <= now)
+                    .map(move |(instance, _)| (user.clone(), instance.clone()))
+            })
+            .collect();
+        drop(inner);
+
+        stale
+            .into_iter()
+            .filter_map(|(user, instance)| {
+                self.remote_report(&instance, &user, false, None, now, now_ms)
+            })
+            .collect()
+    }
+
+    /// Users with a socket open in this process.
+    pub fn local_users(&self) -> Vec<String> {
+        self.lock().local.keys().cloned().collect()
+    }
+
+    pub fn state(&self, user: &str) -> State {
+        self.lock().state(user)
+    }
+
+    /// Makes `watcher` receive changes of `users`, and returns their
+    /// current states. Fails, watching none of them, when the socket would
+    /// watch more than [`MAX_WATCHED_PER_SOCKET`] users.
+    pub fn watch(
+        &self,
+        watcher: &Watcher,
+        users: &[String],
+    ) -> Result<Vec<(String, State)>, TooManyWatched> {
+        let mut inner = self.lock();
+        let watched = inner.watched_by_socket.entry(watcher.1).or_default();
+        let new = users.iter().filter(|user| !watched.contains(*user)).count();
+        if watched.len() + new > MAX_WATCHED_PER_SOCKET {
+            return Err(TooManyWatched);
+        }
+        watched.extend(users.iter().cloned());
+        for user in users {
+            let set = inner.watchers.entry(user.clone()).or_default();
+            set.insert(watcher.clone());
+        }
+        Ok(users
+            .iter()
+            .map(|user| (user.clone(), inner.state(user)))
+            .collect())
+    }
+
+    /// Stops `watcher` from receiving changes of `users`.
+    pub fn unwatch(&self, watcher: &Watcher, users: &[String]) {
+        let mut inner = self.lock();
+        if let Some(watched) = inner.watched_by_socket.get_mut(&watcher.1) {
+            for user in users {
+                watched.remove(user);
+            }
+            if watched.is_empty() {
+                inner.watched_by_socket.remove(&watcher.1);
+            }
+        }
+        for user in users {
+            remove_watcher(&mut inner.watchers, user, watcher);
+        }
+    }
+
+    /// Forgets everything `watcher` watched, when its socket closes.
+    pub fn unwatch_all(&self, watcher: &Watcher) {
+        let mut inner = self.lock();
+        let Some(watched) = inner.watched_by_socket.remove(&watcher.1) else {
+            return;
+        };
+        for user in watched {
+            remove_watcher(&mut inner.watchers, &user, watcher);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every mutation leaves the maps consistent before it can panic.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn remove_watcher(watchers: &mut HashMap<String, HashSet<Watcher>>, user: &str, watcher: &Watcher) {
+    if let Some(set) = watchers.get_mut(user) {
+        set.remove(watcher);
+        if set.is_empty() {
+            watchers.remove(user);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watcher(user: &str, id: ConnectionId) -> Watcher {
+        (Arc::from(user), id)
+    }
+
+    #[test]
+    fn first_socket_online_last_socket_offline() {
+        let presence = Presence::default();
+        let (change, first) = presence.socket_opened("lan", 1);
+        assert!(first);
+        assert!(change.unwrap().state.online);
+        let (change, first) = presence.socket_opened("lan", 2);
+        assert!(!first);
+        assert!(change.is_none());
+
+        let (change, last) = presence.socket_closed("lan", 3);
+        assert!(change.is_none());
+        assert!(!last);
+        let (change, last) = presence.socket_closed("lan", 4);
+        assert!(last);
+        let change = change.unwrap();
+        assert!(!change.state.online);
+        assert_eq!(change.state.last_seen, Some(4));
+    }
+
+    #[test]
+    fn watchers_get_changes_of_watched_users_only() {
+        let presence = Presence::default();
+        let bob = watcher("bob", 7);
+        let states = presence.watch(&bob, &[String::from("lan")]).unwrap();
+        assert!(!states[0].1.online);
+
+        let change = presence.socket_opened("lan", 1).0.unwrap();
+        assert_eq!(change.watchers, vec![bob.clone()]);
+        let other = presence.socket_opened("minh", 1).0.unwrap();
+        assert!(other.watchers.is_empty());
+
+        presence.unwatch_all(&bob);
+        let (change, _) = presence.socket_closed("lan", 2);
+        assert!(change.unwrap().watchers.is_empty());
+    }
+
+    #[test]
+    fn remote_replica_keeps_user_online() {
+        let presence = Presence::default();
+        let now = Instant::now();
+        let change = presence
+            .remote_report("replica-b", "lan", true, None, now, 10)
+            .unwrap();
+        assert!(change.state.online);
+        // A local socket opening and closing does not hide the other replica.
+        assert!(presence.socket_opened("lan", 11).0.is_none());
+        let (change, last) = presence.socket_closed("lan", 12);
+        assert!(last);
+        assert!(change.is_none());
+        assert!(presence.state("lan").online);
+
+        let change = presence
+            .remote_report("replica-b", "lan", false, Some(13), now, 14)
+            .unwrap();
+        assert!(!change.state.online);
+        assert_eq!(presence.state("lan").last_seen, Some(13));
+    }
+
+    #[test]
+    fn unrefreshed_replica_expires() {
+        let presence = Presence::default();
+        let start = Instant::now();
+        presence.remote_report("crashed", "lan", true, None, start, 1);
+        assert!(presence.expire(start + REMOTE_TTL / 2, 2).is_empty());
+        let changes = presence.expire(start + REMOTE_TTL, 3);
+        assert_eq!(changes.len(), 1);
+        assert!(!changes[0].state.online);
+        assert_eq!(changes[0].state.last_seen, Some(3));
+    }
+
+    #[test]
+    fn refresh_renews_and_drops_unlisted_users() {
+        let presence = Presence::default();
+        let start = Instant::now();
+        presence.remote_refresh("b", &[String::from("lan"), String::from("minh")], start, 1);
+        assert!(presence.state("minh").online);
+
+        let later = start + REMOTE_TTL - Duration::from_secs(1);
+        let changes = presence.remote_refresh("b", &[String::from("lan")], later, 2);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].user, "minh");
+        assert!(!changes[0].state.online);
+        // Renewed at `later`, so still online past the first expiry.
+        assert!(presence.expire(start + REMOTE_TTL, 3).is_empty());
+        assert!(presence.state("lan").online);
+    }
+
+    #[test]
+    fn watch_limit_per_socket() {
+        let presence = Presence::default();
+        let socket = watcher("bob", 1);
+        let many: Vec<String> = (0..MAX_WATCHED_PER_SOCKET)
+            .map(|i| format!("u{i}"))
+            .collect();
+        presence.watch(&socket, &many).unwrap();
+        // Watching the same users again adds nothing.
+        presence.watch(&socket, &many[..10]).unwrap();
+        let error = presence.watch(&socket, &[String::from("one-more")]);
+        assert_eq!(error.unwrap_err(), TooManyWatched);
+        presence.unwatch(&socket, &many[..1]);
+        presence
+            .watch(&socket, &[String::from("one-more")])
+            .unwrap();
+    }
+}
