@@ -359,6 +359,75 @@ async fn deleting_user_closes_sockets_on_every_replica() {
     assert_eq!(code, 4003);
 }
 
+/// The next `presence` frame about `user` within `wait`, skipping others.
+async fn presence_within(ws: &mut Ws, user: &str, wait: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let frame: Value = match ws.next_frame(left).await {
+            Some(Message::Text(text)) => serde_json::from_str(text.as_str()).unwrap(),
+            other => panic!("no presence frame about {user} within {wait:?}: {other:?}"),
+        };
+        if frame["type"] == "presence" && frame["user_id"] == user {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_crosses_replicas() {
+    let replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let alice_on_a = Ws::connect(&replicas.a, "acme", &alice.token).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+
+    // Alice opened her socket on A before Bob subscribed on B.
+    bob_on_b
+        .send_json(serde_json::json!({"type": "presence_subscribe", "channel_id": channel}))
+        .await;
+    let initial = presence_within(&mut bob_on_b, "alice", WAIT).await;
+    assert_eq!(initial["online"], true, "{initial}");
+
+    alice_on_a.close().await;
+    let offline = presence_within(&mut bob_on_b, "alice", WAIT).await;
+    assert_eq!(offline["online"], false);
+    assert!(offline["last_seen"].as_i64().is_some(), "{offline}");
+
+    let _alice_on_b = Ws::connect(&replicas.b, "acme", &alice.token).await;
+    assert_eq!(
+        presence_within(&mut bob_on_b, "alice", WAIT).await["online"],
+        true
+    );
+}
+
+/// A replica killed with SIGKILL announces nothing. Its users go offline
+/// on the other replicas once its last announcement expires: 15 s after it,
+/// and announcements come every 5 s.
+#[tokio::test]
+async fn users_of_killed_replica_go_offline() {
+    let mut replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let _alice_on_a = Ws::connect(&replicas.a, "acme", &alice.token).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+    bob_on_b
+        .send_json(serde_json::json!({"type": "presence_subscribe", "channel_id": channel}))
+        .await;
+    assert_eq!(
+        presence_within(&mut bob_on_b, "alice", WAIT).await["online"],
+        true
+    );
+
+    replicas.a.kill();
+    let killed = std::time::Instant::now();
+    let offline = presence_within(&mut bob_on_b, "alice", Duration::from_secs(25)).await;
+    assert_eq!(offline["online"], false);
+    assert!(
+        killed.elapsed() <= Duration::from_secs(21),
+        "{:?}",
+        killed.elapsed()
+    );
+}
+
 fn signal(signal: &str, pid: &str) {
     let status = std::process::Command::new("kill")
         .args([signal, pid])
