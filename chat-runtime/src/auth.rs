@@ -112,6 +112,17 @@ pub fn mint_user_token(
     now: u64,
     ttl_seconds: u64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    mint_user_token_issued_at(tenant, user_id, now, now + ttl_seconds)
+}
+
+/// Signs a user token with `iat` set to `issued_at` and `exp` to
+/// `expires_at`, both in seconds since the epoch.
+pub fn mint_user_token_issued_at(
+    tenant: &TenantSettings,
+    user_id: &str,
+    issued_at: u64,
+    expires_at: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let key = tenant.api_keys.first().ok_or_else(|| {
         jsonwebtoken::errors::Error::from(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)
     })?;
@@ -120,8 +131,8 @@ pub fn mint_user_token(
     let claims = Claims {
         sub: user_id.to_owned(),
         aud: tenant.id.clone(),
-        exp: now + ttl_seconds,
-        iat: Some(now),
+        exp: expires_at,
+        iat: Some(issued_at),
     };
     jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&key.secret)?)
 }

@@ -61,6 +61,9 @@ pub enum Outbound {
     /// Live events may have been lost on their way from another replica:
     /// read what was missed from the store.
     Resync(Arc<Resync>),
+    /// The user's tokens issued before `not_before` (seconds since the
+    /// epoch) were revoked: close the socket if its token is one of them.
+    Revoked { not_before: i64 },
     /// Close the socket with this WebSocket close code after sending an
     /// error frame with `code` and `message`.
     Close {

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use axum::extract::ws::Utf8Bytes;
+
 use crate::chat::now_millis;
 use crate::config::{Config, StoreSettings, TenantSettings};
 use crate::hub::{ConnectionId, Hub, Outbound};
@@ -80,6 +82,9 @@ impl Tenant {
             Outbound::Removed { channel_id, frame } => {
                 let channel_id = channel_id.to_string();
                 (Action::Removed { users, channel_id }, frame)
+            }
+            Outbound::Revoked { not_before } => {
+                (Action::Revoked { users, not_before }, Utf8Bytes::default())
             }
             // Closes of slow consumers and resyncs concern this process only.
             Outbound::Close { .. } | Outbound::Resync(_) => return,

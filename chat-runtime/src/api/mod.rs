@@ -163,6 +163,10 @@ pub fn router(state: SharedState) -> Router {
         .route(
             "/v1/server/users/{user_id}/tokens",
             post(server_api::mint_token),
+        )
+        .route(
+            "/v1/server/users/{user_id}/revoke-tokens",
+            post(server_api::revoke_tokens),
         );
 
     let mut operations = Router::new()

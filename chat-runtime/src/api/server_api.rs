@@ -111,6 +111,22 @@ pub struct TokenResponse {
     expires_at: u64,
 }
 
+#[derive(Serialize)]
+pub struct RevokeResponse {
+    /// Tokens issued (`iat`) before this second are rejected.
+    not_before: i64,
+}
+
+/// Rejects every token of the user issued so far and closes the sockets
+/// that use one, on every replica, within the relay's delivery time.
+pub async fn revoke_tokens(
+    auth: ServerAuth,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<RevokeResponse>> {
+    let not_before = chat::revoke_tokens(&auth.tenant, &user_id).await?;
+    Ok(Json(RevokeResponse { not_before }))
+}
+
 pub async fn mint_token(
     auth: ServerAuth,
     Path(user_id): Path<String>,
@@ -137,11 +153,18 @@ pub async fn mint_token(
     }
 
     let state = auth.tenant.store.user_auth_state(&user_id).await?;
-    if state.is_none_or(|state| state.deleted) {
+    let Some(state) = state.filter(|state| !state.deleted) else {
         return Err(ChatError::not_found().into());
-    }
+    };
     let now = auth::unix_now();
-    let token = auth::mint_user_token(&auth.tenant.settings(), &user_id, now, ttl).map_err(|error| {
+    // A revocation rejects tokens issued before the second after it, so a
+    // token minted in that second carries the bound as its `iat`.
+    let not_before = state
+        .tokens_not_before
+        .map_or(0, |bound| bound.max(0) as u64);
+    let issued_at = now.max(not_before);
+    let settings = auth.tenant.settings();
+    let token = auth::mint_user_token_issued_at(&settings, &user_id, issued_at, now + ttl).map_err(|error| {
         tracing::error!(tenant = %auth.tenant.id, error = %error, "Failed to sign a user token");
         ChatError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "failed to sign the token")
     })?;

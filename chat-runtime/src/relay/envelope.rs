@@ -46,6 +46,8 @@ pub enum Action {
         close_code: u16,
         code: String,
     },
+    /// Tokens of `users` issued before `not_before` were revoked.
+    Revoked { users: Vec<String>, not_before: i64 },
     /// `user` has a socket open on the publishing replica (`online`), or no
     /// longer has; `last_seen` is when the last one closed there, in
     /// milliseconds since the epoch.

@@ -301,9 +301,14 @@ impl TenantLink {
             } => Some((channel_id.clone(), *seq)),
             _ => None,
         };
+        // A lost revocation is repaired too: a resync of every channel also
+        // checks each socket's token against the user's revocation bound.
         let membership = matches!(
             action,
-            Action::Added { .. } | Action::Removed { .. } | Action::Resync { .. }
+            Action::Added { .. }
+                | Action::Removed { .. }
+                | Action::Resync { .. }
+                | Action::Revoked { .. }
         );
         let close = matches!(action, Action::CloseUser { .. });
         let payload = envelope::encode(&self.relay.instance, action, frame);

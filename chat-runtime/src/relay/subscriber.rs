@@ -203,6 +203,9 @@ fn hand_to_hub(tenant: &Tenant, envelope: Envelope) {
             }
         }
         Action::PresenceQuery => tenant.publish_presence_refresh(),
+        Action::Revoked { users, not_before } => {
+            hub.send_to_users(&users, &Outbound::Revoked { not_before }, None);
+        }
         Action::Message {
             users,
             channel_id,

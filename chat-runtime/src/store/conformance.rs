@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{
     Channel, ChannelKind, Content, MemberRole, Message, Millis, NewMessage, Page, Store,
-    StoreError, StoreResult,
+    StoreError, StoreResult, UserAuthState,
 };
 
 pub(crate) const NOW: Millis = 1_700_000_000_000;
@@ -62,6 +62,7 @@ macro_rules! store_conformance_tests {
             mark_read_monotonic_and_capped,
             list_channels_order_and_cursor,
             deleted_user_shows_as_sender_deleted,
+            revoke_tokens_moves_forward_only,
             append_rejects_non_finite_location,
             tenants_do_not_share_data,
             closed_store_rejects_calls,
@@ -825,6 +826,34 @@ pub(crate) async fn list_channels_order_and_cursor(fixture: &dyn Fixture) {
             .unwrap()
             .is_empty()
     );
+}
+
+pub(crate) async fn revoke_tokens_moves_forward_only(fixture: &dyn Fixture) {
+    let store = fixture.store();
+    add_users(&*store, &["lan", "gone"]).await;
+    let not_before = |state: Option<UserAuthState>| state.unwrap().tokens_not_before;
+
+    store.revoke_tokens("lan", 1_000, NOW).await.unwrap();
+    assert_eq!(
+        not_before(store.user_auth_state("lan").await.unwrap()),
+        Some(1_000)
+    );
+    store.revoke_tokens("lan", 900, NOW).await.unwrap();
+    assert_eq!(
+        not_before(store.user_auth_state("lan").await.unwrap()),
+        Some(1_000)
+    );
+    store.revoke_tokens("lan", 2_000, NOW).await.unwrap();
+    assert_eq!(
+        not_before(store.user_auth_state("lan").await.unwrap()),
+        Some(2_000)
+    );
+
+    store.delete_user("gone", NOW).await.unwrap();
+    let deleted = store.revoke_tokens("gone", 1_000, NOW).await;
+    assert!(matches!(deleted, Err(StoreError::NotFound)), "{deleted:?}");
+    let missing = store.revoke_tokens("nobody", 1_000, NOW).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 }
 
 pub(crate) async fn deleted_user_shows_as_sender_deleted(fixture: &dyn Fixture) {

@@ -227,6 +227,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>>;
 
+    /// Rejects the user's tokens issued (`iat`) before `not_before`, in
+    /// seconds since the epoch. The bound only moves forward, so an older
+    /// revocation arriving late changes nothing. Returns `NotFound` when the
+    /// user does not exist or is deleted.
+    async fn revoke_tokens(&self, id: &str, not_before: i64, now: Millis) -> StoreResult<()>;
+
     /// `None` when the user never existed.
     async fn user_auth_state(&self, id: &str) -> StoreResult<Option<UserAuthState>>;
 

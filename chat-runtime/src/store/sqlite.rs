@@ -315,6 +315,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn revoke_tokens(&self, id: &str, not_before: i64, now: Millis) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |conn| queries::revoke_tokens(conn, &id, not_before, now))
+            .await
+    }
+
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {
         let id = id.to_owned();
         self.read(move |conn| queries::load_user(conn, &id)).await

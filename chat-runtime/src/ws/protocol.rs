@@ -21,6 +21,8 @@ pub mod close {
     pub const USER_DELETED: u16 = 4003;
     /// The tenant was removed from the configuration.
     pub const TENANT_REMOVED: u16 = 4004;
+    /// The user's tokens were revoked through the server API.
+    pub const TOKEN_REVOKED: u16 = 4005;
     /// The socket's outbound queue filled up.
     pub const SLOW_CONSUMER: u16 = 4008;
 }
@@ -57,6 +59,12 @@ pub enum ClientFrame {
     Ping {
         #[serde(default)]
         r#ref: Option<String>,
+    },
+    /// Replace the socket's token with a newer one of the same user.
+    RefreshToken {
+        #[serde(default)]
+        r#ref: Option<String>,
+        token: String,
     },
     /// Watch the presence of the channel's other members.
     PresenceSubscribe {
@@ -138,6 +146,12 @@ pub enum ServerFrame<'a> {
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a str>,
+    },
+    /// The socket now uses the token of a `refresh_token` frame.
+    TokenRefreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        token_expires_at: u64,
     },
     /// A watched user's presence: sent for each member on
     /// `presence_subscribe`, and then whenever it changes. `last_seen` is

@@ -29,11 +29,12 @@ use tracing::Instrument;
 use super::Registration;
 use super::protocol::{ClientFrame, ServerFrame, TypingState, close, peek_ref};
 use crate::api::{SharedState, UserAuth};
+use crate::auth;
 use crate::chat::{self, ChatError};
 use crate::config::max_frame_bytes;
 use crate::hub::{ConnectionId, Outbound, Queued, Resync};
 use crate::metrics::Metrics;
-use crate::store::Message;
+use crate::store::{Message, UserAuthState};
 use crate::tenant::Tenant;
 
 /// A typing indicator ends by itself this long after its last refresh.
@@ -56,10 +57,9 @@ const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// keeps one busy socket from holding the worker thread for long.
 const MAX_WRITE_BATCH: usize = 64;
 
-/// Deadlines the session loop's single timer serves, besides typing.
+/// Deadlines the session loop's single timer serves, besides typing and
+/// the token's expiry.
 struct Timers {
-    /// When the token expires, with the verification leeway added.
-    expiry: Deadline,
     heartbeat: Duration,
     next_ping: Deadline,
 }
@@ -89,6 +89,13 @@ struct Session {
     /// Channels the user is typing in, with the time each indicator ends.
     typing: HashMap<String, Deadline>,
     last_received: Instant,
+    /// When the socket's token expires, with the verification leeway added.
+    /// A `refresh_token` frame moves it.
+    token_expiry: Deadline,
+    /// The `iat` of the socket's token, in seconds since the epoch (0 when
+    /// the token has none). A revocation closes sockets whose token was
+    /// issued before the revocation's bound.
+    issued_at: i64,
     /// Frames fed to the socket since the last flush.
     unflushed: bool,
     /// The tenant's delivery metrics, looked up once per socket instead of
@@ -145,6 +152,8 @@ async fn serve_connection(
         removed: HashSet::new(),
         typing: HashMap::new(),
         last_received: Instant::now(),
+        token_expiry: expiry_instant(token.expires_at, state.server.token_leeway_seconds),
+        issued_at: token.issued_at.map_or(0, |iat| iat as i64),
         unflushed: false,
         deliveries,
         delivery_seconds,
@@ -182,16 +191,14 @@ impl Session {
         }
 
         let heartbeat = Duration::from_secs(self.state.server.heartbeat_seconds);
-        let expiry = expiry_instant(token_expires_at, self.state.server.token_leeway_seconds);
         let mut timers = Timers {
-            expiry,
             heartbeat,
             next_ping: Deadline::now() + heartbeat,
         };
         // One timer serves the heartbeat, the token's expiry and the earliest
         // typing indicator to end, so an idle socket has a single timer entry
         // and wakes only when one of them is due.
-        let deadline = sleep_until(timers.next_ping.min(expiry));
+        let deadline = sleep_until(timers.next_ping.min(self.token_expiry));
         tokio::pin!(deadline);
         let mut shutdown_signal = self.state.shutdown.clone();
         let shutdown = crate::api::shutdown_started(&mut shutdown_signal);
@@ -233,7 +240,7 @@ impl Session {
     /// Returns when the timer should fire next: the next heartbeat, the
     /// token's expiry or the end of a typing indicator, whichever is first.
     fn next_deadline(&self, timers: &Timers) -> Deadline {
-        let first = timers.next_ping.min(timers.expiry);
+        let first = timers.next_ping.min(self.token_expiry);
         self.typing.values().copied().fold(first, Deadline::min)
     }
 
@@ -242,7 +249,7 @@ impl Session {
     /// time.
     async fn on_deadline(&mut self, timers: &mut Timers) -> Result<(), Exit> {
         let now = Deadline::now();
-        if now >= timers.expiry {
+        if now >= self.token_expiry {
             return Err(Exit::Close {
                 code: close::TOKEN_EXPIRED,
                 error: "token_expired",
@@ -349,6 +356,9 @@ impl Session {
                 )
                 .await
             }
+            ClientFrame::RefreshToken { r#ref, token } => {
+                self.on_refresh_token(r#ref.as_deref(), &token).await
+            }
             ClientFrame::PresenceSubscribe { r#ref, channel_id } => {
                 self.on_presence(r#ref.as_deref(), &channel_id, true).await
             }
@@ -356,6 +366,56 @@ impl Session {
                 self.on_presence(r#ref.as_deref(), &channel_id, false).await
             }
         }
+    }
+
+    /// Replaces the socket's token with a newer one of the same user, so the
+    /// client renews it without reconnecting. A rejected token leaves the
+    /// socket on its current token.
+    async fn on_refresh_token(&mut self, reference: Option<&str>, token: &str) -> Result<(), Exit> {
+        let leeway = self.state.server.token_leeway_seconds;
+        let verified = match auth::verify_user_token(&self.tenant.settings(), token, leeway) {
+            Ok(verified) => verified,
+            Err(error) => {
+                let error =
+                    ChatError::new(StatusCode::UNAUTHORIZED, error.code(), error.to_string());
+                return self.send_error(reference, &error).await;
+            }
+        };
+        if verified.user_id != self.user_id {
+            let error = ChatError::new(
+                StatusCode::FORBIDDEN,
+                "token_user_mismatch",
+                "the new token is for another user; a socket keeps its user",
+            );
+            return self.send_error(reference, &error).await;
+        }
+        let issued_at = verified.issued_at.map_or(0, |iat| iat as i64);
+        let state = match self.tenant.store.user_auth_state(&self.user_id).await {
+            Ok(state) => state,
+            Err(error) => return self.send_error(reference, &error.into()).await,
+        };
+        match revoked_or_deleted(state, issued_at) {
+            // The socket's own token stays valid, so only the refresh fails,
+            // with the code REST gives for such a token.
+            Some(Exit::Close { code, .. }) if code == close::TOKEN_REVOKED => {
+                let error = ChatError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "token_invalid",
+                    "the new token was issued before the user's tokens were revoked",
+                );
+                return self.send_error(reference, &error).await;
+            }
+            Some(exit) => return Err(exit),
+            None => {}
+        }
+
+        self.token_expiry = expiry_instant(verified.expires_at, leeway);
+        self.issued_at = issued_at;
+        let frame = ServerFrame::TokenRefreshed {
+            r#ref: reference,
+            token_expires_at: verified.expires_at,
+        };
+        self.write(frame.to_text()).await
     }
 
     /// Starts or stops watching the presence of the channel's other members.
@@ -644,6 +704,8 @@ impl Session {
                 self.write(frame).await
             }
             Outbound::Resync(resync) => self.resync(&resync).await,
+            Outbound::Revoked { not_before } if self.issued_at < not_before => Err(token_revoked()),
+            Outbound::Revoked { .. } => Ok(()),
             Outbound::Close {
                 close_code,
                 code,
@@ -670,19 +732,15 @@ impl Session {
     }
 
     /// Catches up on every channel of the user, and closes the socket when
-    /// the user was deleted meanwhile.
+    /// the user was deleted or the socket's token revoked meanwhile.
     async fn resync_all(&mut self) -> Result<(), Exit> {
         let store = &self.tenant.store;
-        let deleted = match store.user_auth_state(&self.user_id).await {
-            Ok(state) => state.is_none_or(|state| state.deleted),
+        let state = match store.user_auth_state(&self.user_id).await {
+            Ok(state) => state,
             Err(error) => return Err(store_failure(error)),
         };
-        if deleted {
-            return Err(Exit::Close {
-                code: close::USER_DELETED,
-                error: "user_deleted",
-                message: String::from("this user was deleted"),
-            });
+        if let Some(exit) = revoked_or_deleted(state, self.issued_at) {
+            return Err(exit);
         }
         let positions = match store.channel_positions(&self.user_id).await {
             Ok(positions) => positions,
@@ -842,6 +900,30 @@ async fn bounded(write: impl Future<Output = Result<(), axum::Error>>) -> Result
             tracing::debug!("WebSocket write timed out; dropping the connection");
             Err(Exit::Gone)
         }
+    }
+}
+
+/// Returns how to close a socket whose user is gone or whose token, issued
+/// at `issued_at`, was revoked since.
+fn revoked_or_deleted(state: Option<UserAuthState>, issued_at: i64) -> Option<Exit> {
+    let Some(state) = state.filter(|state| !state.deleted) else {
+        return Some(Exit::Close {
+            code: close::USER_DELETED,
+            error: "user_deleted",
+            message: String::from("this user was deleted"),
+        });
+    };
+    state
+        .tokens_not_before
+        .is_some_and(|not_before| issued_at < not_before)
+        .then(token_revoked)
+}
+
+fn token_revoked() -> Exit {
+    Exit::Close {
+        code: close::TOKEN_REVOKED,
+        error: "token_revoked",
+        message: String::from("the user's tokens were revoked; connect again with a new token"),
     }
 }
 

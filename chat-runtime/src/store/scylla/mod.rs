@@ -362,6 +362,11 @@ impl Store for ScyllaStore {
         self.delete_user_row(id, now).await
     }
 
+    async fn revoke_tokens(&self, id: &str, not_before: i64, now: Millis) -> StoreResult<()> {
+        self.check_open()?;
+        self.revoke_tokens_row(id, not_before, now).await
+    }
+
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {
         self.start_read()?;
         Ok(self.user(id).await?.map(|record| record.user))

@@ -29,6 +29,7 @@ pub(super) struct Statements {
     pub update_user: PreparedStatement,
     pub revive_user: PreparedStatement,
     pub delete_user: PreparedStatement,
+    pub revoke_tokens: PreparedStatement,
 
     pub select_channel: PreparedStatement,
     pub select_channel_serial: PreparedStatement,
@@ -116,6 +117,13 @@ impl Statements {
                     Kind::Conditional,
                     "UPDATE {ks}.users SET name = null, metadata = 'null', deleted = true, \
                      updated_at = ? WHERE id = ? IF deleted = false AND incarnation = ?",
+                )
+                .await?,
+            revoke_tokens: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.users SET tokens_not_before = ?, updated_at = ? \
+                     WHERE id = ? IF deleted = false AND incarnation = ?",
                 )
                 .await?,
 

@@ -103,6 +103,34 @@ impl ScyllaStore {
     }
 }
 
+impl ScyllaStore {
+    pub(super) async fn revoke_tokens_row(
+        &self,
+        id: &str,
+        not_before: i64,
+        now: Millis,
+    ) -> StoreResult<()> {
+        for _ in 0..MAX_USER_ATTEMPTS {
+            let record = match self.user(id).await? {
+                Some(record) if !record.user.deleted => record,
+                _ => return Err(StoreError::NotFound),
+            };
+            let bound = record.tokens_not_before.unwrap_or(0).max(not_before);
+            let applied = self
+                .conditional(
+                    &self.statements.revoke_tokens,
+                    (bound, now, id, record.incarnation),
+                    "revoke a user's tokens",
+                )
+                .await?;
+            if applied {
+                return Ok(());
+            }
+        }
+        Err(contention("revoke a user's tokens"))
+    }
+}
+
 /// Builds the error for a write that lost its lightweight transaction to
 /// concurrent writes every time it tried.
 pub(super) fn contention(operation: &'static str) -> StoreError {

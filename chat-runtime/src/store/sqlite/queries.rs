@@ -291,6 +291,24 @@ pub(super) fn delete_user(conn: &Connection, id: &str, now: Millis) -> OpResult<
     Ok(())
 }
 
+pub(super) fn revoke_tokens(
+    conn: &Connection,
+    id: &str,
+    not_before: i64,
+    now: Millis,
+) -> OpResult<()> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE users SET tokens_not_before = MAX(COALESCE(tokens_not_before, 0), ?2), \
+             updated_at = ?3 WHERE id = ?1 AND deleted = 0",
+        )?
+        .execute(params![id, not_before, now])?;
+    if changed == 0 {
+        return not_found();
+    }
+    Ok(())
+}
+
 pub(super) fn user_auth_state(conn: &Connection, id: &str) -> OpResult<Option<UserAuthState>> {
     let state = conn
         .prepare_cached("SELECT deleted, tokens_not_before FROM users WHERE id = ?1")?
