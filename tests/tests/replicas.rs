@@ -428,6 +428,27 @@ async fn users_of_killed_replica_go_offline() {
     );
 }
 
+#[tokio::test]
+async fn revocation_closes_sockets_on_every_replica() {
+    let replicas = start_replicas().await;
+    let (_alice, bob, _channel) = alice_and_bob(&replicas).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/server/users/bob/revoke-tokens",
+            replicas.a.base_url()
+        ))
+        .header("x-parley-tenant", "acme")
+        .basic_auth(common::ACME_KEY, Some(common::ACME_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (code, _) = bob_on_b.expect_close().await;
+    assert_eq!(code, 4005);
+}
+
 fn signal(signal: &str, pid: &str) {
     let status = std::process::Command::new("kill")
         .args([signal, pid])
