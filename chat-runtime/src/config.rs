@@ -58,8 +58,8 @@ pub struct ServerConfig {
     /// Directory holding one SQLite file per tenant. Relative paths are
     /// resolved against the config file's directory.
     pub data_dir: PathBuf,
-    /// Interval between WebSocket pings. A socket that sends nothing for two
-    /// intervals is closed as half-open.
+    /// Interval between WebSocket pings. A socket that sends nothing within
+    /// a few seconds after a ping is closed as half-open.
     pub heartbeat_seconds: u64,
     /// How long client message ids are remembered for dedupe.
     pub dedupe_retention_days: u64,

@@ -344,7 +344,7 @@ async fn half_open_socket_is_closed() {
     let elapsed = stalled_at.elapsed();
     assert!(
         elapsed >= Duration::from_secs(3),
-        "the stalled socket closed after {elapsed:?}, before two heartbeats"
+        "the stalled socket closed after {elapsed:?}, before its first ping was due"
     );
     assert!(
         !healthy.is_finished(),

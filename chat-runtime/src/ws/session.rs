@@ -40,6 +40,13 @@ use crate::tenant::Tenant;
 /// A typing indicator ends by itself this long after its last refresh.
 const TYPING_TTL: Duration = Duration::from_secs(6);
 
+/// Longest wait for any frame after a ping before the socket counts as
+/// half-open, and shorter when the heartbeat is. A client's WebSocket
+/// library replies to a ping at once, so a few seconds leave room for a slow
+/// mobile link, and a dead connection is noticed within the heartbeat
+/// interval plus this wait.
+const MAX_PONG_WAIT: Duration = Duration::from_secs(5);
+
 /// Maximum timer set for a token's expiry: one year.
 const MAX_EXPIRY_TIMER_SECONDS: u64 = 365 * 24 * 3600;
 
@@ -62,6 +69,10 @@ const MAX_WRITE_BATCH: usize = 64;
 struct Timers {
     heartbeat: Duration,
     next_ping: Deadline,
+    /// When the last ping went out, and when a frame must have arrived
+    /// since then.
+    ping_sent: Instant,
+    pong_due: Option<Deadline>,
 }
 
 /// Reason the session loop ended.
@@ -194,6 +205,8 @@ impl Session {
         let mut timers = Timers {
             heartbeat,
             next_ping: Deadline::now() + heartbeat,
+            ping_sent: Instant::now(),
+            pong_due: None,
         };
         // One timer serves the heartbeat, the token's expiry and the earliest
         // typing indicator to end, so an idle socket has a single timer entry
@@ -240,13 +253,16 @@ impl Session {
     /// Returns when the timer should fire next: the next heartbeat, the
     /// token's expiry or the end of a typing indicator, whichever is first.
     fn next_deadline(&self, timers: &Timers) -> Deadline {
-        let first = timers.next_ping.min(self.token_expiry);
+        let mut first = timers.next_ping.min(self.token_expiry);
+        if let Some(due) = timers.pong_due {
+            first = first.min(due);
+        }
         self.typing.values().copied().fold(first, Deadline::min)
     }
 
-    /// Closes the socket when its token expired. Otherwise sends a ping when
-    /// one is due and ends the typing indicators that were not refreshed in
-    /// time.
+    /// Closes the socket when its token expired, or when nothing arrived in
+    /// the wait after the last ping. Otherwise sends a ping when one is due
+    /// and ends the typing indicators that were not refreshed in time.
     async fn on_deadline(&mut self, timers: &mut Timers) -> Result<(), Exit> {
         let now = Deadline::now();
         if now >= self.token_expiry {
@@ -256,9 +272,24 @@ impl Session {
                 message: String::from("the user token expired; connect again with a new token"),
             });
         }
+        if let Some(due) = timers.pong_due
+            && now >= due
+        {
+            if self.last_received < timers.ping_sent {
+                return Err(Exit::Close {
+                    code: 1001,
+                    error: "heartbeat_timeout",
+                    message: String::from("no frame or pong arrived after a ping"),
+                });
+            }
+            timers.pong_due = None;
+        }
         if now >= timers.next_ping {
             timers.next_ping = now + timers.heartbeat;
-            self.on_ping(timers.heartbeat).await?;
+            timers.ping_sent = Instant::now();
+            timers.pong_due = Some(now + timers.heartbeat.min(MAX_PONG_WAIT));
+            self.send_bounded(WsMessage::Ping(Default::default()))
+                .await?;
         }
         self.expire_typing().await
     }
@@ -661,19 +692,26 @@ impl Session {
                 frame,
                 stored_at,
             } => {
-                if self.removed.contains(&channel_id) {
-                    return Ok(());
+                // A message of an untracked channel overtook the `Added`
+                // event (events of several replicas interleave through the
+                // relay), or the user joined while relayed events were lost.
+                // The store records whether the user is a member and where the
+                // join left the member's read position, which is where live
+                // delivery starts.
+                if !self.positions.contains_key(&channel_id) {
+                    let Some(start) =
+                        member_read_seq(&self.tenant, &self.user_id, &channel_id).await?
+                    else {
+                        return Ok(());
+                    };
+                    self.removed.remove(&channel_id);
+                    self.starts.insert(Arc::clone(&channel_id), start);
+                    self.positions.insert(Arc::clone(&channel_id), start);
                 }
                 let written = self.positions.get(&channel_id).copied().unwrap_or(0);
                 if seq <= written {
                     return Ok(());
                 }
-                // NOTE: a message can overtake the `Added` event of a user
-                // who just joined a group. The channel is then unknown here,
-                // starts at 0, and the catch-up writes the group's earlier
-                // history (up to `max_replay`) to the new member's socket.
-                // The member may read that history anyway, but it arrives as
-                // live messages.
                 if seq > written + 1 {
                     self.catch_up(&channel_id, seq - 1).await?;
                 }
@@ -689,18 +727,29 @@ impl Session {
                 // Messages up to `last_seq` were stored before the user joined.
                 // A channel the socket already tracks keeps its position, since
                 // messages below `last_seq` may still be on their way to it.
-                self.removed.remove(&channel_id);
-                if !self.positions.contains_key(&channel_id) {
+                // Membership events of several replicas can arrive out of
+                // order, so the store decides whether the user is a member.
+                if !self.positions.contains_key(&channel_id)
+                    && member_read_seq(&self.tenant, &self.user_id, &channel_id)
+                        .await?
+                        .is_some()
+                {
+                    self.removed.remove(&channel_id);
                     self.starts.insert(Arc::clone(&channel_id), last_seq);
                     self.positions.insert(channel_id, last_seq);
                 }
                 self.write(frame).await
             }
             Outbound::Removed { channel_id, frame } => {
-                self.positions.remove(&channel_id);
-                self.starts.remove(&channel_id);
-                self.typing.remove(channel_id.as_ref());
-                self.removed.insert(channel_id);
+                if member_read_seq(&self.tenant, &self.user_id, &channel_id)
+                    .await?
+                    .is_none()
+                {
+                    self.positions.remove(&channel_id);
+                    self.starts.remove(&channel_id);
+                    self.typing.remove(channel_id.as_ref());
+                    self.removed.insert(channel_id);
+                }
                 self.write(frame).await
             }
             Outbound::Resync(resync) => self.resync(&resync).await,
@@ -790,17 +839,6 @@ impl Session {
                 .observe(stored_at.elapsed().as_secs_f64());
         }
         Ok(())
-    }
-
-    async fn on_ping(&mut self, heartbeat: Duration) -> Result<(), Exit> {
-        if self.last_received.elapsed() > heartbeat * 2 {
-            return Err(Exit::Close {
-                code: 1001,
-                error: "heartbeat_timeout",
-                message: String::from("no frame or pong within two heartbeat intervals"),
-            });
-        }
-        self.send_bounded(WsMessage::Ping(Default::default())).await
     }
 
     async fn send_error(&mut self, reference: Option<&str>, error: &ChatError) -> Result<(), Exit> {
@@ -900,6 +938,23 @@ async fn bounded(write: impl Future<Output = Result<(), axum::Error>>) -> Result
             tracing::debug!("WebSocket write timed out; dropping the connection");
             Err(Exit::Gone)
         }
+    }
+}
+
+/// Returns the user's read position in the channel, or `None` when the user
+/// is not a member.
+async fn member_read_seq(
+    tenant: &Tenant,
+    user: &str,
+    channel_id: &str,
+) -> Result<Option<u64>, Exit> {
+    match tenant.store.channel_for_member(channel_id, user).await {
+        Ok((_, members)) => Ok(members
+            .iter()
+            .find(|member| member.user_id == user)
+            .map(|member| member.read_seq)),
+        Err(crate::store::StoreError::NotFound) => Ok(None),
+        Err(error) => Err(store_failure(error)),
     }
 }
 
