@@ -102,6 +102,7 @@ fn register_relay(registry: &mut Registry) -> RelayMetrics {
     let relay = RelayMetrics {
         published: Counter::default(),
         received: Counter::default(),
+        rejected: Counter::default(),
         dropped: Counter::default(),
         resyncs: Counter::default(),
         subscription_losses: Counter::default(),
@@ -117,6 +118,11 @@ fn register_relay(registry: &mut Registry) -> RelayMetrics {
         "relay_received",
         "Events received from Redis, this replica's own included",
         relay.received.clone(),
+    );
+    registry.register(
+        "relay_rejected",
+        "Events received from Redis and ignored: tagged with no key of their tenant, or malformed",
+        relay.rejected.clone(),
     );
     registry.register(
         "relay_dropped",

@@ -46,9 +46,9 @@ impl Tenant {
     /// socket `skip`, and publishes it to the other replicas.
     pub fn deliver(&self, users: &[String], event: Outbound, skip: Option<ConnectionId>) {
         self.hub.send_to_users(users, &event, skip);
-        let Some(relay) = &self.relay else {
+        if self.relay.is_none() {
             return;
-        };
+        }
         let users = users.to_vec();
         let (action, frame) = match event {
             Outbound::Message {
@@ -89,19 +89,18 @@ impl Tenant {
             // Closes of slow consumers and resyncs concern this process only.
             Outbound::Close { .. } | Outbound::Resync(_) => return,
         };
-        relay.publish(action, frame.as_str());
+        self.publish(action, frame.as_str());
     }
 
     /// Closes every socket of `user`, in this process and in the others.
     pub fn close_user(&self, user: &str, close_code: u16, code: &'static str, message: &str) {
         self.hub.close_user(user, close_code, code, message);
-        if let Some(relay) = &self.relay {
+        if self.relay.is_some() {
             let action = Action::CloseUser {
                 user: user.to_owned(),
-                close_code,
                 code: code.to_owned(),
             };
-            relay.publish(action, message);
+            self.publish(action, message);
         }
     }
 
@@ -148,28 +147,52 @@ impl Tenant {
     /// Publishes the users with a socket open in this process, so the other
     /// replicas renew their entries.
     pub fn publish_presence_refresh(&self) {
-        if let Some(relay) = &self.relay {
+        if self.relay.is_some() {
             let users = self.presence.local_users();
-            relay.publish(Action::PresenceRefresh { users }, "");
+            self.publish(Action::PresenceRefresh { users }, "");
         }
     }
 
     /// Asks the other replicas to publish their refreshes now.
     pub fn query_presence(&self) {
-        if let Some(relay) = &self.relay {
-            relay.publish(Action::PresenceQuery, "");
+        if self.relay.is_some() {
+            self.publish(Action::PresenceQuery, "");
         }
     }
 
     fn publish_presence(&self, user: &str, online: bool, last_seen: Option<i64>) {
-        if let Some(relay) = &self.relay {
+        if self.relay.is_some() {
             let action = Action::Presence {
                 user: user.to_owned(),
                 online,
                 last_seen,
             };
-            relay.publish(action, "");
+            self.publish(action, "");
         }
+    }
+
+    /// Publishes `action` to the other replicas, tagged with the tenant's
+    /// current API key secret, when a relay is configured.
+    fn publish(&self, action: Action, frame: &str) {
+        let Some(relay) = &self.relay else {
+            return;
+        };
+        let settings = self.settings();
+        // Validation keeps at least one key in every tenant.
+        let key = settings
+            .api_keys
+            .first()
+            .map_or(&[][..], |key| key.secret.as_slice());
+        relay.publish(action, frame, key);
+    }
+
+    /// The secrets a relayed event of this tenant may be tagged with.
+    pub fn relay_keys(&self) -> Vec<Vec<u8>> {
+        self.settings()
+            .api_keys
+            .iter()
+            .map(|key| key.secret.clone())
+            .collect()
     }
 
     fn replace_settings(&self, settings: TenantSettings) {
@@ -373,7 +396,11 @@ async fn open_tenant(
             base.clone(),
         )),
     };
-    let relay = relay.map(|relay| relay.link(&settings.id));
+    let key = settings
+        .api_keys
+        .first()
+        .map_or(&[][..], |key| key.secret.as_slice());
+    let relay = relay.map(|relay| relay.link(&settings.id, key));
     Ok(Arc::new(Tenant {
         id: settings.id.clone(),
         settings: RwLock::new(Arc::new(settings)),

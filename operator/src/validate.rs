@@ -130,9 +130,10 @@ pub fn validate(
     let runtime = spec.runtime.clone().unwrap_or_default();
     let requested_replicas = validate_replicas(runtime.replicas, scylla.is_some())?;
     // NOTE: a ScyllaDB tenant runs one replica even when more are
-    // requested, because replicas do not yet pass live events to each
-    // other, so a message sent through one would not reach sockets on
-    // another. The RuntimeReady condition states this.
+    // requested, because the operator does not yet give the runtime the
+    // Redis relay that passes live events between replicas, so a message
+    // sent through one would not reach sockets on another. The
+    // RuntimeReady condition states this.
     let replicas = 1;
     let image = validate_image(runtime.image.as_deref(), settings)?;
     let resources = validate_resources(&runtime, settings)?;

@@ -40,6 +40,9 @@ pub struct RelaySettings {
     /// any password in the URL.
     pub password: Option<String>,
     pub channel_prefix: String,
+    /// The database number of the URL. Redis pub/sub ignores it, so the
+    /// relay puts it in its channel names to keep databases apart.
+    pub database: i64,
 }
 
 impl std::fmt::Debug for RelaySettings {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for RelaySettings {
             .field("url", &redact_url(&self.url))
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("channel_prefix", &self.channel_prefix)
+            .field("database", &self.database)
             .finish()
     }
 }
@@ -62,7 +66,7 @@ impl RedisConfig {
                 "url must start with redis:// (TLS and Unix sockets are not supported)",
             ));
         }
-        redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
             .map_err(|error| format!("url {:?} is invalid: {error}", redact_url(&self.url)))?;
         check_prefix(&self.channel_prefix)?;
         let password = match (&self.password_file, &self.password_env) {
@@ -87,6 +91,7 @@ impl RedisConfig {
             url: self.url.clone(),
             password,
             channel_prefix: self.channel_prefix.clone(),
+            database: info.redis_settings().db(),
         })
     }
 }
@@ -156,6 +161,7 @@ mod tests {
             .unwrap();
         assert_eq!(settings.channel_prefix, "parley");
         assert_eq!(settings.password, None);
+        assert_eq!(settings.database, 2);
         settings.connection_info().unwrap();
     }
 

@@ -1,15 +1,31 @@
 //! The bytes of one relayed event on a Redis channel.
 //!
-//! An envelope is a header of compact JSON, a newline, and then the frame
-//! text exactly as the receiving replica writes it to its sockets. JSON
-//! escapes every newline inside strings, so the first newline always ends
-//! the header, and the frame is never parsed or encoded twice.
+//! An envelope is a 32-byte HMAC-SHA256 tag, a header of compact JSON, a
+//! newline, and then the frame text exactly as the receiving replica writes
+//! it to its sockets. JSON escapes every newline inside strings, so the
+//! first newline after the tag always ends the header, and the frame is
+//! never parsed or encoded twice.
+//!
+//! The tag is computed with the tenant's current API key secret, and a
+//! replica accepts an envelope whose tag matches any of the tenant's keys.
+//! Anyone who can publish to Redis could otherwise put arbitrary frames on
+//! any user's sockets, and make sockets read channels their users are not
+//! in.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// Bytes of the tag in front of every envelope.
+const TAG_BYTES: usize = 32;
+
+/// Domain separation: the same secret also signs user tokens, so the tag
+/// covers this prefix, which no JWT starts with.
+const TAG_CONTEXT: &[u8] = b"parley relay envelope\n";
 
 /// Version of the header layout. A replica ignores envelopes of another
 /// version, so a rolling upgrade that changes the layout degrades to
@@ -39,13 +55,10 @@ pub enum Action {
         users: Vec<String>,
         channel_id: String,
     },
-    /// Close every socket of `user` with `close_code` after an error frame
-    /// with `code`. The frame part is the error's message.
-    CloseUser {
-        user: String,
-        close_code: u16,
-        code: String,
-    },
+    /// Close every socket of `user` after an error frame with `code`, which
+    /// is one of the codes in [`crate::ws::protocol::close`]'s reasons that
+    /// a replica may relay. The frame part is the error's message.
+    CloseUser { user: String, code: String },
     /// Tokens of `users` issued before `not_before` were revoked.
     Revoked { users: Vec<String>, not_before: i64 },
     /// `user` has a socket open on the publishing replica (`online`), or no
@@ -92,6 +105,8 @@ pub struct Envelope {
 /// Why an envelope could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    #[error("the envelope's tag matches none of the tenant's keys")]
+    Tag,
     #[error("the envelope has no newline after its header")]
     NoHeaderEnd,
     #[error("the envelope's header is invalid: {0}")]
@@ -102,22 +117,38 @@ pub enum DecodeError {
     Frame,
 }
 
-/// Encodes one event. Serialising these headers cannot fail: every field is
-/// a string, a number or a list of them.
-pub fn encode(origin: &str, action: Action, frame: &str) -> Arc<[u8]> {
+/// Encodes one event, tagged with `key`. Serialising these headers cannot
+/// fail: every field is a string, a number or a list of them.
+pub fn encode(origin: &str, action: Action, frame: &str, key: &[u8]) -> Arc<[u8]> {
     let header = Header {
         v: VERSION,
         origin: Cow::Borrowed(origin),
         action,
     };
-    let mut bytes = serde_json::to_vec(&header).unwrap_or_default();
-    bytes.reserve_exact(1 + frame.len());
+    let header = serde_json::to_vec(&header).unwrap_or_default();
+    let mut bytes = Vec::with_capacity(TAG_BYTES + header.len() + 1 + frame.len());
+    bytes.resize(TAG_BYTES, 0);
+    bytes.extend_from_slice(&header);
     bytes.push(b'\n');
     bytes.extend_from_slice(frame.as_bytes());
+    let tag = tagger(key).chain_update(&bytes[TAG_BYTES..]).finalize();
+    bytes[..TAG_BYTES].copy_from_slice(&tag.into_bytes());
     Arc::from(bytes)
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+/// Checks the tag against each of `keys` and decodes the envelope.
+pub fn decode<'k>(
+    bytes: &[u8],
+    keys: impl IntoIterator<Item = &'k [u8]>,
+) -> Result<Envelope, DecodeError> {
+    if bytes.len() < TAG_BYTES {
+        return Err(DecodeError::Tag);
+    }
+    let (tag, bytes) = bytes.split_at(TAG_BYTES);
+    let tagged_by = |key: &[u8]| tagger(key).chain_update(bytes).verify_slice(tag).is_ok();
+    if !keys.into_iter().any(tagged_by) {
+        return Err(DecodeError::Tag);
+    }
     let end = bytes
         .iter()
         .position(|&b| b == b'\n')
@@ -135,9 +166,19 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     })
 }
 
+fn tagger(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.chain_update(TAG_CONTEXT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const OLD_KEY: &[u8] = b"fedcba9876543210fedcba9876543210";
 
     #[test]
     fn message_round_trips_with_newlines_in_frame_and_ids() {
@@ -147,37 +188,57 @@ mod tests {
             seq: 42,
         };
         let frame = "{\"type\":\"message\"}\n{\"second\":\"line\"}";
-        let bytes = encode("replica-a", action.clone(), frame);
-        let envelope = decode(&bytes).unwrap();
+        let bytes = encode("replica-a", action.clone(), frame, KEY);
+        let envelope = decode(&bytes, [KEY]).unwrap();
         assert_eq!(envelope.origin, "replica-a");
         assert_eq!(envelope.action, action);
         assert_eq!(envelope.frame.as_str(), frame);
     }
 
     #[test]
-    fn resync_without_channels_round_trips() {
-        let bytes = encode("a", Action::Resync { channels: None }, "");
-        let envelope = decode(&bytes).unwrap();
+    fn any_listed_key_verifies() {
+        let bytes = encode("a", Action::Resync { channels: None }, "", OLD_KEY);
+        let envelope = decode(&bytes, [KEY, OLD_KEY]).unwrap();
         assert_eq!(envelope.action, Action::Resync { channels: None });
         assert_eq!(envelope.frame.as_str(), "");
     }
 
     #[test]
+    fn forged_or_altered_envelope_is_rejected() {
+        let bytes = encode("a", Action::Event { users: vec![] }, "{}", OLD_KEY);
+        assert_eq!(decode(&bytes, [KEY]), Err(DecodeError::Tag));
+        let mut altered = bytes.to_vec();
+        *altered.last_mut().unwrap() = b']';
+        assert_eq!(decode(&altered, [OLD_KEY]), Err(DecodeError::Tag));
+        assert_eq!(decode(b"short", [KEY]), Err(DecodeError::Tag));
+    }
+
+    /// Builds an envelope with a valid tag around any payload.
+    fn tagged(payload: &[u8]) -> Vec<u8> {
+        let tag = tagger(KEY).chain_update(payload).finalize().into_bytes();
+        [tag.as_slice(), payload].concat()
+    }
+
+    #[test]
     fn other_version_is_rejected() {
-        let bytes = b"{\"v\":2,\"origin\":\"a\",\"kind\":\"event\",\"users\":[]}\n{}";
-        assert_eq!(decode(bytes), Err(DecodeError::Version(2)));
+        let bytes = tagged(b"{\"v\":2,\"origin\":\"a\",\"kind\":\"event\",\"users\":[]}\n{}");
+        assert_eq!(decode(&bytes, [KEY]), Err(DecodeError::Version(2)));
     }
 
     #[test]
     fn malformed_envelopes_are_rejected() {
-        assert_eq!(decode(b"no newline"), Err(DecodeError::NoHeaderEnd));
-        assert!(matches!(
-            decode(b"{\"v\":1}\n"),
-            Err(DecodeError::Header(_))
-        ));
+        assert_eq!(
+            decode(&tagged(b"no newline"), [KEY]),
+            Err(DecodeError::NoHeaderEnd)
+        );
+        let header_only = decode(&tagged(b"{\"v\":1}\n"), [KEY]);
+        assert!(matches!(header_only, Err(DecodeError::Header(_))));
         let mut invalid_frame =
             b"{\"v\":1,\"origin\":\"a\",\"kind\":\"event\",\"users\":[]}\n".to_vec();
         invalid_frame.push(0xff);
-        assert_eq!(decode(&invalid_frame), Err(DecodeError::Frame));
+        assert_eq!(
+            decode(&tagged(&invalid_frame), [KEY]),
+            Err(DecodeError::Frame)
+        );
     }
 }

@@ -2,11 +2,12 @@
 //! tenants, through Redis pub/sub.
 //!
 //! A replica hands each event to its own sockets at once and publishes it
-//! on the tenant's Redis channel, `<prefix>:tenant:<tenant id>`; the other
-//! replicas hand it to theirs. Tenant ids are DNS labels and the prefix may
-//! not contain `:`, so two tenants or deployments never share a channel,
-//! whatever ids users choose for channels and users (those travel inside
-//! the envelope, never in the channel name).
+//! on the tenant's Redis channel, `<prefix>:db<database>:tenant:<tenant
+//! id>`; the other replicas hand it to theirs. Tenant ids are DNS labels and
+//! the prefix may not contain `:`, so two tenants, deployments or databases
+//! never share a channel, whatever ids users choose for channels and users
+//! (those travel inside the envelope, never in the channel name). Redis
+//! pub/sub ignores the database number, hence its place in the name.
 //!
 //! Redis pub/sub delivers at most once, so the relay never sits on the
 //! message path: a message is stored and acknowledged whether or not Redis
@@ -18,7 +19,10 @@
 //!   resync for those channels is published to every replica;
 //! - when this replica's own subscription drops (Redis restarted, or it
 //!   closed a subscriber that fell behind its output-buffer limit), every
-//!   local socket resyncs all of its channels after the subscription is back.
+//!   local socket resyncs all of its channels after the subscription is back;
+//! - a replica that starts announces a resync of every channel of each of
+//!   its tenants, because an earlier process in its place may have stopped
+//!   with losses it could not announce.
 //!
 //! While Redis is unreachable each replica still delivers to its own
 //! sockets, `/readyz` stays ready with a degraded detail, and the
@@ -76,6 +80,9 @@ struct Publication {
     tenant: Arc<str>,
     channel: Arc<str>,
     payload: Arc<[u8]>,
+    /// The tenant key that tagged `payload`, to tag the announcements that
+    /// repair a loss of it.
+    key: Arc<[u8]>,
     /// What a resync must repair if the publication is dropped.
     loss: Loss,
 }
@@ -91,17 +98,18 @@ enum Loss {
     },
     /// Membership changes and resyncs: every channel of the tenant.
     All,
-    /// Typing indicators and read positions, which nobody needs late, and
+    /// Typing indicators and read positions, which no client needs late, and
     /// presence, which the next refresh repairs.
     Nothing,
 }
 
 /// What a tenant's next resync must cover.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Lost {
     channels: HashMap<String, u64>,
     all: bool,
     closes: Vec<Arc<[u8]>>,
+    key: Arc<[u8]>,
 }
 
 /// Process-wide counters and gauges of the relay.
@@ -109,6 +117,9 @@ struct Lost {
 pub struct RelayMetrics {
     pub published: Counter,
     pub received: Counter,
+    /// Envelopes with a tag that matches no key of their tenant, or that
+    /// could not be decoded.
+    pub rejected: Counter,
     pub dropped: Counter,
     pub resyncs: Counter,
     pub subscription_losses: Counter,
@@ -172,10 +183,22 @@ impl Relay {
         tokio::spawn(subscriber::run(Arc::clone(self), state));
     }
 
-    pub fn link(self: &Arc<Self>, tenant_id: &str) -> TenantLink {
+    /// Returns the tenant's handle, and queues the resync of every channel
+    /// that a replica announces when it starts serving a tenant. `key` is
+    /// the tenant's current API key secret.
+    pub fn link(self: &Arc<Self>, tenant_id: &str, key: &[u8]) -> TenantLink {
+        let tenant: Arc<str> = Arc::from(tenant_id);
+        let mut lost = lock(&self.lost);
+        let entry = lost
+            .entry(Arc::clone(&tenant))
+            .or_insert_with(|| Lost::new(key));
+        entry.all = true;
+        entry.channels.clear();
+        self.has_lost.store(true, Ordering::Release);
+        drop(lost);
         TenantLink {
             relay: Arc::clone(self),
-            tenant: Arc::from(tenant_id),
+            tenant,
             channel: Arc::from(self.channel_name(tenant_id)),
         }
     }
@@ -202,14 +225,20 @@ impl Relay {
     }
 
     fn channel_name(&self, tenant_id: &str) -> String {
-        format!("{}:tenant:{tenant_id}", self.settings.channel_prefix)
+        format!("{}{tenant_id}", self.channel_stem())
     }
 
     /// The tenant id in a channel name, when the name is one of ours.
     fn tenant_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel
-            .strip_prefix(self.settings.channel_prefix.as_str())?
-            .strip_prefix(":tenant:")
+        channel.strip_prefix(self.channel_stem().as_str())
+    }
+
+    fn channel_stem(&self) -> String {
+        let settings = &self.settings;
+        format!(
+            "{}:db{}:tenant:",
+            settings.channel_prefix, settings.database
+        )
     }
 
     fn record_error(&self, what: &str, error: &dyn std::fmt::Display) {
@@ -220,7 +249,10 @@ impl Relay {
     fn record_lost(&self, publication: Publication) {
         self.metrics.dropped.inc();
         let mut lost = lock(&self.lost);
-        let tenant = lost.entry(publication.tenant).or_default();
+        let tenant = lost
+            .entry(publication.tenant)
+            .or_insert_with(|| Lost::new(&publication.key));
+        tenant.key = publication.key;
         match publication.loss {
             Loss::Message { channel_id, seq } => {
                 if tenant.all {
@@ -265,6 +297,7 @@ impl Relay {
                     tenant: Arc::clone(&tenant),
                     channel: Arc::clone(&channel),
                     payload: Arc::clone(&envelope),
+                    key: Arc::clone(&lost.key),
                     loss: Loss::CloseUser { envelope },
                 });
             }
@@ -272,15 +305,28 @@ impl Relay {
             if channels.as_ref().is_some_and(Vec::is_empty) {
                 continue;
             }
-            let payload = envelope::encode(&self.instance, Action::Resync { channels }, "");
+            let action = Action::Resync { channels };
+            let payload = envelope::encode(&self.instance, action, "", &lost.key);
             announcements.push(Publication {
                 tenant,
                 channel,
                 payload,
+                key: lost.key,
                 loss: Loss::All,
             });
         }
         announcements
+    }
+}
+
+impl Lost {
+    fn new(key: &[u8]) -> Lost {
+        Lost {
+            channels: HashMap::new(),
+            all: false,
+            closes: Vec::new(),
+            key: Arc::from(key),
+        }
     }
 }
 
@@ -291,10 +337,11 @@ impl RelaySettings {
 }
 
 impl TenantLink {
-    /// Queues `action` with its frame for the other replicas. Never waits:
-    /// when the queue is full the publication is dropped and a resync is
-    /// announced later.
-    pub fn publish(&self, action: Action, frame: &str) {
+    /// Queues `action` with its frame for the other replicas, tagged with
+    /// the tenant's current API key secret `key`. Never waits: when the
+    /// queue is full the publication is dropped and a resync is announced
+    /// later.
+    pub fn publish(&self, action: Action, frame: &str, key: &[u8]) {
         let message = match &action {
             Action::Message {
                 channel_id, seq, ..
@@ -311,7 +358,7 @@ impl TenantLink {
                 | Action::Revoked { .. }
         );
         let close = matches!(action, Action::CloseUser { .. });
-        let payload = envelope::encode(&self.relay.instance, action, frame);
+        let payload = envelope::encode(&self.relay.instance, action, frame, key);
         let loss = match message {
             Some((channel_id, seq)) => Loss::Message { channel_id, seq },
             None if close => Loss::CloseUser {
@@ -324,6 +371,7 @@ impl TenantLink {
             tenant: Arc::clone(&self.tenant),
             channel: Arc::clone(&self.channel),
             payload,
+            key: Arc::from(key),
             loss,
         };
         if let Err(error) = self.relay.queue.try_send(publication) {
@@ -395,9 +443,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
     fn relay() -> Arc<Relay> {
         let settings = RedisConfig {
-            url: String::from("redis://127.0.0.1:1"),
+            url: String::from("redis://127.0.0.1:1/3"),
             password_file: None,
             password_env: None,
             channel_prefix: String::from("test"),
@@ -407,8 +457,21 @@ mod tests {
         Relay::new(settings, &Metrics::default())
     }
 
+    fn lost_publication(loss: Loss) -> Publication {
+        Publication {
+            tenant: Arc::from("acme"),
+            channel: Arc::from("test:db3:tenant:acme"),
+            payload: Arc::from(&b""[..]),
+            key: Arc::from(KEY),
+            loss,
+        }
+    }
+
     fn resync_channels(publication: &Publication) -> Option<Vec<(String, u64)>> {
-        match envelope::decode(&publication.payload).unwrap().action {
+        match envelope::decode(&publication.payload, [KEY])
+            .unwrap()
+            .action
+        {
             Action::Resync { channels } => channels,
             other => panic!("expected a resync, got {other:?}"),
         }
@@ -418,35 +481,34 @@ mod tests {
     fn channel_names_map_back_to_tenants() {
         let relay = relay();
         let name = relay.channel_name("acme");
-        assert_eq!(name, "test:tenant:acme");
+        assert_eq!(name, "test:db3:tenant:acme");
         assert_eq!(relay.tenant_of_channel(&name), Some("acme"));
-        assert_eq!(relay.tenant_of_channel("other:tenant:acme"), None);
-        assert_eq!(relay.tenant_of_channel("test:acme"), None);
+        assert_eq!(relay.tenant_of_channel("test:db0:tenant:acme"), None);
+        assert_eq!(relay.tenant_of_channel("other:db3:tenant:acme"), None);
+    }
+
+    #[test]
+    fn new_link_announces_a_full_resync() {
+        let relay = relay();
+        let _link = relay.link("acme", KEY);
+        let announcements = relay.take_lost();
+        assert_eq!(announcements.len(), 1);
+        assert_eq!(resync_channels(&announcements[0]), None);
+        assert!(relay.take_lost().is_empty());
     }
 
     #[test]
     fn dropped_messages_become_one_resync_per_tenant() {
         let relay = relay();
-        let link = relay.link("acme");
         for seq in [3, 9, 5] {
-            let action = Action::Message {
-                users: vec![String::from("lan")],
+            relay.record_lost(lost_publication(Loss::Message {
                 channel_id: String::from("g:1"),
                 seq,
-            };
-            relay.record_lost(Publication {
-                tenant: Arc::clone(&link.tenant),
-                channel: Arc::clone(&link.channel),
-                payload: envelope::encode("x", action.clone(), "{}"),
-                loss: Loss::Message {
-                    channel_id: String::from("g:1"),
-                    seq,
-                },
-            });
+            }));
         }
         let announcements = relay.take_lost();
         assert_eq!(announcements.len(), 1);
-        assert_eq!(&*announcements[0].channel, "test:tenant:acme");
+        assert_eq!(&*announcements[0].channel, "test:db3:tenant:acme");
         assert_eq!(
             resync_channels(&announcements[0]),
             Some(vec![(String::from("g:1"), 9)])
@@ -457,13 +519,7 @@ mod tests {
     #[test]
     fn lost_membership_change_resyncs_every_channel() {
         let relay = relay();
-        let link = relay.link("acme");
-        relay.record_lost(Publication {
-            tenant: Arc::clone(&link.tenant),
-            channel: Arc::clone(&link.channel),
-            payload: Arc::from(&b""[..]),
-            loss: Loss::All,
-        });
+        relay.record_lost(lost_publication(Loss::All));
         let announcements = relay.take_lost();
         assert_eq!(resync_channels(&announcements[0]), None);
     }
@@ -471,23 +527,14 @@ mod tests {
     #[test]
     fn lost_close_is_announced_again_before_the_resync() {
         let relay = relay();
-        let close = envelope::encode(
-            &relay.instance,
-            Action::CloseUser {
-                user: String::from("lan"),
-                close_code: 4003,
-                code: String::from("user_deleted"),
-            },
-            "this user was deleted",
-        );
-        relay.record_lost(Publication {
-            tenant: Arc::from("acme"),
-            channel: Arc::from("test:tenant:acme"),
-            payload: Arc::clone(&close),
-            loss: Loss::CloseUser {
-                envelope: Arc::clone(&close),
-            },
-        });
+        let action = Action::CloseUser {
+            user: String::from("lan"),
+            code: String::from("user_deleted"),
+        };
+        let close = envelope::encode(&relay.instance, action, "this user was deleted", KEY);
+        relay.record_lost(lost_publication(Loss::CloseUser {
+            envelope: Arc::clone(&close),
+        }));
         let announcements = relay.take_lost();
         assert_eq!(announcements.len(), 1);
         assert_eq!(&*announcements[0].payload, &*close);
@@ -497,15 +544,10 @@ mod tests {
     fn many_lost_channels_widen_to_all() {
         let relay = relay();
         for index in 0..=MAX_LOST_CHANNELS {
-            relay.record_lost(Publication {
-                tenant: Arc::from("acme"),
-                channel: Arc::from("test:tenant:acme"),
-                payload: Arc::from(&b""[..]),
-                loss: Loss::Message {
-                    channel_id: format!("g:{index}"),
-                    seq: 1,
-                },
-            });
+            relay.record_lost(lost_publication(Loss::Message {
+                channel_id: format!("g:{index}"),
+                seq: 1,
+            }));
         }
         let announcements = relay.take_lost();
         assert_eq!(resync_channels(&announcements[0]), None);

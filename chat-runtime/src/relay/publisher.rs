@@ -48,17 +48,31 @@ pub(super) async fn run(
             }
         };
 
-        backoff.reset();
         relay.metrics.publisher_connected.set(1);
         tracing::info!("Relay publisher connected to Redis");
-        let stop = serve(&relay, &mut connection, &mut queue, &mut shutdown).await;
+        let stop = serve(
+            &relay,
+            &mut connection,
+            &mut queue,
+            &mut shutdown,
+            &mut backoff,
+        )
+        .await;
         relay.metrics.publisher_connected.set(0);
-        match stop {
-            Stop::Shutdown => return,
-            Stop::Failed(error) => {
-                relay.record_error("publishing to Redis failed", &error);
-                tracing::warn!(error = %error, "Publishing to Redis failed; reconnecting");
-            }
+        let Stop::Failed(error) = stop else {
+            return;
+        };
+        relay.record_error("publishing to Redis failed", &error);
+        tracing::warn!(error = %error, "Publishing to Redis failed; reconnecting");
+        // Redis may accept connections and still reject every PUBLISH (an
+        // ACL without the right, say), so a failure waits like a failed
+        // connect, and only a publish that succeeds resets the wait.
+        let wait = backoff.next_wait();
+        if drop_queued(&relay, &mut queue, wait, &mut shutdown)
+            .await
+            .is_break()
+        {
+            return;
         }
     }
 }
@@ -80,13 +94,15 @@ async fn serve(
     connection: &mut MultiplexedConnection,
     queue: &mut mpsc::Receiver<Publication>,
     shutdown: &mut watch::Receiver<bool>,
+    backoff: &mut Backoff,
 ) -> Stop {
     loop {
         let announcements = relay.take_lost();
-        if !announcements.is_empty()
-            && let Err(error) = publish(relay, connection, announcements).await
-        {
-            return Stop::Failed(error);
+        if !announcements.is_empty() {
+            if let Err(error) = publish(relay, connection, announcements).await {
+                return Stop::Failed(error);
+            }
+            backoff.reset();
         }
 
         let first = tokio::select! {
@@ -107,6 +123,7 @@ async fn serve(
         if let Err(error) = publish(relay, connection, batch).await {
             return Stop::Failed(error);
         }
+        backoff.reset();
     }
 }
 

@@ -14,11 +14,16 @@ use crate::api::{SharedState, shutdown_started};
 use crate::chat::now_millis;
 use crate::hub::{Outbound, Resync};
 use crate::tenant::Tenant;
+use crate::ws::protocol::close;
 
 /// Interval of the pings that detect a silent Redis. Redis sends nothing on
 /// an idle subscription, so without them a half-open connection would look
 /// like a quiet one.
 const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a subscription must have lasted for the retry wait to start
+/// again from its shortest after it fails.
+const STABLE_SUBSCRIPTION: Duration = Duration::from_secs(30);
 
 pub(super) async fn run(relay: Arc<Relay>, state: SharedState) {
     let mut shutdown = state.shutdown.clone();
@@ -55,7 +60,7 @@ async fn subscribe_and_serve(
     update_subscriptions(relay, state, &mut sink, &mut subscribed).await?;
 
     relay.metrics.subscriber_connected.set(1);
-    backoff.reset();
+    let subscribed_at = Instant::now();
     tracing::info!(
         channels = subscribed.len(),
         "Relay subscriber connected to Redis"
@@ -69,7 +74,13 @@ async fn subscribe_and_serve(
         tenant.publish_presence_refresh();
     }
 
-    serve(relay, state, &mut sink, &mut stream, &mut subscribed).await
+    let result = serve(relay, state, &mut sink, &mut stream, &mut subscribed).await;
+    // A subscription that fails right after it started (a reply the client
+    // cannot read, say) must not make the retries spin.
+    if subscribed_at.elapsed() >= STABLE_SUBSCRIPTION {
+        backoff.reset();
+    }
+    result
 }
 
 async fn serve(
@@ -96,7 +107,7 @@ async fn serve(
                 update_subscriptions(relay, state, sink, subscribed).await?;
             }
             _ = ping.tick() => {
-                // A subscribed RESP2 connection answers PING with an array,
+                // A subscribed RESP2 connection replies to PING with an array,
                 // so any reply counts.
                 if let Err(error) = timed(sink.ping::<redis::Value>()).await {
                     relay.metrics.subscription_losses.inc();
@@ -151,10 +162,12 @@ fn deliver(relay: &Relay, state: &SharedState, channel: &str, payload: &[u8]) {
     else {
         return;
     };
-    let envelope = match envelope::decode(payload) {
+    let keys = tenant.relay_keys();
+    let envelope = match envelope::decode(payload, keys.iter().map(Vec::as_slice)) {
         Ok(envelope) => envelope,
         Err(error) => {
-            tracing::warn!(tenant = %tenant.id, error = %error, "Ignoring an invalid relayed event");
+            relay.metrics.rejected.inc();
+            tracing::debug!(tenant = %tenant.id, error = %error, "Ignoring an invalid relayed event");
             return;
         }
     };
@@ -241,11 +254,13 @@ fn hand_to_hub(tenant: &Tenant, envelope: Envelope) {
             };
             hub.send_to_users(&users, &event, None);
         }
-        Action::CloseUser {
-            user,
-            close_code,
-            code,
-        } => hub.close_user(&user, close_code, close_reason(&code), frame.as_str()),
+        Action::CloseUser { user, code } => {
+            // Only closes this build sends are relayed, each with its own
+            // close code.
+            if code == "user_deleted" {
+                hub.close_user(&user, close::USER_DELETED, "user_deleted", frame.as_str());
+            }
+        }
         Action::Resync { channels } => {
             let resync = match channels {
                 Some(channels) => Resync::Channels(
@@ -258,15 +273,6 @@ fn hand_to_hub(tenant: &Tenant, envelope: Envelope) {
             };
             hub.resync(&Arc::new(resync));
         }
-    }
-}
-
-/// The error code of a relayed close, as one of the codes this build
-/// sends, so a peer cannot make sockets show an arbitrary code.
-fn close_reason(code: &str) -> &'static str {
-    match code {
-        "user_deleted" => "user_deleted",
-        _ => "closed_by_server",
     }
 }
 

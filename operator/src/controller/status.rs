@@ -149,7 +149,7 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
                     .find(|condition| condition.kind == RUNTIME_READY)
             {
                 runtime.message = format!(
-                    "{}; 1 of {requested_replicas} requested replicas runs, because runtime replicas do not pass live events to each other yet",
+                    "{}; 1 of {requested_replicas} requested replicas runs, because the operator does not configure the Redis relay between replicas yet",
                     runtime.message
                 );
             }
