@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::redis::RedisServer;
 use common::{NO_RATE_LIMIT, Runtime, User, WAIT, Ws, config_yaml_with_server, poll_until};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Two replicas, A and B, with their Redis. The heartbeat is long because
@@ -310,7 +310,7 @@ async fn stalled_subscriber_dropped_by_redis_recovers() {
         }
     };
     tokio::join!(send_all(0), send_all(1), send_all(2), send_all(3));
-    let subscribers = replicas.redis.subscribers("parley-test:tenant:acme");
+    let subscribers = replicas.redis.subscribers("parley-test:db0:tenant:acme");
     signal("-CONT", &pid);
     assert_eq!(subscribers, 1, "only A is subscribed once Redis dropped B");
 
@@ -359,7 +359,8 @@ async fn deleting_user_closes_sockets_on_every_replica() {
     assert_eq!(code, 4003);
 }
 
-/// The next `presence` frame about `user` within `wait`, skipping others.
+/// Reads frames until a `presence` frame about `user` arrives, failing
+/// after `wait`.
 async fn presence_within(ws: &mut Ws, user: &str, wait: Duration) -> Value {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -447,6 +448,176 @@ async fn revocation_closes_sockets_on_every_replica() {
     assert_eq!(response.status(), 200);
     let (code, _) = bob_on_b.expect_close().await;
     assert_eq!(code, 4005);
+}
+
+/// Alice's group with Bob and Carol, created through replica A.
+async fn group_with_carol(replicas: &Replicas, alice: &User) -> (User, String) {
+    let carol = replicas.a.api("acme").user("carol").await;
+    let (status, body) = alice
+        .post(
+            "/v1/channels/group",
+            json!({"name": "xe đạp", "members": ["bob", "carol"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    (carol, body["id"].as_str().unwrap().to_owned())
+}
+
+/// Events of two replicas can reach a third socket out of order while
+/// Redis is paused: here Carol's removal (published by A) arrives after her
+/// joining again (delivered at once by B). The store decides, so her
+/// socket on B keeps the group.
+#[tokio::test]
+async fn reordered_membership_events_keep_member() {
+    let replicas = start_replicas().await;
+    let (alice, _bob, _channel) = alice_and_bob(&replicas).await;
+    let (carol, group) = group_with_carol(&replicas, &alice).await;
+    let mut carol_on_b = Ws::connect(&replicas.b, "acme", &carol.token).await;
+    let alice_at_b = alice.at(&replicas.b);
+
+    let redis_pid = replicas.redis.pid().to_string();
+    signal("-STOP", &redis_pid);
+    let (status, _) = alice
+        .delete(&format!("/v1/channels/{group}/members/carol"))
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = alice_at_b
+        .post(
+            &format!("/v1/channels/{group}/members"),
+            json!({"user_id": "carol"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal("-CONT", &redis_pid);
+
+    send_alternately(&alice, &alice_at_b, &group, 0, 4).await;
+    let seqs = receive_messages(&mut carol_on_b, &group, 4).await;
+    assert_complete("Carol on B", &seqs, 4);
+}
+
+/// A message that overtakes the `member_added` of a new member starts the
+/// member's live delivery at the join, not at the group's first message.
+#[tokio::test]
+async fn overtaken_join_replays_no_history() {
+    let replicas = start_replicas().await;
+    let (alice, _bob, _channel) = alice_and_bob(&replicas).await;
+    let (_carol, group) = group_with_carol(&replicas, &alice).await;
+    send_alternately(&alice, &alice, &group, 0, 5).await;
+    let dave = replicas.a.api("acme").user("dave").await;
+    let mut dave_on_b = Ws::connect(&replicas.b, "acme", &dave.token).await;
+
+    let redis_pid = replicas.redis.pid().to_string();
+    signal("-STOP", &redis_pid);
+    let (status, _) = alice
+        .post(
+            &format!("/v1/channels/{group}/members"),
+            json!({"user_id": "dave"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = alice
+        .at(&replicas.b)
+        .send_text(&group, "after-join", "chào Dave")
+        .await;
+    assert_eq!(status, 201);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal("-CONT", &redis_pid);
+
+    let seqs = receive_messages(&mut dave_on_b, &group, 1).await;
+    assert_eq!(seqs, [6], "Dave's first live message");
+    let later: Vec<Value> = dave_on_b
+        .frames_until_quiet(Duration::from_millis(500))
+        .await;
+    assert!(
+        later.iter().all(|frame| frame["type"] != "message"),
+        "{later:?}"
+    );
+}
+
+/// A replica that stored a message and deleted a user while it could not
+/// reach Redis, and was then restarted, announces a full resync when it
+/// starts, so the other replica's sockets still catch up.
+#[tokio::test]
+async fn restarted_replica_repairs_what_it_could_not_publish() {
+    let replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let carol = replicas.a.api("acme").user("carol").await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+    let mut carol_on_b = Ws::connect(&replicas.b, "acme", &carol.token).await;
+
+    // Replica C shares the data directory, but its Redis is unreachable.
+    let dir = tempfile::tempdir().unwrap();
+    let data = replicas.a.dir.parent().unwrap().join("data");
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("redis://{}", unreachable.local_addr().unwrap());
+    drop(unreachable);
+    let mut cut_off = Runtime::start(dir.path(), &replica_config(&data, &dead_url));
+    let (status, _) = alice
+        .at(&cut_off)
+        .send_text(&channel, "cut-off", "alo")
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(cut_off.api("acme").delete_user("carol").await, 204);
+    cut_off.terminate();
+
+    common::write_config(dir.path(), &replica_config(&data, &replicas.redis.url()));
+    let _restarted = Runtime::start(dir.path(), "");
+    let seqs = receive_messages(&mut bob_on_b, &channel, 1).await;
+    assert_eq!(seqs, [1]);
+    let (code, _) = carol_on_b.expect_close().await;
+    assert_eq!(code, 4003);
+}
+
+/// Redis that accepts connections but rejects PUBLISH must not make the
+/// publisher reconnect in a tight loop.
+#[tokio::test]
+async fn rejected_publish_backs_off() {
+    let replicas = start_replicas().await;
+    let (alice, _bob, channel) = alice_and_bob(&replicas).await;
+    let denied = replicas
+        .redis
+        .command(&["ACL", "SETUSER", "default", "-publish"]);
+    assert_eq!(denied, "+OK");
+    let before = replicas.redis.connections_received();
+    for index in 0..5 {
+        let (status, _) = alice.send_text(&channel, &format!("d-{index}"), "x").await;
+        assert_eq!(status, 201);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let made = replicas.redis.connections_received() - before;
+    // Backing off from 100 ms doubles to 5 s: a handful of attempts per
+    // replica in 3 s, where a tight loop made thousands.
+    assert!(made < 40, "{made} connections in 3 s");
+}
+
+/// An envelope without a valid tag, published by anyone who can reach
+/// Redis, reaches no socket.
+#[tokio::test]
+async fn forged_envelope_is_ignored() {
+    let replicas = start_replicas().await;
+    let (_alice, bob, channel) = alice_and_bob(&replicas).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+
+    let tag = "0".repeat(32);
+    let forged = format!(
+        "{tag}{{\"v\":1,\"origin\":\"x\",\"kind\":\"event\",\"users\":[\"bob\"]}}\n{{\"type\":\"message\",\"text\":\"forged\"}}"
+    );
+    let forged_message = format!(
+        "{tag}{{\"v\":1,\"origin\":\"x\",\"kind\":\"message\",\"users\":[\"bob\"],\"channel_id\":\"{channel}\",\"seq\":9}}\n{{}}"
+    );
+    for payload in [&forged, &forged_message] {
+        let receivers =
+            replicas
+                .redis
+                .command(&["PUBLISH", "parley-test:db0:tenant:acme", payload]);
+        assert_eq!(receivers, ":2");
+    }
+    bob_on_b.expect_silence(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(&replicas.b, "parley_relay_rejected_total").await,
+        2.0
+    );
 }
 
 fn signal(signal: &str, pid: &str) {

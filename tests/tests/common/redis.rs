@@ -59,6 +59,28 @@ impl RedisServer {
         self.send(args).1
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Returns `total_connections_received` from `INFO stats`.
+    pub fn connections_received(&self) -> u64 {
+        let (mut reader, header) = self.send(&["INFO", "stats"]);
+        assert!(header.starts_with('$'), "INFO reply {header}");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if let Some(count) = line.trim_end().strip_prefix("total_connections_received:") {
+                return count.parse().unwrap();
+            }
+            assert!(
+                !line.is_empty(),
+                "no total_connections_received in INFO stats"
+            );
+        }
+    }
+
     /// Returns how many clients are subscribed to `channel`.
     pub fn subscribers(&self, channel: &str) -> u64 {
         let (mut reader, header) = self.send(&["PUBSUB", "NUMSUB", channel]);
