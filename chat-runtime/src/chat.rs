@@ -304,7 +304,13 @@ pub async fn typing(
         state,
     }
     .to_text();
-    tenant.deliver(&members, Outbound::Event(frame), Some(origin));
+    let event = Outbound::Typing {
+        channel_id: Arc::from(channel_id),
+        user_id: Arc::from(user),
+        start: state == TypingState::Start,
+        frame,
+    };
+    tenant.deliver(&members, event, Some(origin));
     Ok(())
 }
 

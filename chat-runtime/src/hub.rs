@@ -44,8 +44,17 @@ pub enum Outbound {
         frame: Utf8Bytes,
         stored_at: Instant,
     },
-    /// Any other frame (typing, read, membership), already serialised.
+    /// Any other frame (read positions, membership), already serialised.
     Event(Utf8Bytes),
+    /// `user_id` started or stopped typing in the channel. Receiving
+    /// sockets end a started indicator themselves when no refresh comes,
+    /// because the sender's replica may stop before it sends the stop.
+    Typing {
+        channel_id: Arc<str>,
+        user_id: Arc<str>,
+        start: bool,
+        frame: Utf8Bytes,
+    },
     /// The user left or was removed: deliver nothing more from the channel.
     Removed {
         channel_id: Arc<str>,

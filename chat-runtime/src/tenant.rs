@@ -66,6 +66,20 @@ impl Tenant {
                 (action, frame)
             }
             Outbound::Event(frame) => (Action::Event { users }, frame),
+            Outbound::Typing {
+                channel_id,
+                user_id,
+                start,
+                frame,
+            } => {
+                let action = Action::Typing {
+                    users,
+                    channel_id: channel_id.to_string(),
+                    user: user_id.to_string(),
+                    start,
+                };
+                (action, frame)
+            }
             Outbound::Added {
                 channel_id,
                 last_seq,

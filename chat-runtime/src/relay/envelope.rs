@@ -44,6 +44,13 @@ pub enum Action {
     },
     /// Any other frame for the sockets of `users`.
     Event { users: Vec<String> },
+    /// A typing indicator of `user` in the channel, for `users`.
+    Typing {
+        users: Vec<String>,
+        channel_id: String,
+        user: String,
+        start: bool,
+    },
     /// `users` joined the channel, whose newest message was `last_seq`.
     Added {
         users: Vec<String>,

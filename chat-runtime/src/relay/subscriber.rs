@@ -235,6 +235,20 @@ fn hand_to_hub(tenant: &Tenant, envelope: Envelope) {
         Action::Event { users } => {
             hub.send_to_users(&users, &Outbound::Event(frame), None);
         }
+        Action::Typing {
+            users,
+            channel_id,
+            user,
+            start,
+        } => {
+            let event = Outbound::Typing {
+                channel_id: Arc::from(channel_id),
+                user_id: Arc::from(user),
+                start,
+                frame,
+            };
+            hub.send_to_users(&users, &event, None);
+        }
         Action::Added {
             users,
             channel_id,

@@ -40,6 +40,12 @@ use crate::tenant::Tenant;
 /// A typing indicator ends by itself this long after its last refresh.
 const TYPING_TTL: Duration = Duration::from_secs(6);
 
+/// Extra time a receiving socket waits for the sender's own stop before it
+/// ends another user's indicator itself. The sender's replica normally
+/// sends the stop at [`TYPING_TTL`]; the receiver acts only when that
+/// replica stopped first.
+const TYPING_STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Longest wait for any frame after a ping before the socket counts as
 /// half-open, and shorter when the heartbeat is. A client's WebSocket
 /// library replies to a ping at once, so a few seconds leave room for a slow
@@ -99,6 +105,9 @@ struct Session {
     removed: HashSet<Arc<str>>,
     /// Channels the user is typing in, with the time each indicator ends.
     typing: HashMap<String, Deadline>,
+    /// Other users' indicators this socket showed as started, by channel
+    /// and user, with the time the socket ends one that was not refreshed.
+    shown_typing: HashMap<(Arc<str>, Arc<str>), Deadline>,
     last_received: Instant,
     /// When the socket's token expires, with the verification leeway added.
     /// A `refresh_token` frame moves it.
@@ -162,6 +171,7 @@ async fn serve_connection(
         starts: HashMap::new(),
         removed: HashSet::new(),
         typing: HashMap::new(),
+        shown_typing: HashMap::new(),
         last_received: Instant::now(),
         token_expiry: expiry_instant(token.expires_at, state.server.token_leeway_seconds),
         issued_at: token.issued_at.map_or(0, |iat| iat as i64),
@@ -257,7 +267,11 @@ impl Session {
         if let Some(due) = timers.pong_due {
             first = first.min(due);
         }
-        self.typing.values().copied().fold(first, Deadline::min)
+        let first = self.typing.values().copied().fold(first, Deadline::min);
+        self.shown_typing
+            .values()
+            .copied()
+            .fold(first, Deadline::min)
     }
 
     /// Closes the socket when its token expired, or when nothing arrived in
@@ -552,8 +566,30 @@ impl Session {
         Ok(())
     }
 
-    /// Ends typing indicators that were not refreshed in time.
+    /// Ends typing indicators that were not refreshed in time: the user's
+    /// own, for the other sockets, and other users' shown on this socket.
     async fn expire_typing(&mut self) -> Result<(), Exit> {
+        let now = Deadline::now();
+        let unrefreshed: Vec<(Arc<str>, Arc<str>)> = self
+            .shown_typing
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for (channel_id, user_id) in unrefreshed {
+            self.shown_typing
+                .remove(&(Arc::clone(&channel_id), Arc::clone(&user_id)));
+            let frame = ServerFrame::Typing {
+                channel_id: &channel_id,
+                user_id: &user_id,
+                state: TypingState::Stop,
+            };
+            self.write(frame.to_text()).await?;
+        }
+        self.expire_own_typing().await
+    }
+
+    async fn expire_own_typing(&mut self) -> Result<(), Exit> {
         let now = Deadline::now();
         let expired: Vec<String> = self
             .typing
@@ -719,6 +755,21 @@ impl Session {
                     .await
             }
             Outbound::Event(frame) => self.write(frame).await,
+            Outbound::Typing {
+                channel_id,
+                user_id,
+                start,
+                frame,
+            } => {
+                let key = (channel_id, user_id);
+                if start {
+                    let until = Deadline::now() + TYPING_TTL + TYPING_STOP_GRACE;
+                    self.shown_typing.insert(key, until);
+                } else {
+                    self.shown_typing.remove(&key);
+                }
+                self.write(frame).await
+            }
             Outbound::Added {
                 channel_id,
                 last_seq,
@@ -748,6 +799,8 @@ impl Session {
                     self.positions.remove(&channel_id);
                     self.starts.remove(&channel_id);
                     self.typing.remove(channel_id.as_ref());
+                    self.shown_typing
+                        .retain(|(channel, _), _| *channel != channel_id);
                     self.removed.insert(channel_id);
                 }
                 self.write(frame).await
