@@ -620,6 +620,48 @@ async fn forged_envelope_is_ignored() {
     );
 }
 
+/// A typing indicator shown on B ends even when the typist's replica is
+/// killed before it could send the stop: B's socket ends it 2 s after the
+/// 6 s the typist's replica would have waited.
+#[tokio::test]
+async fn typing_ends_when_typists_replica_dies() {
+    let mut replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let mut alice_on_a = Ws::connect(&replicas.a, "acme", &alice.token).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+
+    alice_on_a
+        .send_json(json!({"type": "typing", "channel_id": channel, "state": "start"}))
+        .await;
+    let start = bob_on_b.next_of("typing").await;
+    assert_eq!(start["state"], "start");
+    assert_eq!(start["user_id"], "alice");
+    replicas.a.kill();
+    let killed = std::time::Instant::now();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
+    let stop = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bob_on_b.next_frame(left).await {
+            Some(Message::Text(text)) => {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                if frame["type"] == "typing" {
+                    break frame;
+                }
+            }
+            other => panic!("no typing stop within 12 s: {other:?}"),
+        }
+    };
+    assert_eq!(stop["state"], "stop");
+    assert_eq!(stop["user_id"], "alice");
+    assert_eq!(stop["channel_id"], channel);
+    assert!(
+        killed.elapsed() <= Duration::from_secs(9),
+        "{:?}",
+        killed.elapsed()
+    );
+}
+
 fn signal(signal: &str, pid: &str) {
     let status = std::process::Command::new("kill")
         .args([signal, pid])
