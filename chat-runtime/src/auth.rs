@@ -178,6 +178,7 @@ mod tests {
             }],
             allowed_origins: vec![],
             limits: Limits::default(),
+            attachment_hosts: vec![],
             store: StoreSettings::Embedded,
         }
     }

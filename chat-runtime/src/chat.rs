@@ -127,7 +127,7 @@ pub async fn send_message(
 ) -> Result<Appended, ChatError> {
     let settings = tenant.settings();
     limits::check_client_id(&client_id)?;
-    limits::check_content(&content, &settings.limits)?;
+    limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
     take_rate(tenant, sender)?;
 
     let appended = tenant

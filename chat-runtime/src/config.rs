@@ -114,6 +114,11 @@ pub struct TenantConfig {
     pub allowed_origins: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Hosts that `attachment` messages may link to: exact host names such
+    /// as `cdn.example.com`, or `*.example.com` for subdomains. Empty by
+    /// default, which rejects every attachment.
+    #[serde(default)]
+    pub attachment_hosts: Vec<String>,
     /// Storage of the tenant's chat. The default is the embedded store in
     /// `server.data_dir`.
     #[serde(default)]
@@ -239,6 +244,7 @@ pub struct TenantSettings {
     pub api_keys: Vec<ApiKey>,
     pub allowed_origins: Vec<String>,
     pub limits: Limits,
+    pub attachment_hosts: Vec<String>,
     pub store: StoreSettings,
 }
 
@@ -388,6 +394,16 @@ fn validate_tenant(
         validate_origin(origin, &format!("{field}.allowed_origins[{index}]"))?;
     }
     validate_limits(&tenant.limits, &format!("{field}.limits"))?;
+    for (index, host) in tenant.attachment_hosts.iter().enumerate() {
+        if !crate::attachments::is_allowed_host_entry(host) {
+            return Err(invalid(
+                format!("{field}.attachment_hosts[{index}]"),
+                format!(
+                    "{host:?} is not a lowercase host name or *. followed by one, such as cdn.example.com"
+                ),
+            ));
+        }
+    }
     let store = match &tenant.store {
         StoreConfig::Embedded(_) => StoreSettings::Embedded,
         StoreConfig::Scylla(config) => {
@@ -409,6 +425,7 @@ fn validate_tenant(
         api_keys,
         allowed_origins: tenant.allowed_origins.clone(),
         limits: tenant.limits,
+        attachment_hosts: tenant.attachment_hosts.clone(),
         store,
     })
 }

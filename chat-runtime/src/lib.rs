@@ -14,6 +14,7 @@
 //! - [`store`]: durable storage, one [`store::Store`] per tenant.
 
 pub mod api;
+pub mod attachments;
 pub mod auth;
 pub mod chat;
 pub mod cli;

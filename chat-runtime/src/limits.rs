@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::attachments;
 use crate::config::Limits;
 use crate::store::Content;
 
@@ -38,9 +39,33 @@ pub fn check_client_id(client_id: &str) -> Result<(), ContentError> {
     Ok(())
 }
 
-/// Checks a message's content against the tenant's limits.
-pub fn check_content(content: &Content, limits: &Limits) -> Result<(), ContentError> {
+/// Checks a message's content against the tenant's limits and, for an
+/// attachment, its allowed hosts.
+pub fn check_content(
+    content: &Content,
+    limits: &Limits,
+    attachment_hosts: &[String],
+) -> Result<(), ContentError> {
     match content {
+        Content::Attachment {
+            url,
+            content_type,
+            name,
+            width,
+            height,
+            thumbnail_url,
+            ..
+        } => {
+            let attachment = attachments::Attachment {
+                url,
+                content_type,
+                name: name.as_deref(),
+                width: *width,
+                height: *height,
+                thumbnail_url: thumbnail_url.as_deref(),
+            };
+            attachments::check(&attachment, attachment_hosts)?;
+        }
         Content::Text { text } => {
             if !has_visible_char(text) {
                 return Err(ContentError::new(
@@ -196,7 +221,7 @@ mod tests {
         let text = Content::Text {
             text: "Tiếng Việt".into(),
         };
-        let error = check_content(&text, &limits).unwrap_err();
+        let error = check_content(&text, &limits, &[]).unwrap_err();
         assert_eq!(error.code, "message_too_large");
         assert!(
             error.message.contains("limit is 10 bytes"),
@@ -207,14 +232,16 @@ mod tests {
         let fits = Content::Text {
             text: "xin chao".into(),
         };
-        assert!(check_content(&fits, &limits).is_ok());
+        assert!(check_content(&fits, &limits, &[]).is_ok());
     }
 
     #[test]
     fn empty_text_is_rejected() {
         let empty = Content::Text { text: "  ".into() };
         assert_eq!(
-            check_content(&empty, &Limits::default()).unwrap_err().code,
+            check_content(&empty, &Limits::default(), &[])
+                .unwrap_err()
+                .code,
             "empty_message"
         );
     }
@@ -223,13 +250,13 @@ mod tests {
     fn invisible_text_is_empty() {
         for text in ["\u{200B}", " \u{FEFF}\u{200D} ", "\u{202E}"] {
             let content = Content::Text { text: text.into() };
-            let error = check_content(&content, &Limits::default()).unwrap_err();
+            let error = check_content(&content, &Limits::default(), &[]).unwrap_err();
             assert_eq!(error.code, "empty_message", "{text:?}");
         }
         let family = Content::Text {
             text: "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}".into(),
         };
-        assert!(check_content(&family, &Limits::default()).is_ok());
+        assert!(check_content(&family, &Limits::default(), &[]).is_ok());
     }
 
     #[test]
@@ -238,7 +265,7 @@ mod tests {
             text: "a\u{0000}b".into(),
         };
         assert_eq!(
-            check_content(&content, &Limits::default())
+            check_content(&content, &Limits::default(), &[])
                 .unwrap_err()
                 .code,
             "invalid_text"
@@ -246,7 +273,7 @@ mod tests {
         let lines = Content::Text {
             text: "Xin chào\nbạn\tơi".into(),
         };
-        assert!(check_content(&lines, &Limits::default()).is_ok());
+        assert!(check_content(&lines, &Limits::default(), &[]).is_ok());
     }
 
     #[test]
@@ -257,7 +284,9 @@ mod tests {
             label: None,
         };
         assert_eq!(
-            check_content(&bad, &Limits::default()).unwrap_err().code,
+            check_content(&bad, &Limits::default(), &[])
+                .unwrap_err()
+                .code,
             "invalid_location"
         );
         let good = Content::Location {
@@ -265,7 +294,7 @@ mod tests {
             longitude: 106.70,
             label: Some("Chợ Bến Thành".into()),
         };
-        assert!(check_content(&good, &Limits::default()).is_ok());
+        assert!(check_content(&good, &Limits::default(), &[]).is_ok());
     }
 
     #[test]
@@ -278,7 +307,7 @@ mod tests {
             data: serde_json::json!({"offer": "0123456789"}),
         };
         assert_eq!(
-            check_content(&big, &limits).unwrap_err().code,
+            check_content(&big, &limits, &[]).unwrap_err().code,
             "message_too_large"
         );
     }

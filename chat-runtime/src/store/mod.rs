@@ -111,6 +111,21 @@ pub enum Content {
     Custom {
         data: serde_json::Value,
     },
+    /// A file or image stored elsewhere, referenced by URL. `size` is in
+    /// bytes; `width`, `height` and `thumbnail_url` are given when known.
+    Attachment {
+        url: String,
+        content_type: String,
+        size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thumbnail_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
