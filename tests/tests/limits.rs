@@ -572,3 +572,78 @@ async fn channel_changes_share_the_rate_bucket() {
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
 }
+
+#[tokio::test]
+async fn attachments_need_an_allowed_host() {
+    let hosts = "    attachment_hosts: [\"cdn.chotot.vn\", \"*.img.example.com\"]\n";
+    let chat = start_chat(hosts).await;
+    let mut bob_ws = Ws::connect(&chat.runtime, "acme", &chat.bob.token).await;
+    let path = format!("/v1/channels/{}/messages", chat.channel);
+    let image = json!({
+        "kind": "attachment",
+        "url": "https://cdn.chotot.vn/xe-dap.jpg",
+        "content_type": "image/jpeg",
+        "size": 183_204,
+        "name": "xe đạp.jpg",
+        "width": 1280,
+        "height": 960,
+        "thumbnail_url": "https://eu.img.example.com/xe-dap-thumb.jpg"
+    });
+
+    let (status, body) = chat
+        .alice
+        .post(&path, json!({"client_id": "img-1", "content": image}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let delivered = bob_ws.next_of("message").await;
+    assert_eq!(delivered["message"]["content"], image);
+
+    let mut elsewhere = image.clone();
+    elsewhere["url"] = json!("https://evil.example/x.jpg");
+    let (status, body) = chat
+        .alice
+        .post(&path, json!({"client_id": "img-2", "content": elsewhere}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(error_code(&body), "attachment_host_not_allowed");
+
+    let mut plain_http = image.clone();
+    plain_http["url"] = json!("http://cdn.chotot.vn/x.jpg");
+    let (status, body) = chat
+        .alice
+        .post(&path, json!({"client_id": "img-3", "content": plain_http}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(error_code(&body), "invalid_attachment");
+
+    let missing_size = json!({"kind": "attachment", "url": "https://cdn.chotot.vn/a.pdf", "content_type": "application/pdf"});
+    let (status, body) = chat
+        .alice
+        .post(
+            &path,
+            json!({"client_id": "img-4", "content": missing_size}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Only the accepted attachment was stored.
+    assert_eq!(chat.alice.all_messages(&chat.channel).await.len(), 1);
+}
+
+#[tokio::test]
+async fn attachment_host_entries_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_yaml("    attachment_hosts: [\"https://cdn.example.com\"]\n");
+    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_parley-runtime-under-test"))
+        .arg("--config")
+        .arg(dir.path().join("config.yaml"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tenants[0].attachment_hosts[0]"),
+        "{stderr}"
+    );
+}
