@@ -5,7 +5,7 @@
 
 use axum::http::Uri;
 
-use crate::limits::ContentError;
+use crate::limits::{ContentError, has_visible_char, is_invisible};
 
 /// Longest accepted URL, in bytes. Common CDN and signed storage URLs stay
 /// well under it.
@@ -16,11 +16,15 @@ pub const MAX_NAME_BYTES: usize = 255;
 const MAX_CONTENT_TYPE_BYTES: usize = 255;
 /// Largest accepted image width or height, in pixels.
 pub const MAX_DIMENSION: u32 = 100_000;
+/// Largest accepted size, in bytes: 2^53 - 1, the largest integer that
+/// JavaScript clients read exactly.
+pub const MAX_SIZE: u64 = (1 << 53) - 1;
 
 /// An attachment as a client sends it, before its checks.
 pub struct Attachment<'a> {
     pub url: &'a str,
     pub content_type: &'a str,
+    pub size: u64,
     pub name: Option<&'a str>,
     pub width: Option<u32>,
     pub height: Option<u32>,
@@ -40,11 +44,16 @@ pub fn check(attachment: &Attachment<'_>, allowed_hosts: &[String]) -> Result<()
             attachment.content_type
         )));
     }
+    if attachment.size > MAX_SIZE {
+        return Err(invalid(format!("size must be at most {MAX_SIZE} bytes")));
+    }
     if let Some(name) = attachment.name {
-        let visible = name.chars().any(|c| !c.is_whitespace());
-        if !visible || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+        // Invisible and direction-changing characters could make
+        // `invoice\u{202E}gpj.exe` show as a picture's name.
+        let hidden = name.chars().any(|c| c.is_control() || is_invisible(c));
+        if !has_visible_char(name) || hidden || name.len() > MAX_NAME_BYTES {
             return Err(invalid(format!(
-                "name must be 1 to {MAX_NAME_BYTES} bytes with a visible character and no control characters"
+                "name must be 1 to {MAX_NAME_BYTES} bytes with a visible character and no control, invisible or direction-changing characters"
             )));
         }
     }
@@ -78,19 +87,21 @@ fn check_url(field: &str, url: &str, allowed_hosts: &[String]) -> Result<(), Con
     })
 }
 
-/// The lowercase host of an `https` URL without user information.
+/// Returns the lowercase host of an `https` URL on the default port, without
+/// user information, or `None` for any other URL.
 fn https_host(url: &str) -> Option<String> {
     let uri: Uri = url.parse().ok()?;
     if uri.scheme_str() != Some("https") {
         return None;
     }
     let authority = uri.authority()?;
-    // `user@host` would show one host to people and reach another.
-    if authority.as_str().contains('@') {
+    // `user@host` would show one host to people and reach another, and
+    // another port of an allowed host may be another service.
+    if authority.as_str().contains('@') || uri.port_u16().is_some_and(|port| port != 443) {
         return None;
     }
-    let host = authority.host();
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    let host = authority.host().to_ascii_lowercase();
+    is_host_name(&host).then_some(host)
 }
 
 fn host_matches(host: &str, allowed: &str) -> bool {
@@ -103,8 +114,9 @@ fn host_matches(host: &str, allowed: &str) -> bool {
 }
 
 fn is_content_type(value: &str) -> bool {
+    // RFC 6838: a name starts with a letter or digit.
     let token = |part: &str| {
-        !part.is_empty()
+        part.starts_with(|c: char| c.is_ascii_alphanumeric())
             && part
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
@@ -118,7 +130,12 @@ fn is_content_type(value: &str) -> bool {
 /// Checks an entry of a tenant's `attachment_hosts`: a lowercase host name,
 /// or `*.` followed by one.
 pub fn is_allowed_host_entry(entry: &str) -> bool {
-    let host = entry.strip_prefix("*.").unwrap_or(entry);
+    is_host_name(entry.strip_prefix("*.").unwrap_or(entry))
+}
+
+/// Checks a lowercase DNS host name: labels of 1 to 63 letters, digits and
+/// `-`, at most 253 bytes in all.
+fn is_host_name(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
@@ -152,6 +169,7 @@ mod tests {
         Attachment {
             url,
             content_type: "image/jpeg",
+            size: 183_204,
             name: Some("xe đạp cũ.jpg"),
             width: Some(1024),
             height: Some(768),
@@ -210,6 +228,9 @@ mod tests {
             "javascript:alert(1)",
             "/relative/x.jpg",
             "not a url",
+            "https://cdn.chotot.vn:8443/x.jpg",
+            "https://a..img.example.com/x.jpg",
+            "https://a!$.img.example.com/x.jpg",
         ] {
             assert_eq!(
                 code_of(check(&image(url), &hosts())),
@@ -249,6 +270,23 @@ mod tests {
         assert_eq!(code_of(check(&attachment, &hosts())), "invalid_attachment");
         attachment.name = Some("   ");
         assert_eq!(code_of(check(&attachment, &hosts())), "invalid_attachment");
+        attachment.name = Some("invoice\u{202E}gpj.exe");
+        assert_eq!(code_of(check(&attachment, &hosts())), "invalid_attachment");
+        attachment.name = Some("\u{200B}");
+        assert_eq!(code_of(check(&attachment, &hosts())), "invalid_attachment");
+        attachment.name = Some("hóa đơn tháng 12.pdf");
+        assert_eq!(code_of(check(&attachment, &hosts())), "ok");
+        attachment.content_type = "../..";
+        assert_eq!(code_of(check(&attachment, &hosts())), "invalid_attachment");
+        attachment.content_type = "image/png";
+        attachment.size = MAX_SIZE + 1;
+        assert_eq!(code_of(check(&attachment, &hosts())), "invalid_attachment");
+    }
+
+    #[test]
+    fn default_port_is_allowed() {
+        let result = check(&image("https://cdn.chotot.vn:443/x.jpg"), &hosts());
+        assert_eq!(code_of(result), "ok");
     }
 
     #[test]

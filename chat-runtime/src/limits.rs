@@ -50,6 +50,7 @@ pub fn check_content(
         Content::Attachment {
             url,
             content_type,
+            size,
             name,
             width,
             height,
@@ -59,6 +60,7 @@ pub fn check_content(
             let attachment = attachments::Attachment {
                 url,
                 content_type,
+                size: *size,
                 name: name.as_deref(),
                 width: *width,
                 height: *height,
