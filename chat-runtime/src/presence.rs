@@ -69,8 +69,11 @@ struct Inner {
     /// replica that never saw a user online reports no last-seen time. It
     /// grows by one entry per user seen since the process started.
     last_seen: HashMap<String, i64>,
-    watchers: HashMap<String, HashSet<Watcher>>,
-    watched_by_socket: HashMap<ConnectionId, HashSet<String>>,
+    /// Per watched user, the sockets watching, each with the number of
+    /// its subscribed channels that include the user.
+    watchers: HashMap<String, HashMap<Watcher, usize>>,
+    /// Per socket, the users watched through each subscribed channel.
+    watched_by_socket: HashMap<ConnectionId, HashMap<String, Vec<String>>>,
 }
 
 impl Inner {
@@ -79,9 +82,14 @@ impl Inner {
     }
 
     fn state(&self, user: &str) -> State {
+        let online = self.is_online(user);
         State {
-            online: self.is_online(user),
-            last_seen: self.last_seen.get(user).copied(),
+            online,
+            last_seen: if online {
+                None
+            } else {
+                self.last_seen.get(user).copied()
+            },
         }
     }
 
@@ -98,7 +106,7 @@ impl Inner {
         let watchers = self
             .watchers
             .get(user)
-            .map(|set| set.iter().cloned().collect())
+            .map(|sockets| sockets.keys().cloned().collect())
             .unwrap_or_default();
         Some(Change {
             user: user.to_owned(),
@@ -242,24 +250,35 @@ impl Presence {
         self.lock().state(user)
     }
 
-    /// Makes `watcher` receive changes of `users`, and returns their
-    /// current states. Fails, watching none of them, when the socket would
-    /// watch more than [`MAX_WATCHED_PER_SOCKET`] users.
+    /// Makes `watcher` receive changes of `users`, the other members of
+    /// `channel`, in place of what it watched through `channel` before, and
+    /// returns their current states. Fails, changing nothing, when the
+    /// socket would watch more than [`MAX_WATCHED_PER_SOCKET`] users.
     pub fn watch(
         &self,
         watcher: &Watcher,
+        channel: &str,
         users: &[String],
     ) -> Result<Vec<(String, State)>, TooManyWatched> {
         let mut inner = self.lock();
-        let watched = inner.watched_by_socket.entry(watcher.1).or_default();
-        let new = users.iter().filter(|user| !watched.contains(*user)).count();
-        if watched.len() + new > MAX_WATCHED_PER_SOCKET {
+        let channels = inner.watched_by_socket.entry(watcher.1).or_default();
+        let mut distinct: HashSet<&String> = channels
+            .iter()
+            .filter(|(watched_channel, _)| watched_channel.as_str() != channel)
+            .flat_map(|(_, watched)| watched.iter())
+            .collect();
+        distinct.extend(users);
+        if distinct.len() > MAX_WATCHED_PER_SOCKET {
             return Err(TooManyWatched);
         }
-        watched.extend(users.iter().cloned());
+
+        let previous = channels.insert(channel.to_owned(), users.to_vec());
+        for user in previous.unwrap_or_default() {
+            release(&mut inner.watchers, &user, watcher);
+        }
         for user in users {
-            let set = inner.watchers.entry(user.clone()).or_default();
-            set.insert(watcher.clone());
+            let sockets = inner.watchers.entry(user.clone()).or_default();
+            *sockets.entry(watcher.clone()).or_default() += 1;
         }
         Ok(users
             .iter()
@@ -267,30 +286,30 @@ impl Presence {
             .collect())
     }
 
-    /// Stops `watcher` from receiving changes of `users`.
-    pub fn unwatch(&self, watcher: &Watcher, users: &[String]) {
+    /// Stops `watcher` from watching through `channel`. Users it still
+    /// watches through another channel stay watched.
+    pub fn unwatch(&self, watcher: &Watcher, channel: &str) {
         let mut inner = self.lock();
-        if let Some(watched) = inner.watched_by_socket.get_mut(&watcher.1) {
-            for user in users {
-                watched.remove(user);
-            }
-            if watched.is_empty() {
-                inner.watched_by_socket.remove(&watcher.1);
-            }
+        let Some(channels) = inner.watched_by_socket.get_mut(&watcher.1) else {
+            return;
+        };
+        let users = channels.remove(channel).unwrap_or_default();
+        if channels.is_empty() {
+            inner.watched_by_socket.remove(&watcher.1);
         }
         for user in users {
-            remove_watcher(&mut inner.watchers, user, watcher);
+            release(&mut inner.watchers, &user, watcher);
         }
     }
 
     /// Forgets everything `watcher` watched, when its socket closes.
     pub fn unwatch_all(&self, watcher: &Watcher) {
         let mut inner = self.lock();
-        let Some(watched) = inner.watched_by_socket.remove(&watcher.1) else {
+        let Some(channels) = inner.watched_by_socket.remove(&watcher.1) else {
             return;
         };
-        for user in watched {
-            remove_watcher(&mut inner.watchers, &user, watcher);
+        for user in channels.into_values().flatten() {
+            release(&mut inner.watchers, &user, watcher);
         }
     }
 
@@ -300,12 +319,19 @@ impl Presence {
     }
 }
 
-fn remove_watcher(watchers: &mut HashMap<String, HashSet<Watcher>>, user: &str, watcher: &Watcher) {
-    if let Some(set) = watchers.get_mut(user) {
-        set.remove(watcher);
-        if set.is_empty() {
-            watchers.remove(user);
+/// Drops one of `watcher`'s subscriptions that include `user`.
+fn release(watchers: &mut HashMap<String, HashMap<Watcher, usize>>, user: &str, watcher: &Watcher) {
+    let Some(sockets) = watchers.get_mut(user) else {
+        return;
+    };
+    if let Some(count) = sockets.get_mut(watcher) {
+        *count -= 1;
+        if *count == 0 {
+            sockets.remove(watcher);
         }
+    }
+    if sockets.is_empty() {
+        watchers.remove(user);
     }
 }
 
@@ -341,7 +367,7 @@ mod tests {
     fn watchers_get_changes_of_watched_users_only() {
         let presence = Presence::default();
         let bob = watcher("bob", 7);
-        let states = presence.watch(&bob, &[String::from("lan")]).unwrap();
+        let states = presence.watch(&bob, "d1", &[String::from("lan")]).unwrap();
         assert!(!states[0].1.online);
 
         let change = presence.socket_opened("lan", 1).0.unwrap();
@@ -352,6 +378,42 @@ mod tests {
         presence.unwatch_all(&bob);
         let (change, _) = presence.socket_closed("lan", 2);
         assert!(change.unwrap().watchers.is_empty());
+    }
+
+    #[test]
+    fn user_watched_through_two_channels_stays_watched() {
+        let presence = Presence::default();
+        let bob = watcher("bob", 7);
+        presence
+            .watch(&bob, "g1", &[String::from("lan"), String::from("minh")])
+            .unwrap();
+        presence.watch(&bob, "g2", &[String::from("lan")]).unwrap();
+        presence.unwatch(&bob, "g1");
+
+        let lan = presence.socket_opened("lan", 1).0.unwrap();
+        assert_eq!(lan.watchers, vec![bob.clone()]);
+        let minh = presence.socket_opened("minh", 1).0.unwrap();
+        assert!(minh.watchers.is_empty());
+        presence.unwatch(&bob, "g2");
+        assert!(
+            presence
+                .socket_closed("lan", 2)
+                .0
+                .unwrap()
+                .watchers
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn last_seen_is_hidden_while_online() {
+        let presence = Presence::default();
+        presence.socket_opened("lan", 1);
+        presence.socket_closed("lan", 2);
+        assert_eq!(presence.state("lan").last_seen, Some(2));
+        let back = presence.socket_opened("lan", 3).0.unwrap();
+        assert_eq!(back.state.last_seen, None);
+        assert_eq!(presence.state("lan").last_seen, None);
     }
 
     #[test]
@@ -412,14 +474,14 @@ mod tests {
         let many: Vec<String> = (0..MAX_WATCHED_PER_SOCKET)
             .map(|i| format!("u{i}"))
             .collect();
-        presence.watch(&socket, &many).unwrap();
-        // Watching the same users again adds nothing.
-        presence.watch(&socket, &many[..10]).unwrap();
-        let error = presence.watch(&socket, &[String::from("one-more")]);
+        presence.watch(&socket, "big", &many).unwrap();
+        // Watching the same users through another channel adds nothing.
+        presence.watch(&socket, "small", &many[..10]).unwrap();
+        let error = presence.watch(&socket, "other", &[String::from("one-more")]);
         assert_eq!(error.unwrap_err(), TooManyWatched);
-        presence.unwatch(&socket, &many[..1]);
+        presence.unwatch(&socket, "big");
         presence
-            .watch(&socket, &[String::from("one-more")])
+            .watch(&socket, "other", &[String::from("one-more")])
             .unwrap();
     }
 }

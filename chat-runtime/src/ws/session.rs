@@ -472,6 +472,11 @@ impl Session {
         channel_id: &str,
         subscribe: bool,
     ) -> Result<(), Exit> {
+        let watcher = (Arc::from(self.user_id.as_str()), self.connection_id);
+        if !subscribe {
+            self.tenant.presence.unwatch(&watcher, channel_id);
+            return Ok(());
+        }
         let store = &self.tenant.store;
         let members = match store.channel_for_member(channel_id, &self.user_id).await {
             Ok((_, members)) => members,
@@ -482,12 +487,7 @@ impl Session {
             .map(|member| member.user_id)
             .filter(|user| *user != self.user_id)
             .collect();
-        let watcher = (Arc::from(self.user_id.as_str()), self.connection_id);
-        if !subscribe {
-            self.tenant.presence.unwatch(&watcher, &others);
-            return Ok(());
-        }
-        let states = match self.tenant.presence.watch(&watcher, &others) {
+        let states = match self.tenant.presence.watch(&watcher, channel_id, &others) {
             Ok(states) => states,
             Err(error) => {
                 let error = ChatError::new(
@@ -801,6 +801,9 @@ impl Session {
                     self.typing.remove(channel_id.as_ref());
                     self.shown_typing
                         .retain(|(channel, _), _| *channel != channel_id);
+                    // A member who left no longer watches the others.
+                    let watcher = (Arc::from(self.user_id.as_str()), self.connection_id);
+                    self.tenant.presence.unwatch(&watcher, &channel_id);
                     self.removed.insert(channel_id);
                 }
                 self.write(frame).await
