@@ -318,12 +318,14 @@ pub async fn typing(
 /// that use one of them, on every replica. Returns the new bound: tokens
 /// with an `iat` before it are rejected.
 ///
-/// `iat` has a resolution of one second, so the bound is the next second:
-/// a token minted earlier in the current second is rejected too.
+/// `iat` has a resolution of one second, so the bound is at least the next
+/// second: a token minted earlier in the current second is rejected too.
 pub async fn revoke_tokens(tenant: &Tenant, user: &str) -> Result<i64, ChatError> {
     let now = now_millis();
-    let not_before = now / 1000 + 1;
-    tenant.store.revoke_tokens(user, not_before, now).await?;
+    let not_before = tenant
+        .store
+        .revoke_tokens(user, now / 1000 + 1, now)
+        .await?;
     tenant.deliver(&[user.to_owned()], Outbound::Revoked { not_before }, None);
     Ok(not_before)
 }

@@ -833,21 +833,16 @@ pub(crate) async fn revoke_tokens_moves_forward_only(fixture: &dyn Fixture) {
     add_users(&*store, &["lan", "gone"]).await;
     let not_before = |state: Option<UserAuthState>| state.unwrap().tokens_not_before;
 
-    store.revoke_tokens("lan", 1_000, NOW).await.unwrap();
-    assert_eq!(
-        not_before(store.user_auth_state("lan").await.unwrap()),
-        Some(1_000)
-    );
-    store.revoke_tokens("lan", 900, NOW).await.unwrap();
-    assert_eq!(
-        not_before(store.user_auth_state("lan").await.unwrap()),
-        Some(1_000)
-    );
-    store.revoke_tokens("lan", 2_000, NOW).await.unwrap();
-    assert_eq!(
-        not_before(store.user_auth_state("lan").await.unwrap()),
-        Some(2_000)
-    );
+    assert_eq!(store.revoke_tokens("lan", 1_000, NOW).await.unwrap(), 1_000);
+    let stored = not_before(store.user_auth_state("lan").await.unwrap());
+    assert_eq!(stored, Some(1_000));
+    // A second revocation in the same second, or one with an older bound,
+    // still moves past every token issued so far.
+    assert_eq!(store.revoke_tokens("lan", 1_000, NOW).await.unwrap(), 1_001);
+    assert_eq!(store.revoke_tokens("lan", 900, NOW).await.unwrap(), 1_002);
+    let stored = not_before(store.user_auth_state("lan").await.unwrap());
+    assert_eq!(stored, Some(1_002));
+    assert_eq!(store.revoke_tokens("lan", 2_000, NOW).await.unwrap(), 2_000);
 
     store.delete_user("gone", NOW).await.unwrap();
     let deleted = store.revoke_tokens("gone", 1_000, NOW).await;

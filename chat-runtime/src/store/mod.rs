@@ -242,11 +242,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>>;
 
-    /// Rejects the user's tokens issued (`iat`) before `not_before`, in
-    /// seconds since the epoch. The bound only moves forward, so an older
-    /// revocation arriving late changes nothing. Returns `NotFound` when the
-    /// user does not exist or is deleted.
-    async fn revoke_tokens(&self, id: &str, not_before: i64, now: Millis) -> StoreResult<()>;
+    /// Rejects the user's tokens issued (`iat`) before a new bound, in
+    /// seconds since the epoch, and returns the bound: `at_least`, or one
+    /// second past the previous bound when that is later. Each call thus
+    /// rejects every token issued so far, also those minted with the
+    /// previous bound as their `iat`. Returns `NotFound` when the user does
+    /// not exist or is deleted.
+    async fn revoke_tokens(&self, id: &str, at_least: i64, now: Millis) -> StoreResult<i64>;
 
     /// `None` when the user never existed.
     async fn user_auth_state(&self, id: &str) -> StoreResult<Option<UserAuthState>>;

@@ -315,9 +315,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn revoke_tokens(&self, id: &str, not_before: i64, now: Millis) -> StoreResult<()> {
+    async fn revoke_tokens(&self, id: &str, at_least: i64, now: Millis) -> StoreResult<i64> {
         let id = id.to_owned();
-        self.write(move |conn| queries::revoke_tokens(conn, &id, not_before, now))
+        self.write(move |conn| queries::revoke_tokens(conn, &id, at_least, now))
             .await
     }
 

@@ -111,8 +111,8 @@ impl Store for ConnectingStore {
         self.open()?.delete_user(id, now).await
     }
 
-    async fn revoke_tokens(&self, id: &str, not_before: i64, now: Millis) -> StoreResult<()> {
-        self.open()?.revoke_tokens(id, not_before, now).await
+    async fn revoke_tokens(&self, id: &str, at_least: i64, now: Millis) -> StoreResult<i64> {
+        self.open()?.revoke_tokens(id, at_least, now).await
     }
 
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {

@@ -362,9 +362,9 @@ impl Store for ScyllaStore {
         self.delete_user_row(id, now).await
     }
 
-    async fn revoke_tokens(&self, id: &str, not_before: i64, now: Millis) -> StoreResult<()> {
+    async fn revoke_tokens(&self, id: &str, at_least: i64, now: Millis) -> StoreResult<i64> {
         self.check_open()?;
-        self.revoke_tokens_row(id, not_before, now).await
+        self.revoke_tokens_row(id, at_least, now).await
     }
 
     async fn get_user(&self, id: &str) -> StoreResult<Option<User>> {

@@ -107,15 +107,16 @@ impl ScyllaStore {
     pub(super) async fn revoke_tokens_row(
         &self,
         id: &str,
-        not_before: i64,
+        at_least: i64,
         now: Millis,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<i64> {
         for _ in 0..MAX_USER_ATTEMPTS {
             let record = match self.user(id).await? {
                 Some(record) if !record.user.deleted => record,
                 _ => return Err(StoreError::NotFound),
             };
-            let bound = record.tokens_not_before.unwrap_or(0).max(not_before);
+            let after_previous = record.tokens_not_before.map_or(at_least, |bound| bound + 1);
+            let bound = after_previous.max(at_least);
             let applied = self
                 .conditional(
                     &self.statements.revoke_tokens,
@@ -124,7 +125,7 @@ impl ScyllaStore {
                 )
                 .await?;
             if applied {
-                return Ok(());
+                return Ok(bound);
             }
         }
         Err(contention("revoke a user's tokens"))

@@ -294,19 +294,20 @@ pub(super) fn delete_user(conn: &Connection, id: &str, now: Millis) -> OpResult<
 pub(super) fn revoke_tokens(
     conn: &Connection,
     id: &str,
-    not_before: i64,
+    at_least: i64,
     now: Millis,
-) -> OpResult<()> {
-    let changed = conn
+) -> OpResult<i64> {
+    let bound: Option<i64> = conn
         .prepare_cached(
-            "UPDATE users SET tokens_not_before = MAX(COALESCE(tokens_not_before, 0), ?2), \
-             updated_at = ?3 WHERE id = ?1 AND deleted = 0",
+            "UPDATE users SET tokens_not_before = MAX(?2, COALESCE(tokens_not_before + 1, ?2)), \
+             updated_at = ?3 WHERE id = ?1 AND deleted = 0 RETURNING tokens_not_before",
         )?
-        .execute(params![id, not_before, now])?;
-    if changed == 0 {
-        return not_found();
+        .query_row(params![id, at_least, now], |row| row.get(0))
+        .optional()?;
+    match bound {
+        Some(bound) => Ok(bound),
+        None => not_found(),
     }
-    Ok(())
 }
 
 pub(super) fn user_auth_state(conn: &Connection, id: &str) -> OpResult<Option<UserAuthState>> {
