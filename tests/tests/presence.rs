@@ -156,3 +156,77 @@ async fn unsubscribe_stops_presence_frames() {
     let _lan_ws = Ws::connect(&runtime, "acme", &lan.token).await;
     minh_ws.expect_silence(Duration::from_millis(400)).await;
 }
+
+#[tokio::test]
+async fn subscriptions_count_per_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::start(dir.path(), &config_yaml(""));
+    let api = runtime.api("acme");
+    let lan = api.user("lan").await;
+    let minh = api.user("minh").await;
+    api.user("thu").await;
+    let group = |members: Value| {
+        let lan = lan.clone();
+        async move {
+            let (status, body) = lan
+                .post(
+                    "/v1/channels/group",
+                    json!({"name": "nhóm", "members": members}),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+            body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let both = group(json!(["minh", "thu"])).await;
+    let pair = group(json!(["minh"])).await;
+    let mut minh_ws = Ws::connect(&runtime, "acme", &minh.token).await;
+    subscribe(&mut minh_ws, &both).await;
+    subscribe(&mut minh_ws, &pair).await;
+    minh_ws
+        .send_json(json!({"type": "presence_unsubscribe", "channel_id": both}))
+        .await;
+    minh_ws.send_json(json!({"type": "ping", "ref": "x"})).await;
+    minh_ws.next_of("pong").await;
+
+    // Lan is still watched through the other group.
+    let lan_ws = Ws::connect(&runtime, "acme", &lan.token).await;
+    let online = next_presence(&mut minh_ws, "lan").await;
+    assert_eq!(online["online"], true);
+    assert_eq!(online["last_seen"], Value::Null);
+    lan_ws.close().await;
+    assert_eq!(next_presence(&mut minh_ws, "lan").await["online"], false);
+    // Back online: last_seen is null again while online.
+    let _lan_again = Ws::connect(&runtime, "acme", &lan.token).await;
+    let again = next_presence(&mut minh_ws, "lan").await;
+    assert_eq!(again["online"], true);
+    assert_eq!(again["last_seen"], Value::Null);
+}
+
+#[tokio::test]
+async fn removed_member_stops_watching() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::start(dir.path(), &config_yaml(""));
+    let api = runtime.api("acme");
+    let lan = api.user("lan").await;
+    let minh = api.user("minh").await;
+    let (status, body) = lan
+        .post(
+            "/v1/channels/group",
+            json!({"name": "nhóm", "members": ["minh"]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let group = body["id"].as_str().unwrap().to_owned();
+    let mut minh_ws = Ws::connect(&runtime, "acme", &minh.token).await;
+    subscribe(&mut minh_ws, &group).await;
+    next_presence(&mut minh_ws, "lan").await;
+
+    let (status, _) = lan
+        .delete(&format!("/v1/channels/{group}/members/minh"))
+        .await;
+    assert_eq!(status, 204);
+    minh_ws.next_of("member_removed").await;
+    let _lan_ws = Ws::connect(&runtime, "acme", &lan.token).await;
+    minh_ws.expect_silence(Duration::from_millis(400)).await;
+}

@@ -148,3 +148,27 @@ async fn revoking_unknown_user_is_not_found() {
     assert_eq!(status, 404);
     assert_eq!(error_code(&body), "not_found");
 }
+
+#[tokio::test]
+async fn second_revocation_rejects_tokens_minted_between() {
+    let (_dir, runtime) = start();
+    let api = runtime.api("acme");
+    let lan = api.user("lan").await;
+    let (status, first) = revoke(&runtime, "lan").await;
+    assert_eq!(status, 200);
+    let between = api.token("lan").await;
+    let (status, second) = revoke(&runtime, "lan").await;
+    assert_eq!(status, 200);
+    assert!(
+        second["not_before"].as_i64() > first["not_before"].as_i64(),
+        "{first} then {second}"
+    );
+    let (status, body) = lan.at(&runtime).get("/v1/me").await;
+    assert_eq!(status, 401, "{body}");
+    let holder = common::User {
+        token: between,
+        ..lan.clone()
+    };
+    let (status, body) = holder.get("/v1/me").await;
+    assert_eq!(status, 401, "token minted between the revocations: {body}");
+}
