@@ -131,7 +131,7 @@ fn register_relay(registry: &mut Registry) -> RelayMetrics {
     );
     registry.register(
         "relay_resyncs",
-        "Resyncs handed to this replica's sockets after events may have been lost",
+        "Resyncs handed to this replica's sockets: one after every subscription to Redis, the first included, and one per resync announced by another replica",
         relay.resyncs.clone(),
     );
     registry.register(

@@ -146,10 +146,18 @@ async fn update_subscriptions(
 
 fn resync_local_sockets(relay: &Relay, state: &SharedState) {
     let resync = Arc::new(Resync::All);
+    let mut sockets = 0;
     for tenant in state.tenants.all() {
+        sockets += tenant.hub.connection_count();
         tenant.hub.resync(&resync);
     }
     relay.metrics.resyncs.inc();
+    if sockets > 0 {
+        tracing::info!(
+            sockets,
+            "Sockets catch up from the store on events missed while unsubscribed"
+        );
+    }
 }
 
 /// Hands one received envelope to the sockets of its tenant in this
