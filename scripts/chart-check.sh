@@ -37,7 +37,7 @@ KUBERNETES_VERSIONS=(1.33.0 1.35.0)
 CHART=charts/parley-operator
 CRD_SOURCE=crds/chattenant.yaml
 CRD_COPY=$CHART/files/chattenant.yaml
-TENANT_EXAMPLES=(examples/tenants/marketplace.yaml examples/tenants/minimal.yaml examples/tenants/scylla.yaml)
+TENANT_EXAMPLES=(examples/tenants/marketplace.yaml examples/tenants/minimal.yaml examples/tenants/scylla.yaml examples/tenants/scylla-autoscaled.yaml)
 
 # checkov checks that do not apply to the objects the operator builds for a
 # tenant. The chart's own exceptions are annotations on its objects.
@@ -337,6 +337,10 @@ scylla:
   credentialsSecret: parley-scylla
   tlsCaSecret: parley-scylla-ca
   operatorReplicationFactor: 3
+redis:
+  url: redis://redis.parley-system:6379/0
+  passwordSecret: parley-redis
+  passwordKey: password
 podAnnotations:
   prometheus.io/scrape: "true"
 resources:

@@ -55,7 +55,57 @@ enum Command {
         listen: std::net::SocketAddr,
         #[command(flatten)]
         scylla: Box<ScyllaArgs>,
+        #[command(flatten)]
+        redis: RedisArgs,
     },
+}
+
+/// The default Redis of tenants with ScyllaDB storage, which relays live
+/// events between runtime replicas. Leaving out the URL leaves such
+/// tenants at one replica unless their spec names a Redis.
+#[derive(clap::Args)]
+struct RedisArgs {
+    /// Redis URL, `redis://host:port` with an optional `/database`, for
+    /// ScyllaDB tenants whose spec names no Redis.
+    #[arg(long, env = "PARLEY_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Secret in the operator's namespace with the Redis password. The
+    /// operator copies it into each tenant namespace that uses this Redis.
+    #[arg(long, env = "PARLEY_REDIS_PASSWORD_SECRET")]
+    redis_password_secret: Option<String>,
+    /// Data key of the password in --redis-password-secret.
+    #[arg(long, env = "PARLEY_REDIS_PASSWORD_KEY", default_value = "password")]
+    redis_password_key: String,
+}
+
+impl RedisArgs {
+    /// Returns the settings these flags describe, or `None` when no URL is
+    /// given.
+    fn settings(self) -> Result<Option<crate::settings::RedisSettings>, String> {
+        let Some(url) = self.redis_url.filter(|url| !url.trim().is_empty()) else {
+            if self.redis_password_secret.is_some() {
+                return Err("--redis-password-secret needs --redis-url".to_owned());
+            }
+            return Ok(None);
+        };
+        crate::validate::parse_redis_url(&url)
+            .map_err(|message| format!("invalid --redis-url: {message}"))?;
+        let password_secret = match self.redis_password_secret {
+            Some(name) => {
+                crate::validate::check_secret_key(&self.redis_password_key)
+                    .map_err(|message| format!("invalid --redis-password-key: {message}"))?;
+                Some(crate::crd::SecretKeyReference {
+                    name,
+                    key: self.redis_password_key,
+                })
+            }
+            None => None,
+        };
+        Ok(Some(crate::settings::RedisSettings {
+            url,
+            password_secret,
+        }))
+    }
 }
 
 /// The ScyllaDB cluster for tenants with ScyllaDB storage. Leaving out the
@@ -147,6 +197,7 @@ pub fn main() -> ExitCode {
             identity,
             listen,
             scylla,
+            redis,
         } => {
             let scylla = match scylla.settings(&lease_namespace) {
                 Ok(scylla) => scylla,
@@ -155,32 +206,33 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            run(
-                runtime_image,
-                &log_format,
-                &lease_namespace,
-                identity,
-                listen,
-                scylla,
-            )
+            let redis = match redis.settings() {
+                Ok(redis) => redis,
+                Err(message) => {
+                    eprintln!("parley-operator: {message}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut settings = OperatorSettings::default();
+            if let Some(image) = runtime_image {
+                settings.runtime_image = image;
+            }
+            settings.scylla = scylla;
+            settings.redis = redis;
+            settings.operator_namespace = lease_namespace.clone();
+            run(settings, &log_format, &lease_namespace, identity, listen)
         }
     }
 }
 
 fn run(
-    runtime_image: Option<String>,
+    settings: OperatorSettings,
     log_format: &str,
     lease_namespace: &str,
     identity: Option<String>,
     listen: std::net::SocketAddr,
-    scylla: Option<crate::settings::ScyllaSettings>,
 ) -> ExitCode {
     init_logging(log_format);
-    let mut settings = OperatorSettings::default();
-    if let Some(image) = runtime_image {
-        settings.runtime_image = image;
-    }
-    settings.scylla = scylla;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -293,5 +345,53 @@ fn read_input(file: &PathBuf) -> std::io::Result<String> {
         Ok(yaml)
     } else {
         std::fs::read_to_string(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis_args(url: Option<&str>, secret: Option<&str>, key: &str) -> RedisArgs {
+        RedisArgs {
+            redis_url: url.map(str::to_owned),
+            redis_password_secret: secret.map(str::to_owned),
+            redis_password_key: key.to_owned(),
+        }
+    }
+
+    #[test]
+    fn redis_flags_give_settings() {
+        let settings = redis_args(Some("redis://redis:6379"), Some("redis"), "pw")
+            .settings()
+            .unwrap()
+            .unwrap();
+        assert_eq!(settings.url, "redis://redis:6379");
+        let secret = settings.password_secret.unwrap();
+        assert_eq!(secret.name, "redis");
+        assert_eq!(secret.key, "pw");
+        assert_eq!(redis_args(None, None, "password").settings(), Ok(None));
+    }
+
+    #[test]
+    fn invalid_redis_flags_are_rejected() {
+        let cases = [
+            (
+                redis_args(Some("rediss://redis:6379"), None, "password"),
+                "--redis-url",
+            ),
+            (
+                redis_args(None, Some("redis"), "password"),
+                "needs --redis-url",
+            ),
+            (
+                redis_args(Some("redis://redis:6379"), Some("redis"), "a/b"),
+                "--redis-password-key",
+            ),
+        ];
+        for (args, message) in cases {
+            let error = args.settings().unwrap_err();
+            assert!(error.contains(message), "{error}");
+        }
     }
 }

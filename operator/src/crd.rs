@@ -91,8 +91,11 @@ pub enum DeletionPolicy {
 /// The runtime workload.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "!(has(self.replicas) && has(self.autoscaling))", "message": "set either runtime.replicas or runtime.autoscaling, not both"}]))]
 pub struct RuntimeSpec {
     /// Number of runtime pods. The embedded store supports exactly one.
+    /// With ScyllaDB storage, more than one runs only when Redis is
+    /// configured, in `redis` or in the operator's settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: Option<i32>,
@@ -110,6 +113,71 @@ pub struct RuntimeSpec {
     /// Limits the runtime enforces for this tenant's users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<TenantLimits>,
+
+    /// Redis that relays live events between the runtime's replicas, for
+    /// ScyllaDB storage. Defaults to the Redis the operator was configured
+    /// with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+
+    /// A HorizontalPodAutoscaler that sets the number of runtime pods from
+    /// their CPU use, in place of `replicas`. Needs ScyllaDB storage and
+    /// Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// Redis for the runtime's relay between replicas.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// `redis://host:port`, optionally with a database number, such as
+    /// `redis://redis.parley-system:6379/0`. TLS (`rediss://`) is not
+    /// supported, and a password belongs in `passwordSecret`, not here.
+    #[schemars(length(min = 1, max = 512))]
+    pub url: String,
+
+    /// Key of a Secret in the operator's namespace that contains the
+    /// Redis password. The operator copies it into the tenant namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<SecretKeyReference>,
+}
+
+/// One data key of a Secret in the operator's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyReference {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Data key of the password in the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Bounds and target of the runtime's HorizontalPodAutoscaler.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Minimum number of runtime pods (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: Option<i32>,
+
+    /// Maximum number of runtime pods. Must be at least `minReplicas`.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+
+    /// Average CPU use the autoscaler keeps the pods at, in percent of
+    /// their CPU request (default 80). The runtime container needs a CPU
+    /// request for the autoscaler to work.
+    #[serde(
+        default,
+        rename = "targetCPUUtilizationPercentage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: Option<i32>,
 }
 
 /// Per-user limits, passed to the runtime's configuration. Each one left
@@ -264,8 +332,9 @@ pub struct ChatTenantStatus {
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveSettings {
     pub deletion_policy: DeletionPolicy,
-    /// Runtime pods that run. It can be lower than `spec.runtime.replicas`,
-    /// and the `RuntimeReady` condition then gives the reason.
+    /// Runtime pods that run, or with autoscaling the fewest that run. It
+    /// can be lower than `spec.runtime.replicas`, and the `RuntimeReady`
+    /// condition then gives the reason.
     pub replicas: i32,
     pub image: String,
     pub storage_size: String,
@@ -276,4 +345,8 @@ pub struct EffectiveSettings {
     /// The ScyllaDB keyspace, for ScyllaDB storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyspace: Option<String>,
+    /// URL of the Redis that relays events between replicas, when one is
+    /// configured for a tenant with ScyllaDB storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
 }

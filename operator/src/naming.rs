@@ -15,8 +15,9 @@ pub const NAMESPACE_PREFIX: &str = "parley-";
 /// Field manager of the operator's server-side apply requests.
 pub const FIELD_MANAGER: &str = "parley-operator";
 
-/// Name of the ServiceAccount, ConfigMap, Deployment, Service and Ingress,
-/// and of the runtime container.
+/// Name of the ServiceAccount, ConfigMap, Deployment, Service, Ingress,
+/// PodDisruptionBudget and HorizontalPodAutoscaler, and of the runtime
+/// container.
 pub const RUNTIME: &str = "chat-runtime";
 /// Secret with the tenant's API keys.
 pub const CREDENTIALS_SECRET: &str = "chat-runtime-credentials";
@@ -32,6 +33,10 @@ pub const ALLOW_DNS_POLICY: &str = "chat-runtime-allow-dns";
 pub const SCYLLA_SECRET: &str = "chat-runtime-scylla";
 /// NetworkPolicy that lets the runtime reach ScyllaDB.
 pub const ALLOW_SCYLLA_POLICY: &str = "chat-runtime-allow-scylla";
+/// Secret with the Redis password, copied from the operator's namespace.
+pub const REDIS_SECRET: &str = "chat-runtime-redis";
+/// NetworkPolicy that lets the runtime reach Redis.
+pub const ALLOW_REDIS_POLICY: &str = "chat-runtime-allow-redis";
 /// ResourceQuota of the tenant namespace.
 pub const QUOTA: &str = "chat-tenant-quota";
 

@@ -63,7 +63,20 @@ pub fn render(yaml: &str, settings: &OperatorSettings) -> Result<String, RenderE
             .and(role.as_deref())
             .map(|role| (role, PLACEHOLDER_PASSWORD)),
     });
-    let objects = build::desired(&valid, &Credentials::placeholder(), access, &owner)?;
+    // The Redis password is copied from a Secret in the operator's
+    // namespace, which a render without a cluster cannot read.
+    let redis_password = valid
+        .redis
+        .as_ref()
+        .and_then(|redis| redis.password.as_ref())
+        .map(|_| PLACEHOLDER_REDIS_PASSWORD);
+    let objects = build::desired(
+        &valid,
+        &Credentials::placeholder(),
+        access,
+        redis_password,
+        &owner,
+    )?;
 
     let mut stream = String::new();
     for manifest in objects.manifests() {
@@ -80,6 +93,8 @@ pub fn render(yaml: &str, settings: &OperatorSettings) -> Result<String, RenderE
 
 /// Password shown in place of a tenant role's generated one.
 const PLACEHOLDER_PASSWORD: &str = "generated-by-the-operator";
+/// Password shown in place of the Redis password the operator copies.
+const PLACEHOLDER_REDIS_PASSWORD: &str = "copied-by-the-operator";
 
 /// Returns placeholder cluster settings for a ScyllaDB tenant: a contact
 /// point that names what to replace, and the first datacenter of the

@@ -31,7 +31,27 @@ pub struct OperatorSettings {
     /// The ScyllaDB cluster of tenants with ScyllaDB storage. Without it,
     /// such tenants are stalled with a condition that names the cause.
     pub scylla: Option<ScyllaSettings>,
+    /// Redis of ScyllaDB tenants whose spec names none. Without it, and
+    /// without `spec.runtime.redis`, such a tenant runs one replica.
+    pub redis: Option<RedisSettings>,
+    /// The operator's own namespace, where `spec.runtime.redis.passwordSecret`
+    /// and the default Redis password Secret are looked up.
+    pub operator_namespace: String,
 }
+
+/// The default Redis, which the runtimes of ScyllaDB tenants use to relay
+/// live events between replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://host:port[/db]`, checked like `spec.runtime.redis.url`.
+    pub url: String,
+    /// Secret key in `operator_namespace` with the password; `None` when
+    /// Redis needs none.
+    pub password_secret: Option<crate::crd::SecretKeyReference>,
+}
+
+/// Namespace of the operator when none is given, the chart's default.
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "parley-system";
 
 /// The operator's connection to ScyllaDB, which runtimes share.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +80,8 @@ impl Default for OperatorSettings {
             runtime_resources: default_runtime_resources(),
             rotation_overlap: std::time::Duration::from_secs(3600),
             scylla: None,
+            redis: None,
+            operator_namespace: DEFAULT_OPERATOR_NAMESPACE.to_owned(),
         }
     }
 }

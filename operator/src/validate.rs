@@ -9,6 +9,8 @@
 //! rejects. The immutability of `tenantId` needs the previous object and is
 //! left to the API server.
 
+mod replicas;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -22,6 +24,11 @@ use crate::crd::{
 use crate::naming;
 use crate::quantity::{self, StorageSize};
 use crate::settings::OperatorSettings;
+
+pub use self::replicas::{
+    DEFAULT_MIN_REPLICAS, DEFAULT_TARGET_CPU_UTILIZATION, REDIS_PASSWORD_LABEL, RedisAddress,
+    RedisPassword, ValidAutoscaling, ValidRedis, check_secret_key, parse_redis_url,
+};
 
 /// Maximum length of a tenant id, so that `parley-<tenantId>` stays a
 /// valid namespace name with room to spare.
@@ -90,6 +97,11 @@ pub struct ValidTenant {
     /// The ScyllaDB keyspace, when the tenant is stored in ScyllaDB rather
     /// than in the embedded store.
     pub scylla: Option<ValidScylla>,
+    /// The Redis that relays events between replicas: set only for
+    /// ScyllaDB storage, from the spec or the operator's default.
+    pub redis: Option<ValidRedis>,
+    /// The autoscaler, which then owns the Deployment's replica count.
+    pub autoscaling: Option<ValidAutoscaling>,
 }
 
 /// A tenant's checked ScyllaDB storage.
@@ -129,15 +141,24 @@ pub fn validate(
 
     let runtime = spec.runtime.clone().unwrap_or_default();
     let requested_replicas = validate_replicas(runtime.replicas, scylla.is_some())?;
-    // NOTE: a ScyllaDB tenant runs one replica even when more are
-    // requested, because the operator does not yet give the runtime the
-    // Redis relay that passes live events between replicas, so a message
-    // sent through one would not reach sockets on another. The
-    // RuntimeReady condition states this.
-    let replicas = 1;
     let image = validate_image(runtime.image.as_deref(), settings)?;
     let resources = validate_resources(&runtime, settings)?;
     let limits = validate_limits(runtime.limits.unwrap_or_default())?;
+    let redis = replicas::validate_redis(runtime.redis.as_ref(), settings, scylla.is_some())?;
+    let autoscaling = replicas::validate_autoscaling(
+        runtime.autoscaling,
+        runtime.replicas.is_some(),
+        scylla.is_some(),
+        redis.is_some(),
+    )?;
+    // Without Redis a ScyllaDB tenant runs one replica even when more are
+    // requested, because a message sent through one replica would not
+    // reach sockets on another. The RuntimeReady condition states this.
+    let replicas = match (&autoscaling, &redis) {
+        (Some(autoscaling), _) => autoscaling.min_replicas,
+        (None, Some(_)) => requested_replicas,
+        (None, None) => 1,
+    };
 
     let embedded = spec.storage.as_ref().and_then(|s| s.embedded.clone());
     let embedded = embedded.unwrap_or_default();
@@ -158,6 +179,7 @@ pub fn validate(
         image,
         storage_size: storage_size.to_string(),
         keyspace: scylla.as_ref().map(|scylla| scylla.keyspace.clone()),
+        redis_url: redis.as_ref().map(|redis| redis.url.clone()),
         ..effective_limits(&limits)
     };
     Ok(ValidTenant {
@@ -173,6 +195,8 @@ pub fn validate(
         resources,
         requested_replicas,
         scylla,
+        redis,
+        autoscaling,
     })
 }
 
@@ -638,9 +662,234 @@ mod tests {
         )
         .unwrap();
         assert_eq!(valid.requested_replicas, 3);
-        assert_eq!(valid.effective.replicas, 1);
+        assert_eq!(valid.effective.replicas, 1, "no Redis is configured");
+        assert_eq!(valid.redis, None);
         let embedded = check("{tenantId: chotot, runtime: {replicas: 3}}").unwrap_err();
         assert_eq!(embedded.field, "spec.runtime.replicas");
+    }
+
+    fn settings_with_redis() -> OperatorSettings {
+        OperatorSettings {
+            redis: Some(crate::settings::RedisSettings {
+                url: "redis://redis.parley-system:6379".to_owned(),
+                password_secret: Some(crate::crd::SecretKeyReference {
+                    name: "redis".to_owned(),
+                    key: "password".to_owned(),
+                }),
+            }),
+            ..OperatorSettings::default()
+        }
+    }
+
+    #[test]
+    fn spec_redis_runs_requested_replicas() {
+        let valid = check(
+            "{tenantId: chotot, runtime: {replicas: 3, redis: {url: 'redis://10.0.0.7:6379/1', passwordSecret: {name: chotot-redis, key: pw}}}, storage: {scylla: {replication: {dc1: 3}}}}",
+        )
+        .unwrap();
+        assert_eq!(valid.effective.replicas, 3);
+        assert_eq!(
+            valid.effective.redis_url.as_deref(),
+            Some("redis://10.0.0.7:6379/1")
+        );
+        let redis = valid.redis.unwrap();
+        assert_eq!(redis.address.port, 6379);
+        let password = redis.password.unwrap();
+        assert_eq!(password.namespace, "parley-system");
+        assert_eq!(password.name, "chotot-redis");
+        assert_eq!(password.key, "pw");
+    }
+
+    #[test]
+    fn operator_redis_applies_to_scylla_only() {
+        let settings = settings_with_redis();
+        let scylla = tenant(
+            "{tenantId: chotot, runtime: {replicas: 2}, storage: {scylla: {replication: {dc1: 3}}}}",
+        );
+        let valid = validate(&scylla, &settings).unwrap();
+        assert_eq!(valid.effective.replicas, 2);
+        let redis = valid.redis.unwrap();
+        assert_eq!(redis.url, "redis://redis.parley-system:6379");
+        assert_eq!(redis.password.unwrap().name, "redis");
+
+        let embedded = validate(&tenant("{tenantId: chotot}"), &settings).unwrap();
+        assert_eq!(embedded.redis, None);
+        assert_eq!(embedded.effective.redis_url, None);
+        assert_eq!(embedded.effective.replicas, 1);
+    }
+
+    #[test]
+    fn spec_redis_overrides_operator_default() {
+        let valid = validate(
+            &tenant(
+                "{tenantId: chotot, runtime: {redis: {url: 'redis://own:7000'}}, storage: {scylla: {replication: {dc1: 3}}}}",
+            ),
+            &settings_with_redis(),
+        )
+        .unwrap();
+        let redis = valid.redis.unwrap();
+        assert_eq!(redis.url, "redis://own:7000");
+        assert_eq!(
+            redis.password, None,
+            "the default's password is not mixed in"
+        );
+    }
+
+    #[test]
+    fn invalid_operator_redis_is_reported() {
+        let settings = OperatorSettings {
+            redis: Some(crate::settings::RedisSettings {
+                url: "rediss://redis:6379".to_owned(),
+                password_secret: None,
+            }),
+            ..OperatorSettings::default()
+        };
+        let error = validate(
+            &tenant("{tenantId: a, storage: {scylla: {replication: {dc1: 1}}}}"),
+            &settings,
+        )
+        .unwrap_err();
+        assert_eq!(error.field, "spec.runtime.redis.url");
+        assert!(error.message.contains("--redis-url"), "{}", error.message);
+    }
+
+    #[test]
+    fn autoscaling_takes_defaults() {
+        let valid = check(
+            "{tenantId: chotot, runtime: {autoscaling: {maxReplicas: 6}, redis: {url: 'redis://r:6379'}}, storage: {scylla: {replication: {dc1: 3}}}}",
+        )
+        .unwrap();
+        let autoscaling = valid.autoscaling.unwrap();
+        assert_eq!(autoscaling.min_replicas, 2);
+        assert_eq!(autoscaling.max_replicas, 6);
+        assert_eq!(autoscaling.target_cpu_utilization_percentage, 80);
+        assert_eq!(valid.effective.replicas, 2);
+    }
+
+    #[test]
+    fn autoscaling_keeps_spec_values() {
+        let valid = check(
+            "{tenantId: chotot, runtime: {autoscaling: {minReplicas: 1, maxReplicas: 1, targetCPUUtilizationPercentage: 100}, redis: {url: 'redis://r:6379'}}, storage: {scylla: {replication: {dc1: 3}}}}",
+        )
+        .unwrap();
+        let autoscaling = valid.autoscaling.unwrap();
+        assert_eq!(autoscaling.min_replicas, 1);
+        assert_eq!(autoscaling.max_replicas, 1);
+        assert_eq!(autoscaling.target_cpu_utilization_percentage, 100);
+    }
+
+    #[test]
+    fn replica_rules_name_their_field() {
+        const SCYLLA: &str = "storage: {scylla: {replication: {dc1: 3}}}";
+        const REDIS: &str = "redis: {url: 'redis://r:6379'}";
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                "{tenantId: a, runtime: {redis: {url: 'redis://r:6379'}}}".into(),
+                "spec.runtime.redis",
+                "only used with ScyllaDB",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{redis: {{url: 'rediss://r:6379'}}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.redis.url",
+                "must start with redis://",
+            ),
+            (
+                format!("{{tenantId: a, runtime: {{redis: {{url: 'redis://r'}}}}, {SCYLLA}}}"),
+                "spec.runtime.redis.url",
+                "names no port",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{redis: {{url: 'redis://:pw@r:6379'}}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.redis.url",
+                "passwordSecret",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{redis: {{url: 'redis://r:6379', passwordSecret: {{name: Redis, key: pw}}}}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.redis.passwordSecret.name",
+                "not a valid object name",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{redis: {{url: 'redis://r:6379', passwordSecret: {{name: redis, key: 'p w'}}}}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.redis.passwordSecret.key",
+                "not a valid Secret key",
+            ),
+            (
+                "{tenantId: a, runtime: {autoscaling: {maxReplicas: 3}}}".into(),
+                "spec.runtime.autoscaling",
+                "embedded store allows one replica",
+            ),
+            (
+                format!("{{tenantId: a, runtime: {{autoscaling: {{maxReplicas: 3}}}}, {SCYLLA}}}"),
+                "spec.runtime.autoscaling",
+                "--redis-url",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{replicas: 2, autoscaling: {{maxReplicas: 3}}, {REDIS}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.autoscaling",
+                "not both",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{autoscaling: {{minReplicas: 0, maxReplicas: 3}}, {REDIS}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.autoscaling.minReplicas",
+                "between 1 and 100",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{autoscaling: {{maxReplicas: 101}}, {REDIS}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.autoscaling.maxReplicas",
+                "between 1 and 100",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{autoscaling: {{minReplicas: 4, maxReplicas: 3}}, {REDIS}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.autoscaling.maxReplicas",
+                "less than minReplicas (4)",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{autoscaling: {{maxReplicas: 1}}, {REDIS}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.autoscaling.maxReplicas",
+                "less than minReplicas (2)",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{autoscaling: {{maxReplicas: 3, targetCPUUtilizationPercentage: 0}}, {REDIS}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.autoscaling.targetCPUUtilizationPercentage",
+                "between 1 and 100",
+            ),
+            (
+                format!(
+                    "{{tenantId: a, runtime: {{autoscaling: {{maxReplicas: 3, targetCPUUtilizationPercentage: 101}}, {REDIS}}}, {SCYLLA}}}"
+                ),
+                "spec.runtime.autoscaling.targetCPUUtilizationPercentage",
+                "between 1 and 100",
+            ),
+        ];
+        for (spec, field, message) in cases {
+            let error = check(&spec).unwrap_err();
+            assert_eq!(error.field, field, "{spec}");
+            assert!(
+                error.message.contains(message),
+                "{spec}: {:?} does not contain {message:?}",
+                error.message
+            );
+        }
     }
 
     #[test]

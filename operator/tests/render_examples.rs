@@ -180,3 +180,60 @@ fn scylla_renders_without_volume_claim() {
     let deployment = find(&documents, "Deployment");
     assert_eq!(deployment["spec"]["replicas"], 1);
 }
+
+#[test]
+fn autoscaled_scylla_renders_budget_and_autoscaler() {
+    let stream = render(
+        &read_example("scylla-autoscaled.yaml"),
+        &OperatorSettings::default(),
+    )
+    .unwrap();
+    let documents = documents(&stream);
+    let kinds = kinds(&documents);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|kind| **kind == "NetworkPolicy")
+            .count(),
+        5
+    );
+    assert_eq!(kinds.iter().filter(|kind| **kind == "Secret").count(), 3);
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["PodDisruptionBudget", "HorizontalPodAutoscaler"]
+    );
+
+    let deployment = find(&documents, "Deployment");
+    assert!(
+        deployment["spec"].get("replicas").is_none(),
+        "the autoscaler owns replicas"
+    );
+    let autoscaler = find(&documents, "HorizontalPodAutoscaler");
+    assert_eq!(autoscaler["apiVersion"], "autoscaling/v2");
+    assert_eq!(autoscaler["spec"]["minReplicas"], 2);
+    assert_eq!(autoscaler["spec"]["maxReplicas"], 6);
+    let budget = find(&documents, "PodDisruptionBudget");
+    assert_eq!(budget["apiVersion"], "policy/v1");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+
+    let config = find(&documents, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains("url: redis://redis.parley-system:6379/0"),
+        "{config}"
+    );
+    assert!(
+        config.contains("password_file: /etc/parley/redis/password"),
+        "{config}"
+    );
+    let redis_secret = documents
+        .iter()
+        .find(|document| document["metadata"]["name"] == "chat-runtime-redis")
+        .unwrap();
+    let placeholder = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        "copied-by-the-operator",
+    );
+    assert_eq!(redis_secret["data"]["password"], placeholder.as_str());
+}

@@ -808,7 +808,7 @@ fn floor_objects(tenant_id: &str) -> anyhow::Result<DesiredObjects> {
         .with_context(|| format!("invalid floor tenant {tenant_id}"))?;
     let credentials = Credentials::generate(tenant_id).context("failed to generate credentials")?;
     let owner = render::owner_reference(&tenant, &valid.name);
-    let mut objects = build::desired(&valid, &credentials, None, &owner)
+    let mut objects = build::desired(&valid, &credentials, None, None, &owner)
         .context("failed to build the floor objects")?;
     objects.namespace.metadata.owner_references = None;
     let mut metadata = vec![

@@ -32,6 +32,8 @@ struct ServerConfig {
     listen: String,
     data_dir: &'static str,
     shutdown_delay_seconds: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<super::redis::RedisConfig>,
 }
 
 #[derive(Serialize)]
@@ -63,7 +65,9 @@ struct LimitsConfig {
 /// Renders the runtime's configuration file for the tenant. Keys appear in
 /// the order of `credentials`, current key first, because the runtime signs
 /// tokens with the first key it lists. `store` is the tenant's ScyllaDB
-/// store; without it the runtime uses its embedded store.
+/// store; without it the runtime uses its embedded store. The tenant's
+/// Redis, if any, goes into `server.redis`, which the runtime reads only at
+/// start, so the configuration checksum restarts the pods when it changes.
 pub fn config_yaml(
     valid: &ValidTenant,
     credentials: &Credentials,
@@ -96,6 +100,7 @@ pub fn config_yaml(
         listen: format!("0.0.0.0:{}", layout::HTTP_PORT),
         data_dir: layout::DATA_DIR,
         shutdown_delay_seconds: SHUTDOWN_DELAY_SECONDS,
+        redis: valid.redis.as_ref().map(super::redis::redis_config),
     };
     serde_yaml::to_string(&RuntimeConfig {
         server,
@@ -297,5 +302,45 @@ allowedOrigins: ['https://www.chotot.example', 'http://localhost:3000']
         );
         assert_eq!(config_map.metadata.labels, Some(naming::labels("chotot")));
         assert_eq!(config_map.data.unwrap()["config.yaml"], yaml);
+    }
+
+    #[test]
+    fn runtime_accepts_redis_config() {
+        let dir = TempDir::new("redis-config");
+        let credentials = Credentials::generate("chotot").unwrap();
+        let valid = valid_tenant_from(
+            "{tenantId: chotot, runtime: {replicas: 2, redis: {url: 'redis://10.0.0.7:6379/3', passwordSecret: {name: redis, key: pw}}}, storage: {scylla: {replication: {dc1: 3}}}}",
+        );
+        let mut settings = crate::build::tests::scylla_settings();
+        settings.tls_ca_pem = None;
+        let access = super::super::scylla::ScyllaAccess {
+            settings: &settings,
+            login: None,
+        };
+        let store = super::super::scylla::store_config(valid.scylla.as_ref().unwrap(), access);
+        let yaml = config_yaml(&valid, &credentials, Some(store)).unwrap();
+        assert!(
+            yaml.contains("password_file: /etc/parley/redis/password"),
+            "{yaml}"
+        );
+        // The runtime reads the password when it loads the file, so the
+        // test writes it where the relocated path points.
+        let redis_dir = dir.0.join("redis");
+        std::fs::create_dir_all(&redis_dir).unwrap();
+        std::fs::write(redis_dir.join("password"), "s3cret\n").unwrap();
+        let yaml = yaml.replace(layout::REDIS_DIR, &redis_dir.display().to_string());
+        let config = parse_with_secrets(&yaml, &credentials, &dir.0);
+
+        let redis = config.relay.as_ref().expect("server.redis");
+        assert_eq!(redis.url, "redis://10.0.0.7:6379/3");
+        assert_eq!(redis.password.as_deref(), Some("s3cret"));
+        assert_eq!(redis.channel_prefix, "parley");
+        assert_eq!(redis.database, 3);
+    }
+
+    #[test]
+    fn config_without_redis_has_no_section() {
+        let yaml = config_yaml(&valid_tenant(), &credentials(), None).unwrap();
+        assert!(!yaml.contains("redis"), "{yaml}");
     }
 }

@@ -18,6 +18,8 @@ pub const CONFIG_FILE: &str = "config.yaml";
 pub const SECRETS_DIR: &str = "/etc/parley/secrets";
 /// Directory of the ScyllaDB Secret volume, for ScyllaDB storage.
 pub const SCYLLA_DIR: &str = "/etc/parley/scylla";
+/// Directory of the Redis Secret volume, for a Redis with a password.
+pub const REDIS_DIR: &str = "/etc/parley/redis";
 /// Directory of the data volume, which contains the tenant's SQLite file.
 pub const DATA_DIR: &str = "/var/lib/parley";
 /// Writable scratch directory, because the root filesystem is read-only.

@@ -8,15 +8,19 @@ pub mod layout;
 pub mod namespace;
 pub mod network;
 pub mod quota;
+pub mod redis;
+pub mod scaling;
 pub mod scylla;
 pub mod workload;
 
 use k8s_openapi::Resource;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Serialize;
 
@@ -33,6 +37,9 @@ pub enum BuildError {
     /// and role password were given.
     #[error("the tenant is stored in ScyllaDB, but no ScyllaDB connection settings were given")]
     MissingScyllaAccess,
+    /// The tenant's Redis needs a password, but none was given.
+    #[error("the tenant's Redis needs a password, but none was given")]
+    MissingRedisPassword,
 }
 
 /// Every object of one tenant. The fields are in apply order: the
@@ -47,15 +54,25 @@ pub struct DesiredObjects {
     pub allow_dns_policy: NetworkPolicy,
     /// Egress to ScyllaDB, for ScyllaDB storage.
     pub allow_scylla_policy: Option<NetworkPolicy>,
+    /// Egress to Redis, when the runtime relays events through one.
+    pub allow_redis_policy: Option<NetworkPolicy>,
     pub service_account: ServiceAccount,
     pub credentials: Secret,
     /// The tenant's CQL role and password, for ScyllaDB storage.
     pub scylla_secret: Option<Secret>,
+    /// The Redis password, when Redis needs one.
+    pub redis_secret: Option<Secret>,
     pub config: ConfigMap,
     /// The embedded store's volume; `None` for ScyllaDB storage.
     pub data_claim: Option<PersistentVolumeClaim>,
     pub deployment: Deployment,
     pub service: Service,
+    /// `None` with one replica and no autoscaler. A budget left from
+    /// earlier must then be deleted.
+    pub disruption_budget: Option<PodDisruptionBudget>,
+    /// `None` without `spec.runtime.autoscaling`. An autoscaler left from
+    /// earlier must then be deleted.
+    pub autoscaler: Option<HorizontalPodAutoscaler>,
     /// `None` when the spec sets no endpoint. An Ingress left from an
     /// earlier endpoint must then be deleted.
     pub ingress: Option<Ingress>,
@@ -63,11 +80,13 @@ pub struct DesiredObjects {
 
 /// Builds every object of the tenant `valid`, with the API keys in
 /// `credentials`, under a namespace owned by `owner`. A tenant with
-/// ScyllaDB storage needs `scylla`.
+/// ScyllaDB storage needs `scylla`, and one whose Redis has a password
+/// needs `redis_password`.
 pub fn desired(
     valid: &ValidTenant,
     credentials: &Credentials,
     scylla: Option<ScyllaAccess<'_>>,
+    redis_password: Option<&str>,
     owner: &OwnerReference,
 ) -> Result<DesiredObjects, BuildError> {
     let scylla = match (&valid.scylla, scylla) {
@@ -80,7 +99,21 @@ pub fn desired(
     let config_map = config::config_map(valid, config_yaml);
     let secret = credentials::secret(valid, credentials);
     let scylla_secret = scylla.map(|(_, access)| scylla::secret(valid, access));
-    let checksum = workload::config_checksum(&config_map, [Some(&secret), scylla_secret.as_ref()]);
+    let redis_secret = match valid
+        .redis
+        .as_ref()
+        .and_then(|redis| redis.password.as_ref())
+    {
+        Some(_) => {
+            let password = redis_password.ok_or(BuildError::MissingRedisPassword)?;
+            Some(redis::secret(valid, password))
+        }
+        None => None,
+    };
+    let checksum = workload::config_checksum(
+        &config_map,
+        [Some(&secret), scylla_secret.as_ref(), redis_secret.as_ref()],
+    );
 
     Ok(DesiredObjects {
         namespace: namespace::namespace(valid, owner),
@@ -90,18 +123,39 @@ pub fn desired(
         allow_dns_policy: network::allow_dns_policy(valid),
         allow_scylla_policy: scylla
             .map(|(_, access)| scylla::egress_policy(valid, access.settings)),
+        allow_redis_policy: valid
+            .redis
+            .as_ref()
+            .map(|redis| redis::egress_policy(valid, redis)),
         service_account: workload::service_account(valid),
         credentials: secret,
         scylla_secret,
+        redis_secret,
         config: config_map,
         data_claim: valid.scylla.is_none().then(|| workload::data_claim(valid)),
         deployment: workload::deployment(valid, &checksum),
         service: network::service(valid),
+        disruption_budget: scaling::disruption_budget(valid),
+        autoscaler: scaling::autoscaler(valid),
         ingress: network::ingress(valid),
     })
 }
 
 impl DesiredObjects {
+    /// Drops the autoscaler and gives the Deployment the autoscaler's
+    /// minimum as a fixed replica count, for an API server that does not
+    /// serve autoscaling/v2. Without this the Deployment, which leaves its
+    /// replica count to the autoscaler, would run one pod.
+    pub fn keep_replicas_without_autoscaler(&mut self) {
+        let Some(autoscaler) = self.autoscaler.take() else {
+            return;
+        };
+        let min_replicas = autoscaler.spec.and_then(|spec| spec.min_replicas);
+        if let Some(spec) = self.deployment.spec.as_mut() {
+            spec.replicas = min_replicas;
+        }
+    }
+
     /// Returns every object in apply order.
     pub fn manifests<'a>(&'a self) -> Vec<Manifest<'a>> {
         let optional = |manifest: Option<Manifest<'a>>| manifest.into_iter();
@@ -118,11 +172,17 @@ impl DesiredObjects {
                 .as_ref()
                 .map(Manifest::NetworkPolicy),
         ))
+        .chain(optional(
+            self.allow_redis_policy
+                .as_ref()
+                .map(Manifest::NetworkPolicy),
+        ))
         .chain([
             Manifest::ServiceAccount(&self.service_account),
             Manifest::Secret(&self.credentials),
         ])
         .chain(optional(self.scylla_secret.as_ref().map(Manifest::Secret)))
+        .chain(optional(self.redis_secret.as_ref().map(Manifest::Secret)))
         .chain([Manifest::ConfigMap(&self.config)])
         .chain(optional(
             self.data_claim
@@ -133,6 +193,16 @@ impl DesiredObjects {
             Manifest::Deployment(&self.deployment),
             Manifest::Service(&self.service),
         ])
+        .chain(optional(
+            self.disruption_budget
+                .as_ref()
+                .map(Manifest::PodDisruptionBudget),
+        ))
+        .chain(optional(
+            self.autoscaler
+                .as_ref()
+                .map(Manifest::HorizontalPodAutoscaler),
+        ))
         .chain(optional(self.ingress.as_ref().map(Manifest::Ingress)))
         .collect()
     }
@@ -153,6 +223,8 @@ pub enum Manifest<'a> {
     PersistentVolumeClaim(&'a PersistentVolumeClaim),
     Deployment(&'a Deployment),
     Service(&'a Service),
+    PodDisruptionBudget(&'a PodDisruptionBudget),
+    HorizontalPodAutoscaler(&'a HorizontalPodAutoscaler),
     Ingress(&'a Ingress),
 }
 
@@ -169,6 +241,8 @@ impl Manifest<'_> {
             Self::PersistentVolumeClaim(_) => PersistentVolumeClaim::KIND,
             Self::Deployment(_) => Deployment::KIND,
             Self::Service(_) => Service::KIND,
+            Self::PodDisruptionBudget(_) => PodDisruptionBudget::KIND,
+            Self::HorizontalPodAutoscaler(_) => HorizontalPodAutoscaler::KIND,
             Self::Ingress(_) => Ingress::KIND,
         }
     }
@@ -224,6 +298,7 @@ pub(crate) mod tests {
             &valid_tenant_from(spec),
             &Credentials::placeholder(),
             None,
+            None,
             &owner(),
         )
         .unwrap()
@@ -265,6 +340,7 @@ pub(crate) mod tests {
             &valid_tenant_from(SCYLLA_SPEC),
             &Credentials::placeholder(),
             Some(access),
+            None,
             &owner(),
         )
         .unwrap()
@@ -320,6 +396,7 @@ pub(crate) mod tests {
             &valid_tenant_from(SCYLLA_SPEC),
             &Credentials::placeholder(),
             Some(access),
+            None,
             &owner(),
         )
         .unwrap();
@@ -356,6 +433,7 @@ pub(crate) mod tests {
             &valid_tenant_from(SCYLLA_SPEC),
             &Credentials::placeholder(),
             None,
+            None,
             &owner(),
         )
         .unwrap_err();
@@ -371,7 +449,14 @@ pub(crate) mod tests {
                 settings: &settings,
                 login: Some(("parley_chotot_runtime", password)),
             };
-            desired(&valid, &Credentials::placeholder(), Some(access), &owner()).unwrap()
+            desired(
+                &valid,
+                &Credentials::placeholder(),
+                Some(access),
+                None,
+                &owner(),
+            )
+            .unwrap()
         };
         let annotation = |objects: &DesiredObjects| {
             objects
@@ -516,7 +601,119 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(
             annotations[workload::CONFIG_CHECKSUM_ANNOTATION],
-            workload::config_checksum(&objects.config, [Some(&objects.credentials), None])
+            workload::config_checksum(&objects.config, [Some(&objects.credentials), None, None])
         );
+    }
+
+    const REDIS_SPEC: &str = "{tenantId: chotot, runtime: {replicas: 3, redis: {url: 'redis://10.0.0.7:6379', passwordSecret: {name: redis, key: pw}}}, storage: {scylla: {replication: {dc1: 3}}}}";
+    const AUTOSCALED_SPEC: &str = "{tenantId: chotot, runtime: {autoscaling: {minReplicas: 3, maxReplicas: 6}, redis: {url: 'redis://redis:6379'}}, storage: {scylla: {replication: {dc1: 3}}}}";
+
+    fn redis_objects(spec: &str, password: Option<&str>) -> Result<DesiredObjects, BuildError> {
+        let settings = scylla_settings();
+        let access = ScyllaAccess {
+            settings: &settings,
+            login: Some(("parley_chotot_runtime", "p4ssw0rd")),
+        };
+        desired(
+            &valid_tenant_from(spec),
+            &Credentials::placeholder(),
+            Some(access),
+            password,
+            &owner(),
+        )
+    }
+
+    fn template_checksum(objects: &DesiredObjects) -> String {
+        objects
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[workload::CONFIG_CHECKSUM_ANNOTATION]
+            .clone()
+    }
+
+    #[test]
+    fn redis_tenant_gets_relay_objects() {
+        let objects = redis_objects(REDIS_SPEC, Some("s3cret")).unwrap();
+        assert_eq!(objects.deployment.spec.as_ref().unwrap().replicas, Some(3));
+        assert!(objects.allow_redis_policy.is_some());
+        assert!(objects.redis_secret.is_some());
+        assert!(objects.disruption_budget.is_some());
+        assert!(objects.autoscaler.is_none());
+        let kinds = kinds(&objects);
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|kind| **kind == "NetworkPolicy")
+                .count(),
+            5
+        );
+        assert_eq!(kinds.iter().filter(|kind| **kind == "Secret").count(), 3);
+        assert_eq!(kinds.last(), Some(&"PodDisruptionBudget"));
+        let config = &objects.config.data.as_ref().unwrap()[layout::CONFIG_FILE];
+        assert!(config.contains("url: redis://10.0.0.7:6379"), "{config}");
+        assert!(
+            !config.contains("s3cret"),
+            "the ConfigMap contains the password"
+        );
+    }
+
+    #[test]
+    fn redis_password_is_required() {
+        let error = redis_objects(REDIS_SPEC, None).unwrap_err();
+        assert!(matches!(error, BuildError::MissingRedisPassword), "{error}");
+    }
+
+    #[test]
+    fn redis_password_change_restarts_pods() {
+        let first = redis_objects(REDIS_SPEC, Some("first")).unwrap();
+        let second = redis_objects(REDIS_SPEC, Some("second")).unwrap();
+        assert_ne!(template_checksum(&first), template_checksum(&second));
+        let again = redis_objects(REDIS_SPEC, Some("first")).unwrap();
+        assert_eq!(template_checksum(&first), template_checksum(&again));
+    }
+
+    #[test]
+    fn autoscaled_tenant_leaves_replicas_out() {
+        let objects = redis_objects(AUTOSCALED_SPEC, None).unwrap();
+        let deployment = serde_json::to_value(&objects.deployment).unwrap();
+        assert!(
+            deployment["spec"].get("replicas").is_none(),
+            "{}",
+            deployment["spec"]
+        );
+        assert!(objects.redis_secret.is_none(), "Redis has no password");
+        let kinds = kinds(&objects);
+        assert_eq!(
+            &kinds[kinds.len() - 2..],
+            ["PodDisruptionBudget", "HorizontalPodAutoscaler"]
+        );
+        let versions: Vec<serde_json::Value> = json(&objects)
+            .iter()
+            .map(|manifest| manifest["apiVersion"].clone())
+            .collect();
+        assert!(versions.contains(&"policy/v1".into()), "{versions:?}");
+        assert!(versions.contains(&"autoscaling/v2".into()), "{versions:?}");
+    }
+
+    #[test]
+    fn missing_autoscaler_api_keeps_minimum() {
+        let mut objects = redis_objects(AUTOSCALED_SPEC, None).unwrap();
+        objects.keep_replicas_without_autoscaler();
+        assert!(objects.autoscaler.is_none());
+        assert_eq!(objects.deployment.spec.as_ref().unwrap().replicas, Some(3));
+        assert!(objects.disruption_budget.is_some());
+
+        let mut fixed = redis_objects(REDIS_SPEC, Some("s3cret")).unwrap();
+        let before = fixed.clone();
+        fixed.keep_replicas_without_autoscaler();
+        assert_eq!(fixed, before, "a tenant without autoscaler is unchanged");
     }
 }

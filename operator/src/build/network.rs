@@ -139,9 +139,9 @@ pub fn allow_dns_policy(valid: &ValidTenant) -> NetworkPolicy {
         pod_selector: Some(match_labels(DNS_POD_LABEL.0, DNS_POD_LABEL.1)),
         ip_block: None,
     };
-    // TODO: egress to external storage, to other runtimes for fan-out and
-    // to webhook targets needs policies of its own, next to this one, once
-    // the runtime has those features.
+    // Egress to ScyllaDB and to Redis has policies of its own (scylla.rs,
+    // redis.rs). TODO: egress to webhook targets needs one too, once the
+    // runtime has webhooks.
     NetworkPolicy {
         metadata: object_meta(valid, naming::ALLOW_DNS_POLICY),
         spec: Some(NetworkPolicySpec {

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
@@ -44,6 +46,7 @@ const SECRETS_VOLUME: &str = "secrets";
 const DATA_VOLUME: &str = "data";
 const TMP_VOLUME: &str = "tmp";
 const SCYLLA_VOLUME: &str = "scylla";
+const REDIS_VOLUME: &str = "redis";
 
 /// Builds the runtime's ServiceAccount. The runtime never calls the
 /// Kubernetes API, so no token is mounted.
@@ -109,11 +112,9 @@ pub fn config_checksum<'a>(
 /// Builds the runtime's Deployment. `config_checksum` comes from
 /// [`config_checksum`].
 ///
-/// The embedded store is one SQLite file on a ReadWriteOnce volume, so the
-/// Deployment runs one replica and replaces it with `Recreate`: a rolling
-/// update would start the new pod while the old one still holds the volume.
-/// The cost is a short outage on every change, during which clients
-/// reconnect and resume.
+/// With an autoscaler the Deployment leaves `replicas` out, so that the
+/// operator's server-side apply does not own the field and the autoscaler
+/// sets it alone.
 pub fn deployment(valid: &ValidTenant, config_checksum: &str) -> Deployment {
     let selector = naming::selector_labels(&valid.tenant_id);
     let annotations = BTreeMap::from([(
@@ -131,20 +132,51 @@ pub fn deployment(valid: &ValidTenant, config_checksum: &str) -> Deployment {
     Deployment {
         metadata: object_meta(valid, naming::RUNTIME),
         spec: Some(DeploymentSpec {
-            replicas: Some(valid.effective.replicas),
+            replicas: valid
+                .autoscaling
+                .is_none()
+                .then_some(valid.effective.replicas),
             selector: LabelSelector {
                 match_labels: Some(selector),
                 match_expressions: None,
             },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".to_owned()),
-                rolling_update: None,
-            }),
+            strategy: Some(strategy(valid)),
             template,
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
     }
+}
+
+/// Returns how pods are replaced. The embedded store is one SQLite file on
+/// a ReadWriteOnce volume, so its single pod is replaced with `Recreate`: a
+/// rolling update would start the new pod while the old one still holds
+/// the volume. The cost is a short outage on every change, during which
+/// clients reconnect and resume. With ScyllaDB storage no pod holds a
+/// volume, so pods are replaced one at a time, each new one ready before
+/// an old one stops.
+fn strategy(valid: &ValidTenant) -> DeploymentStrategy {
+    if valid.scylla.is_none() {
+        return DeploymentStrategy {
+            type_: Some("Recreate".to_owned()),
+            rolling_update: None,
+        };
+    }
+    DeploymentStrategy {
+        type_: Some("RollingUpdate".to_owned()),
+        rolling_update: Some(RollingUpdateDeployment {
+            max_surge: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(0)),
+        }),
+    }
+}
+
+/// Returns whether the pod mounts the Secret with the Redis password.
+fn mounts_redis_password(valid: &ValidTenant) -> bool {
+    valid
+        .redis
+        .as_ref()
+        .is_some_and(|redis| redis.password.is_some())
 }
 
 fn pod_spec(valid: &ValidTenant) -> PodSpec {
@@ -273,6 +305,9 @@ fn volumes(valid: &ValidTenant) -> Vec<Volume> {
     if valid.scylla.is_some() {
         volumes.push(secret_volume(SCYLLA_VOLUME, naming::SCYLLA_SECRET));
     }
+    if mounts_redis_password(valid) {
+        volumes.push(secret_volume(REDIS_VOLUME, naming::REDIS_SECRET));
+    }
     volumes
 }
 
@@ -291,6 +326,9 @@ fn volume_mounts(valid: &ValidTenant) -> Vec<VolumeMount> {
     ];
     if valid.scylla.is_some() {
         mounts.push(mount(SCYLLA_VOLUME, layout::SCYLLA_DIR, true));
+    }
+    if mounts_redis_password(valid) {
+        mounts.push(mount(REDIS_VOLUME, layout::REDIS_DIR, true));
     }
     mounts
 }
@@ -578,5 +616,87 @@ mod tests {
         let first = checksum(&config, &secret(&[("ab", "c")]));
         let second = checksum(&config, &secret(&[("a", "bc")]));
         assert_ne!(first, second);
+    }
+
+    const REDIS_RUNTIME: &str =
+        "redis: {url: 'redis://redis:6379', passwordSecret: {name: redis, key: pw}}";
+
+    fn scylla_tenant(runtime: &str) -> ValidTenant {
+        valid_tenant_from(&format!(
+            "{{tenantId: chotot, runtime: {{{runtime}}}, storage: {{scylla: {{replication: {{dc1: 3}}}}}}}}"
+        ))
+    }
+
+    #[test]
+    fn scylla_deployment_rolls_one_pod_at_a_time() {
+        let deployment = deployment(
+            &scylla_tenant(&format!("replicas: 3, {REDIS_RUNTIME}")),
+            "sum",
+        );
+        let spec = deployment.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let strategy = spec.strategy.as_ref().unwrap();
+        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+        let rolling = strategy.rolling_update.as_ref().unwrap();
+        assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+        assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    }
+
+    #[test]
+    fn scylla_without_redis_runs_one_replica() {
+        let deployment = deployment(&scylla_tenant("replicas: 3"), "sum");
+        assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(1));
+    }
+
+    #[test]
+    fn autoscaled_deployment_has_no_replicas() {
+        let valid = scylla_tenant(&format!("autoscaling: {{maxReplicas: 5}}, {REDIS_RUNTIME}"));
+        let deployment = deployment(&valid, "sum");
+        assert_eq!(deployment.spec.as_ref().unwrap().replicas, None);
+    }
+
+    #[test]
+    fn redis_password_is_mounted() {
+        let deployment = deployment(
+            &scylla_tenant(&format!("replicas: 2, {REDIS_RUNTIME}")),
+            "sum",
+        );
+        let mounts = runtime_container(&deployment)
+            .volume_mounts
+            .clone()
+            .unwrap();
+        let mount = mounts
+            .iter()
+            .find(|mount| mount.mount_path == "/etc/parley/redis")
+            .expect("no mount at /etc/parley/redis");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod(&deployment)
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|volume| volume.name == mount.name)
+            .unwrap();
+        let source = volume.secret.as_ref().unwrap();
+        assert_eq!(source.secret_name.as_deref(), Some("chat-runtime-redis"));
+        assert_eq!(source.default_mode, Some(0o440));
+
+        let without_password = deployment_without_password();
+        let mounts = runtime_container(&without_password)
+            .volume_mounts
+            .clone()
+            .unwrap();
+        assert!(
+            mounts
+                .iter()
+                .all(|mount| mount.mount_path != "/etc/parley/redis")
+        );
+    }
+
+    fn deployment_without_password() -> Deployment {
+        deployment(
+            &scylla_tenant("replicas: 2, redis: {url: 'redis://redis:6379'}"),
+            "sum",
+        )
     }
 }

@@ -53,6 +53,8 @@ pub async fn apply(
         Manifest::PersistentVolumeClaim(object) => apply_namespaced(client, object, mode).await,
         Manifest::Deployment(object) => apply_namespaced(client, object, mode).await,
         Manifest::Service(object) => apply_namespaced(client, object, mode).await,
+        Manifest::PodDisruptionBudget(object) => apply_namespaced(client, object, mode).await,
+        Manifest::HorizontalPodAutoscaler(object) => apply_namespaced(client, object, mode).await,
         Manifest::Ingress(object) => apply_namespaced(client, object, mode).await,
     }
 }
@@ -87,6 +89,32 @@ where
     let params = PatchParams::apply(FIELD_MANAGER).force();
     api.patch(&name, &params, &Patch::Apply(object)).await?;
     Ok(Applied::Written)
+}
+
+/// Deletes the object `name` of kind `K` in `namespace` when it exists, and
+/// returns whether it did. The reconciler uses it for objects that the
+/// spec no longer requests, such as the Ingress of a removed endpoint.
+pub async fn delete_if_present<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    if api.get_opt(name).await?.is_none() {
+        return Ok(false);
+    }
+    match api.delete(name, &kube::api::DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        // Deleted by someone else between the read and the delete.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 fn to_value<K: Serialize>(object: &K) -> Value {

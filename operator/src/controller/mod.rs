@@ -45,7 +45,7 @@ pub struct Context {
     /// Managed kinds the API server does not serve, found at start.
     pub missing_kinds: Vec<served::ManagedKind>,
     /// The ScyllaDB connection, when the operator was configured with one.
-    pub keyspaces: Option<crate::keyspace::Keyspaces>,
+    pub keyspaces: Option<Arc<dyn crate::keyspace::Provisioner>>,
 }
 
 /// Errors of one reconcile, named after the operation that failed. Each is
@@ -166,6 +166,22 @@ pub async fn run(
     settings: OperatorSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let keyspaces = settings.scylla.clone().map(|scylla| {
+        Arc::new(crate::keyspace::Keyspaces::new(scylla, client.clone()))
+            as Arc<dyn crate::keyspace::Provisioner>
+    });
+    run_with_keyspaces(client, settings, keyspaces, shutdown).await;
+}
+
+/// Runs the controller with `keyspaces` in place of a ScyllaDB connection
+/// made from the settings, until `shutdown` completes. Tests use it to run
+/// ScyllaDB tenants without a ScyllaDB cluster.
+pub async fn run_with_keyspaces(
+    client: Client,
+    settings: OperatorSettings,
+    keyspaces: Option<Arc<dyn crate::keyspace::Provisioner>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let reporting_instance = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("parley-operator-{}", std::process::id()));
     let missing_kinds = match served::check(&client).await {
@@ -182,10 +198,6 @@ pub async fn run(
             "The API server does not serve a managed kind; skipping it"
         );
     }
-    let keyspaces = settings
-        .scylla
-        .clone()
-        .map(|scylla| crate::keyspace::Keyspaces::new(scylla, client.clone()));
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings,

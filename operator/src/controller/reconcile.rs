@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, PersistentVolumeClaim, Secret};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -113,6 +115,20 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         KeyspaceStep::Stopped(action) => return Ok(action),
     };
 
+    let redis_password = match read_redis_password(&valid, ctx).await? {
+        Ok(password) => password,
+        Err(message) => {
+            let outcome = Outcome::Blocked {
+                reason: String::from("RedisPasswordNotFound"),
+                message,
+            };
+            write_status(&tenant, ctx, &outcome, Some(&valid)).await?;
+            // The operator does not watch the password's Secret, so it
+            // checks again soon after someone creates or fixes it.
+            return Ok(Action::requeue(PROGRESS_CHECK));
+        }
+    };
+
     let rotation = plan_credentials(&tenant, &valid, ctx).await?;
     let owner = crate::render::owner_reference(&tenant, &tenant.name_any());
     let access = match (&keyspace, &ctx.keyspaces) {
@@ -125,8 +141,18 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         }),
         _ => None,
     };
-    let mut desired =
-        build::desired(&valid, &rotation.credentials, access, &owner).map_err(Error::Build)?;
+    let mut desired = build::desired(
+        &valid,
+        &rotation.credentials,
+        access,
+        redis_password.as_deref(),
+        &owner,
+    )
+    .map_err(Error::Build)?;
+    let needed_kinds: Vec<&'static str> = desired.manifests().iter().map(|m| m.kind()).collect();
+    if is_missing(ctx, "HorizontalPodAutoscaler") {
+        desired.keep_replicas_without_autoscaler();
+    }
     let mut dropped_role = false;
     if let Some(login) = keyspace.as_mut().and_then(|ready| ready.login.as_mut()) {
         dropped_role = finish_rotation(&tenant, &valid, login, &desired, ctx).await?;
@@ -161,10 +187,7 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
             written += 1;
         }
     }
-    let ingress_served = !ctx.missing_kinds.iter().any(|kind| kind.kind == "Ingress");
-    if desired.ingress.is_none() && ingress_served {
-        delete_stale_ingress(&valid, ctx).await?;
-    }
+    delete_stale_objects(&valid, &desired, ctx).await?;
     if written > 0 {
         tracing::info!(tenant = %valid.tenant_id, objects = written, "Applied tenant objects");
         let rotating = rotation.recheck_in.is_some() || rotation.drops_keys;
@@ -184,7 +207,9 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
     let skipped_kinds: Vec<String> = ctx
         .missing_kinds
         .iter()
-        .map(|kind| kind.kind.to_owned())
+        .map(|kind| kind.kind)
+        .filter(|kind| !served::REPLICA_KINDS.contains(kind) || needed_kinds.contains(kind))
+        .map(str::to_owned)
         .collect();
     let outcome = Outcome::Applied {
         runtime_available,
@@ -193,6 +218,7 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
         skipped_kinds,
         keyspace: keyspace.map(|ready| ready.summary),
         requested_replicas: valid.requested_replicas,
+        running_replicas: valid.effective.replicas,
     };
     write_status(&tenant, ctx, &outcome, Some(&valid)).await?;
 
@@ -321,21 +347,113 @@ async fn plan_credentials(
     Ok(plan)
 }
 
-async fn delete_stale_ingress(valid: &ValidTenant, ctx: &Context) -> Result<(), Error> {
-    let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), &valid.namespace);
-    if ingresses
-        .get_opt(naming::RUNTIME)
-        .await
-        .map_err(Error::Read)?
-        .is_some()
-    {
-        ingresses
-            .delete(naming::RUNTIME, &DeleteParams::default())
+fn is_missing(ctx: &Context, kind: &str) -> bool {
+    ctx.missing_kinds.iter().any(|missing| missing.kind == kind)
+}
+
+/// Deletes the optional objects that `desired` no longer contains: the
+/// Ingress of a removed endpoint, the PodDisruptionBudget and autoscaler
+/// of a tenant back at one replica, and the Redis policy and Secret of a
+/// tenant without Redis. Kinds the API server does not serve are skipped.
+async fn delete_stale_objects(
+    valid: &ValidTenant,
+    desired: &build::DesiredObjects,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let namespace = valid.namespace.as_str();
+    let client = &ctx.client;
+    let mut deleted = Vec::new();
+    if desired.ingress.is_none()
+        && !is_missing(ctx, "Ingress")
+        && apply::delete_if_present::<Ingress>(client, namespace, naming::RUNTIME)
             .await
-            .map_err(Error::Apply)?;
-        tracing::info!(tenant = %valid.tenant_id, "Deleted the Ingress of a removed endpoint");
+            .map_err(Error::Apply)?
+    {
+        deleted.push("Ingress");
+    }
+    if desired.disruption_budget.is_none()
+        && !is_missing(ctx, "PodDisruptionBudget")
+        && apply::delete_if_present::<PodDisruptionBudget>(client, namespace, naming::RUNTIME)
+            .await
+            .map_err(Error::Apply)?
+    {
+        deleted.push("PodDisruptionBudget");
+    }
+    if desired.autoscaler.is_none()
+        && !is_missing(ctx, "HorizontalPodAutoscaler")
+        && apply::delete_if_present::<HorizontalPodAutoscaler>(client, namespace, naming::RUNTIME)
+            .await
+            .map_err(Error::Apply)?
+    {
+        deleted.push("HorizontalPodAutoscaler");
+    }
+    if desired.allow_redis_policy.is_none()
+        && !is_missing(ctx, "NetworkPolicy")
+        && apply::delete_if_present::<NetworkPolicy>(client, namespace, naming::ALLOW_REDIS_POLICY)
+            .await
+            .map_err(Error::Apply)?
+    {
+        deleted.push("NetworkPolicy");
+    }
+    if desired.redis_secret.is_none()
+        && apply::delete_if_present::<Secret>(client, namespace, naming::REDIS_SECRET)
+            .await
+            .map_err(Error::Apply)?
+    {
+        deleted.push("Secret");
+    }
+    if !deleted.is_empty() {
+        tracing::info!(tenant = %valid.tenant_id, kinds = ?deleted, "Deleted objects the spec no longer needs");
     }
     Ok(())
+}
+
+/// Reads the Redis password from the Secret that the spec or the operator's
+/// settings name. Returns `Ok(None)` when Redis needs no password, and
+/// `Err` with a status message when the Secret or its key is missing.
+async fn read_redis_password(
+    valid: &ValidTenant,
+    ctx: &Context,
+) -> Result<Result<Option<String>, String>, Error> {
+    let Some(source) = valid
+        .redis
+        .as_ref()
+        .and_then(|redis| redis.password.as_ref())
+    else {
+        return Ok(Ok(None));
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &source.namespace);
+    let Some(secret) = secrets.get_opt(&source.name).await.map_err(Error::Read)? else {
+        return Ok(Err(format!(
+            "the Redis password Secret {}/{} does not exist: create it with the key {}",
+            source.namespace, source.name, source.key
+        )));
+    };
+    let label = crate::validate::REDIS_PASSWORD_LABEL;
+    let marked = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(label))
+        .is_some_and(|value| value == "true");
+    if source.named_by_spec && !marked {
+        return Ok(Err(format!(
+            "the Redis password Secret {}/{} lacks the label {label}=true, which marks the Secrets a ChatTenant may name",
+            source.namespace, source.name
+        )));
+    }
+    let password = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(&source.key))
+        .and_then(|value| String::from_utf8(value.0.clone()).ok())
+        .filter(|password| !password.is_empty());
+    Ok(password.map(Some).ok_or_else(|| {
+        format!(
+            "the Redis password Secret {}/{} has no non-empty UTF-8 key {}",
+            source.namespace, source.name, source.key
+        )
+    }))
 }
 
 /// Writes the status when it differs from the stored one, and records an

@@ -27,8 +27,11 @@ const fn managed(
     }
 }
 
-/// Every kind the operator reads or writes.
-pub const MANAGED_KINDS: [ManagedKind; 12] = [
+/// Every kind the operator reads or writes. It uses policy/v1 and
+/// autoscaling/v2 only, the versions that k8s-openapi's `v1_33` feature
+/// provides: Kubernetes serves them from 1.21 and 1.23 on, and removed the
+/// beta versions in 1.25 and 1.26.
+pub const MANAGED_KINDS: [ManagedKind; 14] = [
     managed("v1", "namespaces", "Namespace"),
     managed("v1", "secrets", "Secret"),
     managed("v1", "configmaps", "ConfigMap"),
@@ -39,6 +42,12 @@ pub const MANAGED_KINDS: [ManagedKind; 12] = [
     managed("apps/v1", "deployments", "Deployment"),
     managed("networking.k8s.io/v1", "ingresses", "Ingress"),
     managed("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy"),
+    managed("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    managed(
+        "autoscaling/v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+    ),
     managed("coordination.k8s.io/v1", "leases", "Lease"),
     managed("v1", "events", "Event"),
 ];
@@ -53,6 +62,10 @@ pub const REQUIRED_KINDS: [&str; 7] = [
     "PersistentVolumeClaim",
     "Deployment",
 ];
+
+/// Kinds that only tenants with more than one replica get. A server that
+/// lacks one is reported only in the status of tenants that need it.
+pub const REPLICA_KINDS: [&str; 2] = ["PodDisruptionBudget", "HorizontalPodAutoscaler"];
 
 /// Returns the managed kinds missing from `served`, a set of
 /// `(api_version, plural)` pairs.

@@ -40,8 +40,11 @@ pub enum Outcome {
         /// `KeyspaceReady` message of a ScyllaDB tenant; `None` for the
         /// embedded store.
         keyspace: Option<String>,
-        /// Replicas the spec requests. One runs.
+        /// Replicas the spec requests.
         requested_replicas: i32,
+        /// Replicas that run: fewer than requested for a tenant without
+        /// Redis.
+        running_replicas: i32,
     },
 }
 
@@ -133,6 +136,7 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
             skipped_kinds,
             keyspace,
             requested_replicas,
+            running_replicas,
         } => {
             let mut conditions = applied_conditions(*runtime_available, *has_ingress);
             if let Some(message) = keyspace {
@@ -143,13 +147,14 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
                     message.clone(),
                 ));
             }
-            if *requested_replicas > 1
+            // Only a missing Redis runs fewer replicas than requested.
+            if requested_replicas > running_replicas
                 && let Some(runtime) = conditions
                     .iter_mut()
                     .find(|condition| condition.kind == RUNTIME_READY)
             {
                 runtime.message = format!(
-                    "{}; 1 of {requested_replicas} requested replicas runs, because the operator does not configure the Redis relay between replicas yet",
+                    "{}; {running_replicas} of {requested_replicas} requested replicas runs, because Redis is not configured to relay live events between replicas: set spec.runtime.redis, or start the operator with --redis-url",
                     runtime.message
                 );
             }
@@ -383,6 +388,7 @@ mod tests {
             skipped_kinds: Vec::new(),
             keyspace: None,
             requested_replicas: 1,
+            running_replicas: 1,
         }
     }
 
@@ -404,6 +410,7 @@ mod tests {
             skipped_kinds: Vec::new(),
             keyspace: Some(String::from("keyspace parley_acme is at schema version 1")),
             requested_replicas: 3,
+            running_replicas: 1,
         };
         let result = conditions(&[], Some(1), &scylla, &time(10));
         assert_eq!(condition_status(&result, KEYSPACE_READY), Some("True"));
@@ -414,6 +421,26 @@ mod tests {
             "{}",
             runtime.message
         );
+        assert!(
+            runtime.message.contains("Redis is not configured"),
+            "{}",
+            runtime.message
+        );
+    }
+
+    #[test]
+    fn requested_replicas_running_need_no_note() {
+        let outcome = Outcome::Applied {
+            runtime_available: true,
+            has_ingress: false,
+            skipped_kinds: Vec::new(),
+            keyspace: Some(String::from("keyspace parley_acme is at schema version 1")),
+            requested_replicas: 3,
+            running_replicas: 3,
+        };
+        let result = conditions(&[], Some(1), &outcome, &time(10));
+        let runtime = condition(&result, RUNTIME_READY);
+        assert_eq!(runtime.message, "the runtime Deployment is available");
     }
 
     #[test]
@@ -476,6 +503,7 @@ mod tests {
             skipped_kinds: vec![String::from("NetworkPolicy")],
             keyspace: None,
             requested_replicas: 1,
+            running_replicas: 1,
         };
         let result = conditions(&[], Some(1), &outcome, &time(10));
         assert_eq!(condition_status(&result, KINDS_SERVED), Some("False"));

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chat_runtime::store::scylla::{self as store, ConsistencyLevel, ScyllaConfig};
+use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use scylla::client::session::Session;
@@ -138,6 +139,72 @@ pub fn role_names(scylla: &ValidScylla) -> [String; 2] {
     let base = role_name(scylla);
     let alternate = format!("{base}_b");
     [base, alternate]
+}
+
+/// Provisioning of tenant keyspaces and roles as the reconciler uses it.
+/// [`Keyspaces`] implements it against ScyllaDB. It is a trait so that
+/// tests of the reconciler against a real API server can run without a
+/// ScyllaDB cluster.
+pub trait Provisioner: Send + Sync {
+    /// Returns the cluster settings the runtimes get.
+    fn settings(&self) -> &ScyllaSettings;
+    /// Returns whether tenants get a login role.
+    fn uses_roles(&self) -> bool;
+    /// Brings the tenant's keyspace, role and schema in line with `scylla`.
+    fn ensure<'a>(
+        &'a self,
+        tenant_id: &'a str,
+        scylla: &'a ValidScylla,
+        login: Option<(&'a str, &'a str, bool)>,
+    ) -> BoxFuture<'a, Result<Provisioned, KeyspaceError>>;
+    /// Drops a role of the tenant that no pod uses any more.
+    fn drop_role<'a>(
+        &'a self,
+        scylla: &'a ValidScylla,
+        role: &'a str,
+    ) -> BoxFuture<'a, Result<(), KeyspaceError>>;
+    /// Drops the tenant's keyspace and roles; returns false when no
+    /// ownership record names the tenant.
+    fn drop_tenant<'a>(
+        &'a self,
+        tenant_id: &'a str,
+        scylla: &'a ValidScylla,
+    ) -> BoxFuture<'a, Result<bool, KeyspaceError>>;
+}
+
+impl Provisioner for Keyspaces {
+    fn settings(&self) -> &ScyllaSettings {
+        Keyspaces::settings(self)
+    }
+
+    fn uses_roles(&self) -> bool {
+        Keyspaces::uses_roles(self)
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        tenant_id: &'a str,
+        scylla: &'a ValidScylla,
+        login: Option<(&'a str, &'a str, bool)>,
+    ) -> BoxFuture<'a, Result<Provisioned, KeyspaceError>> {
+        Box::pin(Keyspaces::ensure(self, tenant_id, scylla, login))
+    }
+
+    fn drop_role<'a>(
+        &'a self,
+        scylla: &'a ValidScylla,
+        role: &'a str,
+    ) -> BoxFuture<'a, Result<(), KeyspaceError>> {
+        Box::pin(Keyspaces::drop_role(self, scylla, role))
+    }
+
+    fn drop_tenant<'a>(
+        &'a self,
+        tenant_id: &'a str,
+        scylla: &'a ValidScylla,
+    ) -> BoxFuture<'a, Result<bool, KeyspaceError>> {
+        Box::pin(Keyspaces::drop_tenant(self, tenant_id, scylla))
+    }
 }
 
 /// The operator's connection, opened on first use and kept.
