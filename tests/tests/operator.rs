@@ -190,29 +190,19 @@ async fn tenant_becomes_ready_and_is_deleted() {
     let spec = deployment.spec.unwrap();
     assert_eq!(spec.replicas, Some(1));
     assert_eq!(spec.strategy.unwrap().type_.as_deref(), Some("Recreate"));
-    for name in ["chat-runtime"] {
-        assert!(
-            Api::<ConfigMap>::namespaced(client.clone(), "parley-acme")
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            Api::<Service>::namespaced(client.clone(), "parley-acme")
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            Api::<ServiceAccount>::namespaced(client.clone(), "parley-acme")
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some()
-        );
-    }
+    // The Service is applied after the Deployment, so it may land a moment
+    // later.
+    let name = "chat-runtime";
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "parley-acme");
+    assert!(config_maps.get_opt(name).await.unwrap().is_some());
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), "parley-acme");
+    assert!(accounts.get_opt(name).await.unwrap().is_some());
+    let services = Api::<Service>::namespaced(client.clone(), "parley-acme");
+    wait_for("the runtime Service", || {
+        let services = services.clone();
+        async move { services.get_opt(name).await.unwrap() }
+    })
+    .await;
     let secret = Api::<Secret>::namespaced(client.clone(), "parley-acme")
         .get("chat-runtime-credentials")
         .await
@@ -236,8 +226,13 @@ async fn tenant_becomes_ready_and_is_deleted() {
     let served = parley_operator::controller::served::check(&client)
         .await
         .unwrap();
+    // Kubernetes 1.20 lacks only policy/v1 and autoscaling/v2, which
+    // tenants with one replica do not need, so KindsServed stays True.
+    let missing: Vec<&str> = served.iter().map(|kind| kind.kind).collect();
     assert!(
-        served.is_empty(),
+        missing
+            .iter()
+            .all(|kind| parley_operator::controller::served::REPLICA_KINDS.contains(kind)),
         "kinds reported missing on a 1.20 server: {served:?}"
     );
     let status = ready.status.unwrap();
@@ -1148,4 +1143,534 @@ async fn unreachable_scylla_is_retried_not_stalled() {
     assert_eq!(condition(&pending, "Ready").as_deref(), Some("False"));
     let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
     assert!(namespaces.get_opt("parley-hooli").await.unwrap().is_none());
+}
+
+/// Stands in for a ScyllaDB cluster, which the test machine lacks: every
+/// keyspace is ready at once, without authentication. The reconciler's
+/// steps after provisioning, which the tests below cover, do not depend on
+/// ScyllaDB.
+struct ReadyKeyspaces {
+    settings: parley_operator::settings::ScyllaSettings,
+}
+
+impl ReadyKeyspaces {
+    fn shared() -> std::sync::Arc<dyn parley_operator::keyspace::Provisioner> {
+        std::sync::Arc::new(Self {
+            settings: parley_operator::settings::ScyllaSettings {
+                contact_points: vec!["10.0.0.5:9042".to_owned()],
+                datacenter: "dc1".to_owned(),
+                credentials_secret: None,
+                credentials_namespace: "parley-system".to_owned(),
+                tls_ca_pem: None,
+                operator_replication_factor: 1,
+            },
+        })
+    }
+}
+
+impl parley_operator::keyspace::Provisioner for ReadyKeyspaces {
+    fn settings(&self) -> &parley_operator::settings::ScyllaSettings {
+        &self.settings
+    }
+
+    fn uses_roles(&self) -> bool {
+        false
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        _tenant_id: &'a str,
+        _scylla: &'a parley_operator::validate::ValidScylla,
+        _login: Option<(&'a str, &'a str, bool)>,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<parley_operator::keyspace::Provisioned, parley_operator::keyspace::KeyspaceError>,
+    > {
+        Box::pin(async {
+            Ok(parley_operator::keyspace::Provisioned {
+                role: None,
+                schema_version: 1,
+                altered_replication: false,
+            })
+        })
+    }
+
+    fn drop_role<'a>(
+        &'a self,
+        _scylla: &'a parley_operator::validate::ValidScylla,
+        _role: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), parley_operator::keyspace::KeyspaceError>>
+    {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn drop_tenant<'a>(
+        &'a self,
+        _tenant_id: &'a str,
+        _scylla: &'a parley_operator::validate::ValidScylla,
+    ) -> futures_util::future::BoxFuture<'a, Result<bool, parley_operator::keyspace::KeyspaceError>>
+    {
+        Box::pin(async { Ok(true) })
+    }
+}
+
+/// Starts a control plane and the operator with ScyllaDB tenants served by
+/// [`ReadyKeyspaces`], and creates the operator's namespace, where Redis
+/// password Secrets live.
+async fn start_with_keyspaces(
+    settings: OperatorSettings,
+) -> (Cluster, tokio::sync::oneshot::Sender<()>) {
+    let cluster = Cluster::start().await;
+    install_crd(&cluster.client).await;
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    let mut operator_namespace = Namespace::default();
+    operator_namespace.metadata.name = Some(settings.operator_namespace.clone());
+    namespaces
+        .create(&PostParams::default(), &operator_namespace)
+        .await
+        .unwrap();
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let client = cluster.client.clone();
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        parley_operator::controller::run_with_keyspaces(
+            client,
+            settings,
+            Some(ReadyKeyspaces::shared()),
+            shutdown,
+        )
+        .await;
+    });
+    (cluster, stop)
+}
+
+/// Returns whether the API server serves `plural` in `api_version`, such
+/// as policy/v1 PodDisruptionBudgets, which Kubernetes 1.20 lacks.
+async fn serves(client: &kube::Client, api_version: &str, plural: &str) -> bool {
+    match client.list_api_group_resources(api_version).await {
+        Ok(list) => list
+            .resources
+            .iter()
+            .any(|resource| resource.name == plural),
+        Err(kube::Error::Api(status)) if status.code == 404 => false,
+        Err(error) => panic!("failed to list {api_version}: {error}"),
+    }
+}
+
+async fn create_redis_secret(client: &kube::Client, name: &str, password: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "namespace": "parley-system",
+            "labels": {"parley.dev/redis-password": "true"},
+        },
+        "stringData": {"password": password},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), "parley-system")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+/// Waits until the runtime Deployment of `namespace` satisfies `check`.
+async fn wait_for_deployment(
+    client: &kube::Client,
+    namespace: &str,
+    what: &str,
+    check: impl Fn(&Deployment) -> bool,
+) -> Deployment {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let check = &check;
+    wait_for(what, || {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .get_opt("chat-runtime")
+                .await
+                .unwrap()
+                .filter(|deployment| check(deployment))
+        }
+    })
+    .await
+}
+
+fn replicas(deployment: &Deployment) -> Option<i32> {
+    deployment.spec.as_ref().and_then(|spec| spec.replicas)
+}
+
+async fn runtime_config(client: &kube::Client, namespace: &str) -> String {
+    let config = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get("chat-runtime")
+        .await
+        .unwrap();
+    config.data.unwrap()["config.yaml"].clone()
+}
+
+/// Returns the message of the tenant's KindsServed condition, once the
+/// operator has written it.
+async fn kinds_served_message(tenants: &Api<ChatTenant>, name: &str) -> Option<String> {
+    let tenant = tenants.get(name).await.unwrap();
+    full_condition(&tenant, "KindsServed").map(|condition| condition.message)
+}
+
+#[tokio::test]
+async fn scylla_replicas_follow_redis() {
+    let (cluster, _stop) = start_with_keyspaces(OperatorSettings::default()).await;
+    let client = cluster.client.clone();
+    let budgets_served = serves(&client, "policy/v1", "poddisruptionbudgets").await;
+    create_redis_secret(&client, "redis-umbrella", "s3cret").await;
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    let spec = json!({
+        "tenantId": "umbrella",
+        "runtime": {"replicas": 3},
+        "storage": {"scylla": {"replication": {"dc1": 1}}},
+    });
+    tenants
+        .create(&PostParams::default(), &tenant("umbrella", spec))
+        .await
+        .unwrap();
+
+    // Without Redis one replica runs, and RuntimeReady states why.
+    let deployment =
+        wait_for_deployment(&client, "parley-umbrella", "the runtime Deployment", |_| {
+            true
+        })
+        .await;
+    assert_eq!(replicas(&deployment), Some(1));
+    let without_redis = wait_for("RuntimeReady with the replica note", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("umbrella").await.unwrap();
+            full_condition(&tenant, "RuntimeReady")
+                .filter(|condition| condition.message.contains("requested replicas"))
+        }
+    })
+    .await;
+    assert!(
+        without_redis
+            .message
+            .contains("1 of 3 requested replicas runs"),
+        "{}",
+        without_redis.message
+    );
+    assert!(
+        without_redis.message.contains("Redis is not configured"),
+        "{}",
+        without_redis.message
+    );
+
+    // With Redis every requested replica runs.
+    let redis = json!({
+        "url": "redis://10.0.0.7:6379",
+        "passwordSecret": {"name": "redis-umbrella", "key": "password"},
+    });
+    tenants
+        .patch(
+            "umbrella",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runtime": {"redis": redis}}})),
+        )
+        .await
+        .unwrap();
+    let deployment = wait_for_deployment(&client, "parley-umbrella", "3 replicas", |deployment| {
+        replicas(deployment) == Some(3)
+    })
+    .await;
+    let strategy = deployment.spec.unwrap().strategy.unwrap();
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+
+    let config = runtime_config(&client, "parley-umbrella").await;
+    assert!(config.contains("url: redis://10.0.0.7:6379"), "{config}");
+    assert!(
+        config.contains("password_file: /etc/parley/redis/password"),
+        "{config}"
+    );
+    assert!(
+        !config.contains("s3cret"),
+        "the ConfigMap contains the password"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "parley-umbrella");
+    let copy = secrets.get("chat-runtime-redis").await.unwrap();
+    assert_eq!(copy.data.unwrap()["password"].0, b"s3cret");
+
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), "parley-umbrella");
+    let policy = policies.get("chat-runtime-allow-redis").await.unwrap();
+    let rule = &policy.spec.unwrap().egress.unwrap()[0];
+    let peers = rule.to.as_ref().unwrap();
+    assert_eq!(peers[0].ip_block.as_ref().unwrap().cidr, "10.0.0.7/32");
+    let ports = rule.ports.as_ref().unwrap();
+    assert_eq!(
+        ports[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(6379))
+    );
+
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), "parley-umbrella");
+    if budgets_served {
+        let budget = wait_for("the PodDisruptionBudget", || {
+            let budgets = budgets.clone();
+            async move { budgets.get_opt("chat-runtime").await.unwrap() }
+        })
+        .await;
+        assert_eq!(
+            budget.spec.unwrap().max_unavailable,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+        );
+    } else {
+        // Kubernetes 1.20 serves PodDisruptionBudgets in policy/v1beta1
+        // only, which the operator does not use.
+        let message = wait_for("KindsServed naming PodDisruptionBudget", || {
+            let tenants = tenants.clone();
+            async move {
+                kinds_served_message(&tenants, "umbrella")
+                    .await
+                    .filter(|message| message.contains("PodDisruptionBudget"))
+            }
+        })
+        .await;
+        assert!(!message.contains("HorizontalPodAutoscaler"), "{message}");
+    }
+
+    // Without Redis again, the relay's objects go and one replica runs.
+    tenants
+        .patch(
+            "umbrella",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runtime": {"redis": null}}})),
+        )
+        .await
+        .unwrap();
+    wait_for_deployment(&client, "parley-umbrella", "1 replica", |deployment| {
+        replicas(deployment) == Some(1)
+    })
+    .await;
+    wait_for("the Redis objects to be deleted", || {
+        let (secrets, policies, budgets) = (secrets.clone(), policies.clone(), budgets.clone());
+        async move {
+            let secret = secrets.get_opt("chat-runtime-redis").await.unwrap();
+            let policy = policies.get_opt("chat-runtime-allow-redis").await.unwrap();
+            let budget = if budgets_served {
+                budgets.get_opt("chat-runtime").await.unwrap()
+            } else {
+                None
+            };
+            (secret.is_none() && policy.is_none() && budget.is_none()).then_some(())
+        }
+    })
+    .await;
+    let config = runtime_config(&client, "parley-umbrella").await;
+    assert!(!config.contains("redis"), "{config}");
+}
+
+#[tokio::test]
+async fn autoscaled_tenant_leaves_replicas_to_autoscaler() {
+    let settings = OperatorSettings {
+        redis: Some(parley_operator::settings::RedisSettings {
+            url: "redis://redis.parley-system:6379".to_owned(),
+            password_secret: None,
+        }),
+        ..OperatorSettings::default()
+    };
+    let (cluster, _stop) = start_with_keyspaces(settings).await;
+    let client = cluster.client.clone();
+    let autoscalers_served = serves(&client, "autoscaling/v2", "horizontalpodautoscalers").await;
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    let spec = json!({
+        "tenantId": "cyberdyne",
+        "runtime": {"autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetCPUUtilizationPercentage": 70}},
+        "storage": {"scylla": {"replication": {"dc1": 1}}},
+    });
+    tenants
+        .create(&PostParams::default(), &tenant("cyberdyne", spec))
+        .await
+        .unwrap();
+
+    let deployment = wait_for_deployment(
+        &client,
+        "parley-cyberdyne",
+        "the runtime Deployment",
+        |_| true,
+    )
+    .await;
+    let config = runtime_config(&client, "parley-cyberdyne").await;
+    assert!(
+        config.contains("url: redis://redis.parley-system:6379"),
+        "the operator's default Redis is used: {config}"
+    );
+    assert!(!config.contains("password_file"), "{config}");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "parley-cyberdyne");
+    assert!(
+        secrets
+            .get_opt("chat-runtime-redis")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), "parley-cyberdyne");
+    let policy = policies.get("chat-runtime-allow-redis").await.unwrap();
+    let rule = &policy.spec.unwrap().egress.unwrap()[0];
+    assert_eq!(rule.to, None, "a DNS name can resolve to any address");
+
+    let owned_by_operator: Vec<String> = deployment
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| entry.manager.as_deref() == Some("parley-operator"))
+        .filter_map(|entry| entry.fields_v1.as_ref())
+        .map(|fields| fields.0.to_string())
+        .collect();
+    if autoscalers_served {
+        // The operator's apply leaves replicas out, so the autoscaler is
+        // the only one that sets it.
+        assert!(!owned_by_operator.is_empty());
+        for fields in &owned_by_operator {
+            assert!(!fields.contains("f:replicas"), "{fields}");
+        }
+        let autoscalers: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+            Api::namespaced(client.clone(), "parley-cyberdyne");
+        let autoscaler = wait_for("the HorizontalPodAutoscaler", || {
+            let autoscalers = autoscalers.clone();
+            async move { autoscalers.get_opt("chat-runtime").await.unwrap() }
+        })
+        .await;
+        let spec = autoscaler.spec.unwrap();
+        assert_eq!(spec.scale_target_ref.name, "chat-runtime");
+        assert_eq!(spec.min_replicas, Some(2));
+        assert_eq!(spec.max_replicas, 5);
+    } else {
+        // Kubernetes 1.20 lacks autoscaling/v2, so the operator keeps the
+        // autoscaler's minimum as a fixed count and reports the kind.
+        assert_eq!(replicas(&deployment), Some(2));
+        let message = wait_for("KindsServed naming HorizontalPodAutoscaler", || {
+            let tenants = tenants.clone();
+            async move {
+                kinds_served_message(&tenants, "cyberdyne")
+                    .await
+                    .filter(|message| message.contains("HorizontalPodAutoscaler"))
+            }
+        })
+        .await;
+        assert!(message.contains("PodDisruptionBudget"), "{message}");
+    }
+    let effective = tenants
+        .get("cyberdyne")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .effective
+        .unwrap();
+    assert_eq!(effective.replicas, 2);
+    assert_eq!(
+        effective.redis_url.as_deref(),
+        Some("redis://redis.parley-system:6379")
+    );
+
+    // Back to a fixed count, the autoscaler goes and the operator sets
+    // replicas again.
+    tenants
+        .patch(
+            "cyberdyne",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runtime": {"autoscaling": null, "replicas": 4}}})),
+        )
+        .await
+        .unwrap();
+    wait_for_deployment(&client, "parley-cyberdyne", "4 replicas", |deployment| {
+        replicas(deployment) == Some(4)
+    })
+    .await;
+    if autoscalers_served {
+        let autoscalers: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> =
+            Api::namespaced(client.clone(), "parley-cyberdyne");
+        wait_for("the HorizontalPodAutoscaler to be deleted", || {
+            let autoscalers = autoscalers.clone();
+            async move {
+                autoscalers
+                    .get_opt("chat-runtime")
+                    .await
+                    .unwrap()
+                    .is_none()
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn missing_redis_password_stalls_until_created() {
+    let (cluster, _stop) = start_with_keyspaces(OperatorSettings::default()).await;
+    let client = cluster.client.clone();
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    let spec = json!({
+        "tenantId": "tyrell",
+        "runtime": {
+            "replicas": 2,
+            "redis": {"url": "redis://redis:6379", "passwordSecret": {"name": "redis-tyrell", "key": "password"}},
+        },
+        "storage": {"scylla": {"replication": {"dc1": 1}}},
+    });
+    tenants
+        .create(&PostParams::default(), &tenant("tyrell", spec))
+        .await
+        .unwrap();
+
+    let stalled = wait_for("Stalled=True", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("tyrell").await.unwrap();
+            full_condition(&tenant, "Stalled").filter(|condition| condition.status == "True")
+        }
+    })
+    .await;
+    assert_eq!(stalled.reason, "RedisPasswordNotFound");
+    assert!(
+        stalled.message.contains("parley-system/redis-tyrell"),
+        "{}",
+        stalled.message
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    assert!(namespaces.get_opt("parley-tyrell").await.unwrap().is_none());
+
+    // A Secret without the label that allows tenants to name it is refused,
+    // so a tenant cannot copy other Secrets of the operator's namespace.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "parley-system");
+    let unmarked: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "redis-tyrell", "namespace": "parley-system"},
+        "stringData": {"password": "s3cret"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &unmarked)
+        .await
+        .unwrap();
+    wait_for("the unlabelled Secret to be refused", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("tyrell").await.unwrap();
+            full_condition(&tenant, "Stalled")
+                .filter(|condition| condition.message.contains("lacks the label"))
+        }
+    })
+    .await;
+    secrets
+        .delete("redis-tyrell", &Default::default())
+        .await
+        .unwrap();
+
+    // The operator checks again on its own, without a change to the tenant.
+    create_redis_secret(&client, "redis-tyrell", "s3cret").await;
+    let deployment = wait_for_deployment(&client, "parley-tyrell", "2 replicas", |deployment| {
+        replicas(deployment) == Some(2)
+    })
+    .await;
+    assert_eq!(replicas(&deployment), Some(2));
 }
