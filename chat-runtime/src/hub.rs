@@ -82,7 +82,7 @@ pub enum Outbound {
     },
 }
 
-/// Which channels a socket catches up on after events may have been lost.
+/// Channels a socket catches up on after events may have been lost.
 #[derive(Debug)]
 pub enum Resync {
     /// Every channel of the user, and the user's account state.

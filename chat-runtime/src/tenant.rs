@@ -169,9 +169,7 @@ impl Tenant {
 
     /// Asks the other replicas to publish their refreshes now.
     pub fn query_presence(&self) {
-        if self.relay.is_some() {
-            self.publish(Action::PresenceQuery, "");
-        }
+        self.publish(Action::PresenceQuery, "");
     }
 
     fn publish_presence(&self, user: &str, online: bool, last_seen: Option<i64>) {
@@ -200,7 +198,7 @@ impl Tenant {
         relay.publish(action, frame, key);
     }
 
-    /// The secrets a relayed event of this tenant may be tagged with.
+    /// Returns the secrets a relayed event of this tenant may be tagged with.
     pub fn relay_keys(&self) -> Vec<Vec<u8>> {
         self.settings()
             .api_keys

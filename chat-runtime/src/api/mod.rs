@@ -234,7 +234,7 @@ async fn readyz(State(state): State<SharedState>) -> Response {
         .collect();
     if unreachable.is_empty() {
         // A replica without Redis still serves its own sockets and stores
-        // every message, so it stays in the Service and only says so.
+        // every message, so it stays in the Service and only reports the degradation.
         return match state.relay.as_ref().and_then(|relay| relay.degraded()) {
             Some(detail) => format!("ready, degraded: {detail}").into_response(),
             None => "ready".into_response(),

@@ -110,8 +110,8 @@ impl RelaySettings {
     }
 }
 
-/// A prefix may not contain `:`, which separates the parts of a channel
-/// name, so two different prefixes or tenants never give the same name.
+/// Checks a channel prefix. It may not contain `:`, which separates the
+/// parts of a channel name, so two prefixes or tenants never give one name.
 fn check_prefix(prefix: &str) -> Result<(), String> {
     let valid = !prefix.is_empty()
         && prefix.len() <= MAX_PREFIX_BYTES
@@ -127,7 +127,7 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
     }
 }
 
-/// The URL with any password replaced, for messages and logs.
+/// Returns the URL with any password replaced, for messages and logs.
 pub(super) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();

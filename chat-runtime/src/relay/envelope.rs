@@ -32,7 +32,7 @@ const TAG_CONTEXT: &[u8] = b"parley relay envelope\n";
 /// resyncs instead of misread events.
 pub const VERSION: u8 = 1;
 
-/// What the receiving replica does with the frame.
+/// Action the receiving replica takes with the frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
@@ -109,7 +109,7 @@ pub struct Envelope {
     pub frame: Utf8Bytes,
 }
 
-/// Why an envelope could not be decoded.
+/// Reason an envelope could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("the envelope's tag matches none of the tenant's keys")]

@@ -49,7 +49,7 @@ use crate::api::SharedState;
 use crate::metrics::Metrics;
 
 /// Publications waiting for the publisher task. A message envelope is
-/// typically under 1 KiB, so a full queue holds some MiB; past it,
+/// typically under 1 KiB, so a full queue takes some MiB. Past it,
 /// publications are dropped and announced as a resync, so senders never
 /// wait for Redis.
 pub const PUBLISH_QUEUE: usize = 8_192;
@@ -83,7 +83,7 @@ struct Publication {
     /// The tenant key that tagged `payload`, to tag the announcements that
     /// repair a loss of it.
     key: Arc<[u8]>,
-    /// What a resync must repair if the publication is dropped.
+    /// Repair a resync needs if the publication is dropped.
     loss: Loss,
 }
 
@@ -103,7 +103,7 @@ enum Loss {
     Nothing,
 }
 
-/// What a tenant's next resync must cover.
+/// Channels, closes and key for a tenant's next resync announcement.
 #[derive(Debug)]
 struct Lost {
     channels: HashMap<String, u64>,
@@ -228,7 +228,7 @@ impl Relay {
         format!("{}{tenant_id}", self.channel_stem())
     }
 
-    /// The tenant id in a channel name, when the name is one of ours.
+    /// Returns the tenant id in a channel name, when the name is one of ours.
     fn tenant_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel.strip_prefix(self.channel_stem().as_str())
     }
@@ -557,7 +557,8 @@ mod tests {
     fn backoff_grows_to_its_cap() {
         let mut backoff = Backoff::new();
         let first = backoff.next_wait();
-        assert!(first >= FIRST_RETRY_WAIT && first <= FIRST_RETRY_WAIT * 3 / 2);
+        assert!(first >= FIRST_RETRY_WAIT);
+        assert!(first <= FIRST_RETRY_WAIT * 3 / 2);
         for _ in 0..20 {
             let wait = backoff.next_wait();
             assert!(wait <= MAX_RETRY_WAIT * 3 / 2);

@@ -15,7 +15,7 @@ use crate::api::shutdown_started;
 /// a burst of messages, and Redis keeps their order.
 const MAX_BATCH: usize = 256;
 
-/// Why the publisher left a connection.
+/// Reason the publisher left a connection.
 enum Stop {
     Shutdown,
     Failed(redis::RedisError),
@@ -158,7 +158,7 @@ async fn publish(
 }
 
 /// Drops what is queued, as lost, for `wait`, so that while Redis is
-/// unreachable the queue holds no stale events and senders never find it
+/// unreachable the queue keeps no stale events and senders never find it
 /// full. Breaks at shutdown.
 async fn drop_queued(
     relay: &Relay,
