@@ -28,6 +28,11 @@ impl ContentError {
 const MAX_LABEL_BYTES: usize = 256;
 /// Maximum client message id, in bytes.
 pub const MAX_CLIENT_ID_BYTES: usize = 128;
+/// Maximum reaction, in UTF-8 bytes after NFC normalisation: room for a
+/// skin-toned family emoji (25 bytes) or a short name such as `thích`.
+pub const MAX_REACTION_BYTES: usize = 64;
+/// Maximum mentioned users per message.
+pub const MAX_MENTIONS: usize = 50;
 
 pub fn check_client_id(client_id: &str) -> Result<(), ContentError> {
     if client_id.is_empty() || client_id.len() > MAX_CLIENT_ID_BYTES {
@@ -158,6 +163,58 @@ pub fn has_visible_char(text: &str) -> bool {
 pub fn has_control_char(text: &str) -> bool {
     text.chars()
         .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+}
+
+/// Checks a reaction and returns its NFC form, so that a reaction typed
+/// with precomposed Vietnamese letters and one typed with combining tone
+/// marks count as the same reaction.
+///
+/// Zero-width joiners and variation selectors are allowed because emoji
+/// sequences need them; other invisible characters, white space and
+/// control characters are not.
+pub fn check_reaction(reaction: &str) -> Result<String, ContentError> {
+    use unicode_normalization::UnicodeNormalization;
+
+    let normalized: String = reaction.nfc().collect();
+    let allowed =
+        |c: char| !c.is_whitespace() && !c.is_control() && (c == '\u{200D}' || !is_invisible(c));
+    let visible = normalized
+        .chars()
+        .any(|c| c != '\u{200D}' && !('\u{FE00}'..='\u{FE0F}').contains(&c));
+    if normalized.is_empty()
+        || normalized.len() > MAX_REACTION_BYTES
+        || !visible
+        || !normalized.chars().all(allowed)
+    {
+        return Err(ContentError::new(
+            "invalid_reaction",
+            format!(
+                "a reaction must be 1 to {MAX_REACTION_BYTES} bytes without spaces, control or invisible characters"
+            ),
+        ));
+    }
+    Ok(normalized)
+}
+
+/// Checks the users a message mentions and returns them sorted and without
+/// repeats, the form the store expects.
+pub fn check_mentions(mentions: Vec<String>) -> Result<Vec<String>, ContentError> {
+    let mut mentions = mentions;
+    mentions.sort();
+    mentions.dedup();
+    if mentions.len() > MAX_MENTIONS {
+        return Err(ContentError::new(
+            "too_many_mentions",
+            format!("a message may mention at most {MAX_MENTIONS} users"),
+        ));
+    }
+    if mentions.iter().any(|user| user.is_empty()) {
+        return Err(ContentError::new(
+            "invalid_mention",
+            "a mentioned user id must not be empty",
+        ));
+    }
+    Ok(mentions)
 }
 
 /// Token buckets per user, shared by all of the user's sockets in this
@@ -311,6 +368,58 @@ mod tests {
         assert_eq!(
             check_content(&big, &limits, &[]).unwrap_err().code,
             "message_too_large"
+        );
+    }
+
+    #[test]
+    fn reactions_are_normalized_to_nfc() {
+        let precomposed = check_reaction("th\u{00ED}ch").unwrap();
+        let combining = check_reaction("thi\u{0301}ch").unwrap();
+        assert_eq!(precomposed, combining);
+        assert_eq!(precomposed, "thích");
+    }
+
+    #[test]
+    fn emoji_sequences_are_valid_reactions() {
+        for reaction in ["👍", "👍🏽", "❤️", "👨\u{200D}👩\u{200D}👧\u{200D}👦", "😂"]
+        {
+            assert_eq!(check_reaction(reaction).unwrap(), reaction);
+        }
+    }
+
+    #[test]
+    fn invalid_reactions_are_rejected() {
+        for reaction in [
+            "",
+            " ",
+            "a b",
+            "\u{200B}",
+            "\u{200D}",
+            "\u{FE0F}",
+            "like\u{202E}",
+            "\u{0007}",
+        ] {
+            assert_eq!(
+                check_reaction(reaction).unwrap_err().code,
+                "invalid_reaction",
+                "{reaction:?}"
+            );
+        }
+        let long = "👍".repeat(MAX_REACTION_BYTES / 4 + 1);
+        assert!(check_reaction(&long).is_err());
+    }
+
+    #[test]
+    fn mentions_are_sorted_and_capped() {
+        let mentions = check_mentions(vec!["bob".into(), "an".into(), "bob".into()]).unwrap();
+        assert_eq!(mentions, vec!["an".to_owned(), "bob".to_owned()]);
+        let many = (0..=MAX_MENTIONS)
+            .map(|index| format!("u{index}"))
+            .collect();
+        assert_eq!(check_mentions(many).unwrap_err().code, "too_many_mentions");
+        assert_eq!(
+            check_mentions(vec![String::new()]).unwrap_err().code,
+            "invalid_mention"
         );
     }
 

@@ -336,6 +336,8 @@ async fn append(store: &SqliteStore, channel: &AppendChannel, number: u64) -> an
         content: Content::Text {
             text: BODY.to_owned(),
         },
+        reply_to: None,
+        mentions: Vec::new(),
         created_at: now_millis()?,
     };
     let appended = store

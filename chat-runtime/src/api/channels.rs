@@ -300,6 +300,10 @@ pub async fn history(
 pub struct SendRequest {
     client_id: String,
     content: Content,
+    #[serde(default)]
+    reply_to: Option<u64>,
+    #[serde(default)]
+    mentions: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -314,15 +318,14 @@ pub async fn send(
     Path(channel_id): Path<String>,
     JsonBody(request): JsonBody<SendRequest>,
 ) -> ApiResult<(StatusCode, Json<SendResponse>)> {
-    let appended = chat::send_message(
-        &auth.tenant,
-        &state.metrics,
-        &auth.user_id,
+    let draft = chat::Draft {
         channel_id,
-        request.client_id,
-        request.content,
-    )
-    .await?;
+        client_id: request.client_id,
+        content: request.content,
+        reply_to: request.reply_to,
+        mentions: request.mentions,
+    };
+    let appended = chat::send_message(&auth.tenant, &state.metrics, &auth.user_id, draft).await?;
     let status = if appended.duplicate {
         StatusCode::OK
     } else {

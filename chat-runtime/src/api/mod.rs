@@ -3,6 +3,7 @@
 
 mod auth;
 mod channels;
+mod messages;
 mod server_api;
 
 use std::sync::Arc;
@@ -146,7 +147,29 @@ pub fn router(state: SharedState) -> Router {
             "/v1/channels/{channel_id}/messages",
             get(channels::history).post(channels::send),
         )
+        .route(
+            "/v1/channels/{channel_id}/messages/{seq}",
+            get(messages::get_one)
+                .patch(messages::edit)
+                .delete(messages::delete),
+        )
+        .route(
+            "/v1/channels/{channel_id}/messages/{seq}/reactions",
+            get(messages::list_reactions),
+        )
+        .route(
+            "/v1/channels/{channel_id}/messages/{seq}/reactions/{reaction}",
+            put(messages::add_reaction).delete(messages::remove_reaction),
+        )
+        .route(
+            "/v1/channels/{channel_id}/messages/{seq}/receipts",
+            get(messages::receipts),
+        )
         .route("/v1/channels/{channel_id}/read", post(channels::mark_read))
+        .route(
+            "/v1/channels/{channel_id}/delivered",
+            post(messages::mark_delivered),
+        )
         .route(
             "/v1/channels/{channel_id}/presence",
             get(channels::presence),
@@ -167,6 +190,10 @@ pub fn router(state: SharedState) -> Router {
         .route(
             "/v1/server/users/{user_id}/revoke-tokens",
             post(server_api::revoke_tokens),
+        )
+        .route(
+            "/v1/server/channels/{channel_id}/messages/{seq}",
+            delete(server_api::delete_message),
         );
 
     let mut operations = Router::new()

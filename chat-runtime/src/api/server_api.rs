@@ -11,7 +11,7 @@ use super::{ApiResult, ServerAuth};
 use crate::auth::{self, MAX_TOKEN_TTL_SECONDS};
 use crate::chat::{self, ChatError};
 use crate::limits;
-use crate::store::User;
+use crate::store::{Deleter, Message, User};
 
 /// Largest user id, display name and metadata, in bytes.
 const MAX_USER_ID_BYTES: usize = 128;
@@ -96,6 +96,24 @@ pub async fn get_user(auth: ServerAuth, Path(user_id): Path<String>) -> ApiResul
 pub async fn delete_user(auth: ServerAuth, Path(user_id): Path<String>) -> ApiResult<StatusCode> {
     chat::delete_user(&auth.tenant, &user_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub struct DeletedMessage {
+    message: Message,
+}
+
+/// Deletes any message of the tenant, for moderation by the tenant's
+/// backend. Deleting a deleted message succeeds again.
+pub async fn delete_message(
+    auth: ServerAuth,
+    Path((channel_id, seq)): Path<(String, String)>,
+) -> ApiResult<Json<DeletedMessage>> {
+    let seq = super::messages::parse_seq(&seq)?;
+    let change = chat::delete_message(&auth.tenant, Deleter::Server, &channel_id, seq).await?;
+    Ok(Json(DeletedMessage {
+        message: change.message,
+    }))
 }
 
 #[derive(Deserialize, Default)]

@@ -26,18 +26,30 @@ pub(crate) fn random_group_id() -> String {
     format!("g_{}", hex(&bytes))
 }
 
-/// SHA-256 over the channel id and the canonical JSON of `content`. Object
-/// keys are sorted, so the hash does not depend on how the client ordered
-/// them.
+/// SHA-256 over the channel id, the canonical JSON of `content`, and the
+/// reply and mentions when there are any. Object keys are sorted, so the
+/// hash does not depend on how the client ordered them. A message without
+/// reply and mentions hashes as it did before those existed, so retries
+/// across an upgrade still match.
 pub(crate) fn content_hash(
     channel_id: &str,
     content: &Content,
+    reply_to: Option<u64>,
+    mentions: &[String],
 ) -> Result<[u8; 32], serde_json::Error> {
     let mut canonical = String::new();
     write_canonical_json(&serde_json::to_value(content)?, &mut canonical)?;
     let mut hasher = Sha256::new();
     hash_part(&mut hasher, channel_id);
     hash_part(&mut hasher, &canonical);
+    if let Some(reply_to) = reply_to {
+        hash_part(&mut hasher, "reply_to");
+        hash_part(&mut hasher, &reply_to.to_string());
+    }
+    for mention in mentions {
+        hash_part(&mut hasher, "mention");
+        hash_part(&mut hasher, mention);
+    }
     Ok(hasher.finalize().into())
 }
 
@@ -119,5 +131,18 @@ mod tests {
             direct_channel_id("a", "bc", "")
         );
         assert_eq!(direct_channel_id("a", "b", "").len(), 2 + 24);
+    }
+
+    #[test]
+    fn content_hash_covers_reply_and_mentions() {
+        let content = Content::Text {
+            text: "xin chào".to_owned(),
+        };
+        let plain = content_hash("c", &content, None, &[]).unwrap();
+        let reply = content_hash("c", &content, Some(1), &[]).unwrap();
+        let mention = content_hash("c", &content, None, &["bob".to_owned()]).unwrap();
+        assert_ne!(plain, reply);
+        assert_ne!(plain, mention);
+        assert_ne!(reply, mention);
     }
 }

@@ -15,6 +15,8 @@ pub(crate) mod keys;
 pub mod scylla;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch. Used for display and retention only:
@@ -80,16 +82,22 @@ pub struct Member {
     pub user_id: String,
     pub role: MemberRole,
     pub read_seq: u64,
+    /// Highest sequence number that reached at least one of the member's
+    /// devices. Never below `read_seq`.
+    pub delivered_seq: u64,
 }
 
 /// One entry of a user's channel list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelSummary {
     pub channel: Channel,
+    /// The newest message that is not deleted, or `None` when there is none.
     pub last_message: Option<Message>,
-    /// `last_seq - read_seq`, never negative because `read_seq` is capped
-    /// at `last_seq` when it is written.
+    /// Messages after `read_seq` that are not deleted. The member's own
+    /// messages never count, because sending marks the channel read.
     pub unread: u64,
+    /// Unread messages (as counted in `unread`) that mention the member.
+    pub unread_mentions: u64,
     pub read_seq: u64,
 }
 
@@ -139,8 +147,29 @@ pub struct Message {
     #[serde(default)]
     pub sender_deleted: bool,
     pub client_id: String,
-    pub content: Content,
+    /// `None` once the message is deleted. A deleted message keeps its
+    /// sequence number, sender and times, and loses its content, mentions
+    /// and reactions.
+    pub content: Option<Content>,
+    /// Sequence number of the message of the same channel this one replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// Mentioned user ids, each a member when the message was written or
+    /// last edited, sorted and without repeats.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    /// Number of users per reaction.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reactions: BTreeMap<String, u64>,
+    /// Reactions of the user who read the message, sorted. Empty in live
+    /// events, which every member shares.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub own_reactions: Vec<String>,
     pub created_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Millis>,
 }
 
 /// A message to append.
@@ -152,8 +181,51 @@ pub struct NewMessage {
     /// return the stored message instead of storing a second one.
     pub client_id: String,
     pub content: Content,
+    /// A message of the same channel, which must exist and not be deleted.
+    pub reply_to: Option<u64>,
+    /// User ids to mention, sorted and without repeats. Each must be a
+    /// member of the channel.
+    pub mentions: Vec<String>,
     pub created_at: Millis,
 }
+
+/// A change of a message's content by its sender.
+#[derive(Debug, Clone)]
+pub struct MessageEdit {
+    pub channel_id: String,
+    pub seq: u64,
+    pub editor: String,
+    pub content: Content,
+    /// New mentions, sorted and without repeats, or `None` to keep the
+    /// current ones.
+    pub mentions: Option<Vec<String>>,
+    pub edited_at: Millis,
+}
+
+/// Result of an edit, a delete or a reaction change.
+#[derive(Debug, Clone)]
+pub struct MessageChange {
+    /// The message after the change, without `own_reactions`.
+    pub message: Message,
+    /// Member user ids at the moment of the write, for fan-out.
+    pub members: Vec<String>,
+    /// False when the request changed nothing (a message deleted before,
+    /// a reaction the user already had or never had).
+    pub changed: bool,
+}
+
+/// Who deletes a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleter<'a> {
+    /// A member, who may delete only its own messages.
+    Member(&'a str),
+    /// The tenant's backend through the server API, which may delete any
+    /// message.
+    Server,
+}
+
+/// Maximum number of different reactions one user may put on one message.
+pub const MAX_REACTIONS_PER_USER: usize = 20;
 
 /// Result of [`Store::append_message`].
 #[derive(Debug, Clone)]
@@ -163,6 +235,17 @@ pub struct Appended {
     /// the stored message is returned unchanged.
     pub duplicate: bool,
     /// Member user ids at the moment of the write, for fan-out.
+    pub members: Vec<String>,
+}
+
+/// Result of [`Store::mark_read`] and [`Store::mark_delivered`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Positions {
+    pub read_seq: u64,
+    pub delivered_seq: u64,
+    /// False when the call moved neither position.
+    pub changed: bool,
+    /// Member user ids, for fan-out.
     pub members: Vec<String>,
 }
 
@@ -333,34 +416,93 @@ pub trait Store: Send + Sync + 'static {
     /// The sender must be a member and not deleted (`NotFound` otherwise,
     /// also for a retry after the sender left the channel). When the sender
     /// already used `client_id`, returns the stored message with
-    /// `duplicate: true` if the channel and content are the same, and
-    /// `ClientIdConflict` otherwise; nothing new is stored either way.
-    /// Sending also marks the channel read up to the new message for the
-    /// sender.
+    /// `duplicate: true` if the channel, content, reply and mentions are the
+    /// same, and `ClientIdConflict` otherwise; nothing new is stored either
+    /// way. A `reply_to` that names no message of the channel, or a deleted
+    /// one, and a mention of a user who is not a member give `Invalid`.
+    /// Sending also marks the channel read and delivered up to the new
+    /// message for the sender.
     async fn append_message(&self, message: NewMessage) -> StoreResult<Appended>;
 
-    /// Reads a page of history for a member (`NotFound` for non-members).
-    /// Messages are always returned oldest first.
+    /// Replaces the content of a message, and its mentions when the edit
+    /// has some, and sets `edited_at`. Only the sender may edit
+    /// (`Forbidden`); the editor must be a member (`NotFound` otherwise, as
+    /// for a message that does not exist); a deleted message gives
+    /// `Invalid`, as does a mention of a user who is not a member.
+    async fn edit_message(&self, edit: MessageEdit) -> StoreResult<MessageChange>;
+
+    /// Erases a message's content, mentions and reactions, and sets
+    /// `deleted_at`. The sequence number stays taken, so clients see no gap.
+    /// A member may delete only its own messages (`Forbidden`) and must be a
+    /// member (`NotFound`). Deleting a deleted message changes nothing and
+    /// returns it with `changed: false`.
+    async fn delete_message(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        deleter: Deleter<'_>,
+        now: Millis,
+    ) -> StoreResult<MessageChange>;
+
+    /// Adds (`add`) or removes one reaction of `user` to a message. The user
+    /// must be a member (`NotFound`); a deleted message gives `Invalid`, and
+    /// so does a new reaction past [`MAX_REACTIONS_PER_USER`] of the user on
+    /// that message. Adding a reaction the user has, or removing one it does
+    /// not have, returns `changed: false`.
+    async fn react(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        user: &str,
+        reaction: &str,
+        add: bool,
+        now: Millis,
+    ) -> StoreResult<MessageChange>;
+
+    /// Users per reaction of a message, each list sorted, for a member
+    /// (`NotFound` otherwise, or when the message does not exist).
+    async fn reaction_users(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        user: &str,
+    ) -> StoreResult<BTreeMap<String, Vec<String>>>;
+
+    /// One message, read by a member (`NotFound` for non-members and for a
+    /// sequence number that was never assigned), with `own_reactions` of
+    /// `user`.
+    async fn message(&self, channel_id: &str, seq: u64, user: &str) -> StoreResult<Message>;
+
+    /// Reads a page of history for a member (`NotFound` for non-members),
+    /// with `own_reactions` of `user`. Deleted messages are included, so
+    /// sequence numbers have no gaps. Messages are always returned oldest
+    /// first.
     async fn history(&self, channel_id: &str, user: &str, page: Page) -> StoreResult<Vec<Message>>;
 
-    /// Messages with `after < seq <= up_to`, oldest first, without a
-    /// membership check (the caller checked it). Used for resume.
+    /// Messages with `after < seq <= up_to`, oldest first, with
+    /// `own_reactions` of `viewer`, without a membership check (the caller
+    /// checked it). Used for resume.
     async fn messages_between(
         &self,
         channel_id: &str,
+        viewer: &str,
         after: u64,
         up_to: u64,
     ) -> StoreResult<Vec<Message>>;
 
     /// Moves `user`'s read position forward to `seq`, capped at the
-    /// channel's `last_seq`; never moves it back. Returns the position after
-    /// the call and the member ids.
-    async fn mark_read(
+    /// channel's `last_seq`; never moves it back. The delivered position
+    /// moves along, since a read message reached a device.
+    async fn mark_read(&self, channel_id: &str, user: &str, seq: u64) -> StoreResult<Positions>;
+
+    /// Moves `user`'s delivered position forward to `seq`, capped at the
+    /// channel's `last_seq`; never moves it back.
+    async fn mark_delivered(
         &self,
         channel_id: &str,
         user: &str,
         seq: u64,
-    ) -> StoreResult<(u64, Vec<String>)>;
+    ) -> StoreResult<Positions>;
 
     /// Forgets client message ids recorded before `older_than`.
     async fn purge_client_ids(&self, older_than: Millis) -> StoreResult<u64>;

@@ -36,9 +36,12 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use std::collections::BTreeMap;
+
 use super::{
-    Appended, Channel, ChannelSummary, Member, MembershipChange, Message, Millis, NewMessage, Page,
-    Store, StoreError, StoreResult, User, UserAuthState, keys,
+    Appended, Channel, ChannelSummary, Deleter, Member, MembershipChange, Message, MessageChange,
+    MessageEdit, Millis, NewMessage, Page, Positions, Store, StoreError, StoreResult, User,
+    UserAuthState, keys,
 };
 use queries::OpResult;
 use writer::{BoxedRequest, WRITE_QUEUE_CAPACITY};
@@ -421,6 +424,65 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn edit_message(&self, edit: MessageEdit) -> StoreResult<MessageChange> {
+        self.write(move |conn| queries::edit_message(conn, edit))
+            .await
+    }
+
+    async fn delete_message(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        deleter: Deleter<'_>,
+        now: Millis,
+    ) -> StoreResult<MessageChange> {
+        let channel_id = channel_id.to_owned();
+        let member = match deleter {
+            Deleter::Member(user) => Some(user.to_owned()),
+            Deleter::Server => None,
+        };
+        self.write(move |conn| {
+            let deleter = match &member {
+                Some(user) => Deleter::Member(user),
+                None => Deleter::Server,
+            };
+            queries::delete_message(conn, &channel_id, seq, deleter, now)
+        })
+        .await
+    }
+
+    async fn react(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        user: &str,
+        reaction: &str,
+        add: bool,
+        now: Millis,
+    ) -> StoreResult<MessageChange> {
+        let (channel_id, user, reaction) =
+            (channel_id.to_owned(), user.to_owned(), reaction.to_owned());
+        self.write(move |conn| queries::react(conn, &channel_id, seq, &user, &reaction, add, now))
+            .await
+    }
+
+    async fn reaction_users(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        user: &str,
+    ) -> StoreResult<BTreeMap<String, Vec<String>>> {
+        let (channel_id, user) = (channel_id.to_owned(), user.to_owned());
+        self.read(move |conn| queries::reaction_users(conn, &channel_id, seq, &user))
+            .await
+    }
+
+    async fn message(&self, channel_id: &str, seq: u64, user: &str) -> StoreResult<Message> {
+        let (channel_id, user) = (channel_id.to_owned(), user.to_owned());
+        self.read(move |conn| queries::message(conn, &channel_id, seq, &user))
+            .await
+    }
+
     async fn history(&self, channel_id: &str, user: &str, page: Page) -> StoreResult<Vec<Message>> {
         let (channel_id, user) = (channel_id.to_owned(), user.to_owned());
         self.read(move |conn| queries::history(conn, &channel_id, &user, page))
@@ -430,23 +492,34 @@ impl Store for SqliteStore {
     async fn messages_between(
         &self,
         channel_id: &str,
+        viewer: &str,
         after: u64,
         up_to: u64,
     ) -> StoreResult<Vec<Message>> {
-        let channel_id = channel_id.to_owned();
-        self.read(move |conn| queries::messages_between(conn, &channel_id, after, up_to))
+        let (channel_id, viewer) = (channel_id.to_owned(), viewer.to_owned());
+        self.read(move |conn| queries::messages_between(conn, &channel_id, &viewer, after, up_to))
             .await
     }
 
-    async fn mark_read(
+    async fn mark_read(&self, channel_id: &str, user: &str, seq: u64) -> StoreResult<Positions> {
+        let (channel_id, user) = (channel_id.to_owned(), user.to_owned());
+        self.write(move |conn| {
+            queries::move_position(conn, &channel_id, &user, seq, queries::Receipt::Read)
+        })
+        .await
+    }
+
+    async fn mark_delivered(
         &self,
         channel_id: &str,
         user: &str,
         seq: u64,
-    ) -> StoreResult<(u64, Vec<String>)> {
+    ) -> StoreResult<Positions> {
         let (channel_id, user) = (channel_id.to_owned(), user.to_owned());
-        self.write(move |conn| queries::mark_read(conn, &channel_id, &user, seq))
-            .await
+        self.write(move |conn| {
+            queries::move_position(conn, &channel_id, &user, seq, queries::Receipt::Delivered)
+        })
+        .await
     }
 
     async fn purge_client_ids(&self, older_than: Millis) -> StoreResult<u64> {
@@ -708,7 +781,10 @@ mod tests {
         drop(other_process);
 
         let reopened = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
-        let stored = reopened.messages_between(&group.id, 0, 1000).await.unwrap();
+        let stored = reopened
+            .messages_between(&group.id, "alice", 0, 1000)
+            .await
+            .unwrap();
         assert_eq!(seqs(&stored), (1..=100).collect::<Vec<u64>>());
     }
 
@@ -734,5 +810,57 @@ mod tests {
 
         let reopened = SqliteStore::open(&path, SqliteOptions::default());
         assert!(matches!(reopened, Err(StoreError::Unavailable(_))));
+    }
+
+    /// A file written by a build with the first schema opens, keeps its
+    /// rows, and starts each member's delivered position at its read one.
+    #[tokio::test]
+    async fn open_upgrades_first_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenant.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO users VALUES ('alice', 'Alice', '{}', 0, NULL, 1, 1, 1);
+             INSERT INTO users VALUES ('bob', 'Bob', '{}', 0, NULL, 1, 1, 1);
+             INSERT INTO channels VALUES ('g_1', 'group', 'team', NULL, 'alice', 1, 2, 3);
+             INSERT INTO members VALUES ('g_1', 'alice', 'owner', 2, 1);
+             INSERT INTO members VALUES ('g_1', 'bob', 'member', 1, 1);
+             INSERT INTO messages VALUES ('g_1', 1, 'alice', 1, 'c1',
+                 '{\"kind\":\"text\",\"text\":\"xin chào\"}', 2);
+             INSERT INTO messages VALUES ('g_1', 2, 'alice', 1, 'c2',
+                 '{\"kind\":\"text\",\"text\":\"hẹn gặp lại\"}', 3);",
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        let history = store
+            .history("g_1", "bob", Page::Latest { limit: 10 })
+            .await
+            .unwrap();
+        assert_eq!(seqs(&history), vec![1, 2]);
+        assert_eq!(
+            history[0].content,
+            Some(crate::store::Content::Text {
+                text: "xin chào".to_owned()
+            })
+        );
+        let (_, members) = store.channel_for_member("g_1", "bob").await.unwrap();
+        let delivered: Vec<(u64, u64)> = members
+            .iter()
+            .map(|member| (member.read_seq, member.delivered_seq))
+            .collect();
+        assert_eq!(delivered, vec![(2, 2), (1, 1)]);
+
+        store.react("g_1", 2, "bob", "👍", true, 4).await.unwrap();
+        store
+            .delete_message("g_1", 1, Deleter::Member("alice"), 5)
+            .await
+            .unwrap();
+        let summary = &store.list_channels("bob", None, 10).await.unwrap()[0];
+        assert_eq!(summary.unread, 1);
+        store.close().await.unwrap();
     }
 }

@@ -37,6 +37,49 @@ pub enum ClientFrame {
         channel_id: String,
         client_id: String,
         content: Content,
+        #[serde(default)]
+        reply_to: Option<u64>,
+        #[serde(default)]
+        mentions: Vec<String>,
+    },
+    /// Replace the content of one of the user's messages, and its mentions
+    /// when given.
+    Edit {
+        #[serde(default)]
+        r#ref: Option<String>,
+        channel_id: String,
+        seq: u64,
+        content: Content,
+        #[serde(default)]
+        mentions: Option<Vec<String>>,
+    },
+    /// Delete one of the user's messages.
+    Delete {
+        #[serde(default)]
+        r#ref: Option<String>,
+        channel_id: String,
+        seq: u64,
+    },
+    React {
+        #[serde(default)]
+        r#ref: Option<String>,
+        channel_id: String,
+        seq: u64,
+        reaction: String,
+    },
+    Unreact {
+        #[serde(default)]
+        r#ref: Option<String>,
+        channel_id: String,
+        seq: u64,
+        reaction: String,
+    },
+    /// Every message of the channel up to `seq` reached this device.
+    Delivered {
+        #[serde(default)]
+        r#ref: Option<String>,
+        channel_id: String,
+        seq: u64,
     },
     Typing {
         #[serde(default)]
@@ -87,6 +130,13 @@ pub enum TypingState {
     Stop,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReactionAction {
+    Added,
+    Removed,
+}
+
 /// Frames the server sends.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -118,6 +168,30 @@ pub enum ServerFrame<'a> {
         channel_id: &'a str,
         user_id: &'a str,
         seq: u64,
+    },
+    /// Every message up to `seq` reached at least one of the user's devices.
+    Delivered {
+        channel_id: &'a str,
+        user_id: &'a str,
+        seq: u64,
+    },
+    /// A message after an edit, without `own_reactions`.
+    MessageEdited {
+        message: &'a Message,
+    },
+    /// A message after its deletion: no content, and `deleted_at` set.
+    MessageDeleted {
+        message: &'a Message,
+    },
+    /// A reaction was added or removed; `count` is the number of users with
+    /// that reaction afterwards.
+    Reaction {
+        channel_id: &'a str,
+        seq: u64,
+        user_id: &'a str,
+        reaction: &'a str,
+        action: ReactionAction,
+        count: u64,
     },
     MemberAdded {
         channel_id: &'a str,

@@ -34,7 +34,7 @@ use crate::chat::{self, ChatError};
 use crate::config::max_frame_bytes;
 use crate::hub::{ConnectionId, Outbound, Queued, Resync};
 use crate::metrics::Metrics;
-use crate::store::{Message, UserAuthState};
+use crate::store::{Deleter, Message, UserAuthState};
 use crate::tenant::Tenant;
 
 /// A typing indicator ends by itself this long after its last refresh.
@@ -368,9 +368,87 @@ impl Session {
                 channel_id,
                 client_id,
                 content,
+                reply_to,
+                mentions,
             } => {
-                self.on_send(r#ref.as_deref(), channel_id, client_id, content)
-                    .await
+                let draft = chat::Draft {
+                    channel_id,
+                    client_id,
+                    content,
+                    reply_to,
+                    mentions,
+                };
+                self.on_send(r#ref.as_deref(), draft).await
+            }
+            ClientFrame::Edit {
+                r#ref,
+                channel_id,
+                seq,
+                content,
+                mentions,
+            } => {
+                let result = chat::edit_message(
+                    &self.tenant,
+                    &self.user_id,
+                    &channel_id,
+                    seq,
+                    content,
+                    mentions,
+                )
+                .await;
+                self.report_failure(r#ref.as_deref(), result).await
+            }
+            ClientFrame::Delete {
+                r#ref,
+                channel_id,
+                seq,
+            } => {
+                let deleter = Deleter::Member(&self.user_id);
+                let result = chat::delete_message(&self.tenant, deleter, &channel_id, seq).await;
+                self.report_failure(r#ref.as_deref(), result).await
+            }
+            ClientFrame::React {
+                r#ref,
+                channel_id,
+                seq,
+                reaction,
+            } => {
+                let result = chat::react(
+                    &self.tenant,
+                    &self.user_id,
+                    &channel_id,
+                    seq,
+                    &reaction,
+                    true,
+                )
+                .await;
+                self.report_failure(r#ref.as_deref(), result).await
+            }
+            ClientFrame::Unreact {
+                r#ref,
+                channel_id,
+                seq,
+                reaction,
+            } => {
+                let result = chat::react(
+                    &self.tenant,
+                    &self.user_id,
+                    &channel_id,
+                    seq,
+                    &reaction,
+                    false,
+                )
+                .await;
+                self.report_failure(r#ref.as_deref(), result).await
+            }
+            ClientFrame::Delivered {
+                r#ref,
+                channel_id,
+                seq,
+            } => {
+                let result =
+                    chat::mark_delivered(&self.tenant, &self.user_id, &channel_id, seq).await;
+                self.report_failure(r#ref.as_deref(), result).await
             }
             ClientFrame::Typing {
                 r#ref,
@@ -381,10 +459,10 @@ impl Session {
                 r#ref,
                 channel_id,
                 seq,
-            } => match chat::mark_read(&self.tenant, &self.user_id, &channel_id, seq).await {
-                Ok(_) => Ok(()),
-                Err(error) => self.send_error(r#ref.as_deref(), &error).await,
-            },
+            } => {
+                let result = chat::mark_read(&self.tenant, &self.user_id, &channel_id, seq).await;
+                self.report_failure(r#ref.as_deref(), result).await
+            }
             ClientFrame::Resume { r#ref, positions } => {
                 for (channel_id, seq) in positions {
                     self.resume_channel(r#ref.as_deref(), &channel_id, seq)
@@ -509,22 +587,22 @@ impl Session {
         Ok(())
     }
 
-    async fn on_send(
+    /// Sends an error frame for a failed request. A request that succeeded
+    /// needs no frame of its own, because its event reaches this socket too.
+    async fn report_failure<T>(
         &mut self,
         reference: Option<&str>,
-        channel_id: String,
-        client_id: String,
-        content: crate::store::Content,
+        result: Result<T, ChatError>,
     ) -> Result<(), Exit> {
-        let result = chat::send_message(
-            &self.tenant,
-            &self.state.metrics,
-            &self.user_id,
-            channel_id,
-            client_id,
-            content,
-        )
-        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) => self.send_error(reference, &error).await,
+        }
+    }
+
+    async fn on_send(&mut self, reference: Option<&str>, draft: chat::Draft) -> Result<(), Exit> {
+        let metrics = &self.state.metrics;
+        let result = chat::send_message(&self.tenant, metrics, &self.user_id, draft).await;
         match result {
             Ok(appended) => {
                 let message = &appended.message;
@@ -688,7 +766,7 @@ impl Session {
         let missed = match self
             .tenant
             .store
-            .messages_between(channel, from, up_to)
+            .messages_between(channel, &self.user_id, from, up_to)
             .await
         {
             Ok(messages) => messages,

@@ -10,8 +10,8 @@ use super::rows::{
     role_to_cql, seq_from_cql, seq_to_cql,
 };
 use crate::store::{
-    Channel, ChannelKind, ChannelSummary, Member, MemberRole, MembershipChange, Millis, StoreError,
-    StoreResult, keys,
+    Channel, ChannelKind, Member, MemberRole, MembershipChange, Millis, StoreError, StoreResult,
+    keys,
 };
 
 /// Requests one call keeps in flight when it touches many rows (members of
@@ -433,13 +433,18 @@ impl ScyllaStore {
         channel_id: &str,
         user: &str,
     ) -> StoreResult<(Channel, Vec<Member>)> {
-        let (members, record, positions) = futures_util::try_join!(
+        let (members, record, positions, delivered) = futures_util::try_join!(
             self.members(channel_id),
             self.channel(channel_id),
             self.all_rows::<(String, Option<i64>)>(
                 &self.statements.select_read_positions,
                 (channel_id,),
                 "read the read positions of a channel",
+            ),
+            self.all_rows::<(String, Option<i64>)>(
+                &self.statements.select_delivered_positions,
+                (channel_id,),
+                "read the delivered positions of a channel",
             ),
         )?;
         if !members.iter().any(|(member, _)| member == user) {
@@ -449,14 +454,20 @@ impl ScyllaStore {
             return Err(inconsistent("membership refers to a missing channel"));
         };
         let positions: HashMap<String, Option<i64>> = positions.into_iter().collect();
+        let delivered: HashMap<String, Option<i64>> = delivered.into_iter().collect();
         let members = members
             .into_iter()
             .map(|(user_id, role)| {
                 let read_seq = seq_from_cql(positions.get(&user_id).copied().flatten())?;
+                let delivered_seq = seq_from_cql(delivered.get(&user_id).copied().flatten())?;
                 Ok(Member {
                     user_id,
                     role,
                     read_seq,
+                    // Reading implies delivery, and the read position may
+                    // have moved without a delivered write (an append, a
+                    // new member's catch-up).
+                    delivered_seq: delivered_seq.max(read_seq),
                 })
             })
             .collect::<StoreResult<Vec<Member>>>()?;
@@ -500,103 +511,5 @@ impl ScyllaStore {
                 })
             })
             .collect()
-    }
-
-    pub(super) async fn channel_summaries(
-        &self,
-        user: &str,
-        before: Option<(Millis, String)>,
-        limit: u32,
-    ) -> StoreResult<Vec<ChannelSummary>> {
-        let mut entries = self.user_channel_entries(user).await?;
-        entries.sort_by(|left, right| {
-            (right.last_activity, &right.channel_id).cmp(&(left.last_activity, &left.channel_id))
-        });
-        if let Some((activity, id)) = &before {
-            entries.retain(|entry| (entry.last_activity, &entry.channel_id) < (*activity, id));
-        }
-        entries.truncate(limit as usize);
-
-        // `buffered` keeps the page in activity order while reading up to
-        // FAN_OUT channels at once.
-        let reads: Vec<_> = entries
-            .iter()
-            .map(|entry| async move {
-                futures_util::try_join!(
-                    self.member_role(&entry.channel_id, user),
-                    self.channel(&entry.channel_id),
-                    self.read_position(&entry.channel_id, user),
-                )
-            })
-            .collect();
-        let pages = futures_util::stream::iter(reads)
-            .buffered(FAN_OUT)
-            .try_collect::<Vec<_>>()
-            .await?;
-
-        let mut summaries = Vec::with_capacity(pages.len());
-        let mut newest = Vec::new();
-        for (entry, (role, record, read_seq)) in entries.iter().zip(pages) {
-            // A list row left by a membership change that failed half-way
-            // (or raced another one) names a channel the user is not in.
-            if role.is_none() {
-                tracing::warn!(user, channel = %entry.channel_id, "Removing a channel list row without a membership");
-                self.execute(
-                    &self.statements.delete_user_channel,
-                    (user, &entry.channel_id),
-                    "remove a channel from a user's list",
-                )
-                .await?;
-                continue;
-            }
-            let Some(record) = record else {
-                return Err(inconsistent("membership refers to a missing channel"));
-            };
-            let mut channel = record.channel;
-            // The page was sorted and cut on the activity rows, and clients
-            // page on the activity they get back, so they get the same value.
-            channel.last_activity = entry.last_activity;
-            if let Some(message) = record
-                .newest
-                .filter(|message| message.seq == channel.last_seq)
-            {
-                newest.push((summaries.len(), message));
-            }
-            summaries.push(ChannelSummary {
-                unread: channel.last_seq.saturating_sub(read_seq),
-                read_seq,
-                last_message: None,
-                channel,
-            });
-        }
-        let (indexes, messages): (Vec<usize>, Vec<_>) = newest.into_iter().unzip();
-        for (index, message) in indexes
-            .into_iter()
-            .zip(self.finish_messages(messages).await?)
-        {
-            summaries[index].last_message = Some(message);
-        }
-        Ok(summaries)
-    }
-
-    pub(super) async fn move_read_position(
-        &self,
-        channel_id: &str,
-        user: &str,
-        seq: u64,
-    ) -> StoreResult<(u64, Vec<String>)> {
-        let (role, record, current) = futures_util::try_join!(
-            self.member_role(channel_id, user),
-            self.channel(channel_id),
-            self.read_position(channel_id, user),
-        )?;
-        let (Some(_), Some(record)) = (role, record) else {
-            return Err(StoreError::NotFound);
-        };
-        let position = current.max(seq.min(record.channel.last_seq));
-        if position > current {
-            self.write_read_position(channel_id, user, position).await?;
-        }
-        Ok((position, self.list_member_ids(channel_id).await?))
     }
 }

@@ -7,6 +7,7 @@
 //! ready, so `/readyz` fails and no message is acknowledged. The task
 //! tries again with growing waits, and stops when the store is closed.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +17,9 @@ use tokio::sync::{OnceCell, watch};
 
 use super::{ScyllaConfig, ScyllaStore};
 use crate::store::{
-    Appended, Channel, ChannelSummary, Member, MembershipChange, Message, Millis, NewMessage, Page,
-    Store, StoreError, StoreResult, User, UserAuthState,
+    Appended, Channel, ChannelSummary, Deleter, Member, MembershipChange, Message, MessageChange,
+    MessageEdit, Millis, NewMessage, Page, Positions, Store, StoreError, StoreResult, User,
+    UserAuthState,
 };
 
 /// Wait after the first failed attempt. Each later failure doubles it, up
@@ -194,6 +196,49 @@ impl Store for ConnectingStore {
         self.open()?.append_message(message).await
     }
 
+    async fn edit_message(&self, edit: MessageEdit) -> StoreResult<MessageChange> {
+        self.open()?.edit_message(edit).await
+    }
+
+    async fn delete_message(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        deleter: Deleter<'_>,
+        now: Millis,
+    ) -> StoreResult<MessageChange> {
+        self.open()?
+            .delete_message(channel_id, seq, deleter, now)
+            .await
+    }
+
+    async fn react(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        user: &str,
+        reaction: &str,
+        add: bool,
+        now: Millis,
+    ) -> StoreResult<MessageChange> {
+        self.open()?
+            .react(channel_id, seq, user, reaction, add, now)
+            .await
+    }
+
+    async fn reaction_users(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        user: &str,
+    ) -> StoreResult<BTreeMap<String, Vec<String>>> {
+        self.open()?.reaction_users(channel_id, seq, user).await
+    }
+
+    async fn message(&self, channel_id: &str, seq: u64, user: &str) -> StoreResult<Message> {
+        self.open()?.message(channel_id, seq, user).await
+    }
+
     async fn history(&self, channel_id: &str, user: &str, page: Page) -> StoreResult<Vec<Message>> {
         self.open()?.history(channel_id, user, page).await
     }
@@ -201,21 +246,26 @@ impl Store for ConnectingStore {
     async fn messages_between(
         &self,
         channel_id: &str,
+        viewer: &str,
         after: u64,
         up_to: u64,
     ) -> StoreResult<Vec<Message>> {
         self.open()?
-            .messages_between(channel_id, after, up_to)
+            .messages_between(channel_id, viewer, after, up_to)
             .await
     }
 
-    async fn mark_read(
+    async fn mark_read(&self, channel_id: &str, user: &str, seq: u64) -> StoreResult<Positions> {
+        self.open()?.mark_read(channel_id, user, seq).await
+    }
+
+    async fn mark_delivered(
         &self,
         channel_id: &str,
         user: &str,
         seq: u64,
-    ) -> StoreResult<(u64, Vec<String>)> {
-        self.open()?.mark_read(channel_id, user, seq).await
+    ) -> StoreResult<Positions> {
+        self.open()?.mark_delivered(channel_id, user, seq).await
     }
 
     async fn purge_client_ids(&self, older_than: Millis) -> StoreResult<u64> {
@@ -273,6 +323,8 @@ mod tests {
                 content: crate::store::Content::Text {
                     text: String::from("xin chào"),
                 },
+                reply_to: None,
+                mentions: Vec::new(),
                 created_at: 1,
             })
             .await;

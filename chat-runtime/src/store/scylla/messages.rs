@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use super::channels::FAN_OUT;
+use super::reactions::{ReactionRow, attach_reactions};
 use super::rows::{
     ChannelRecord, MessageRow, StoredMessage, bucket_of, inconsistent, message_from_row,
     seq_from_cql, seq_to_cql,
@@ -25,17 +26,18 @@ const MAX_CLAIM_ATTEMPTS: u32 = 64;
 
 /// Waits a little longer after each lost claim, with jitter, so replicas
 /// that keep colliding on one channel spread out.
-async fn back_off(attempt: u32) {
+pub(super) async fn back_off(attempt: u32) {
     let ceiling_ms = 2_u64.saturating_pow(attempt.min(6));
     let wait_ms = rand::random_range(0..=ceiling_ms);
     tokio::time::sleep(Duration::from_millis(wait_ms)).await;
 }
 
 impl ScyllaStore {
-    pub(super) async fn append(&self, new: NewMessage) -> StoreResult<Appended> {
+    pub(super) async fn append(&self, mut new: NewMessage) -> StoreResult<Appended> {
         keys::check_content(&new.content)?;
+        normalise_mentions(&mut new.mentions);
         let hash = keys::hex(
-            &keys::content_hash(&new.channel_id, &new.content)
+            &keys::content_hash(&new.channel_id, &new.content, new.reply_to, &new.mentions)
                 .map_err(failed("hash message content"))?,
         );
         // Appends of this process to one channel take turns, so they do not
@@ -57,6 +59,7 @@ impl ScyllaStore {
         // Tells this call's claims apart from another replica's claim of the
         // same send.
         let claim_id: u64 = rand::random();
+        let mut references_checked = false;
         for attempt in 0..=MAX_CLAIM_ATTEMPTS {
             if let Some(newest) = record.newest.clone() {
                 if newest.sender_id == new.sender_id
@@ -79,6 +82,12 @@ impl ScyllaStore {
             if attempt == MAX_CLAIM_ATTEMPTS {
                 break;
             }
+            // Checked after the dedupe above, so a retry of a stored message
+            // finds it even when its reply target was deleted since.
+            if !references_checked {
+                self.check_references(&record, &new).await?;
+                references_checked = true;
+            }
 
             let message = StoredMessage {
                 channel_id: new.channel_id.clone(),
@@ -86,11 +95,16 @@ impl ScyllaStore {
                 sender_id: new.sender_id.clone(),
                 sender_incarnation: incarnation,
                 client_id: new.client_id.clone(),
-                content: new.content.clone(),
+                content: Some(new.content.clone()),
                 created_at: new.created_at,
                 content_hash: hash.clone(),
                 channel_activity: record.channel.last_activity.max(new.created_at),
                 claim_id,
+                reply_to: new.reply_to,
+                mentions: new.mentions.clone(),
+                edited_at: None,
+                deleted_at: None,
+                edit_count: 0,
             };
             match self.claim(&record, &message).await {
                 Ok(true) => {
@@ -114,6 +128,43 @@ impl ScyllaStore {
                 .ok_or_else(|| inconsistent("channel disappeared while appending"))?;
         }
         Err(contention("claim a sequence number"))
+    }
+
+    /// Checks that `reply_to` names a message of the channel that is not
+    /// deleted, and that every mentioned user is a member.
+    ///
+    /// NOTE: a reply target deleted, or a mentioned member removed, between
+    /// this check and the claim is stored anyway.
+    async fn check_references(&self, record: &ChannelRecord, new: &NewMessage) -> StoreResult<()> {
+        if let Some(reply_to) = new.reply_to {
+            let target = self.stored_message(record, reply_to).await?;
+            let replyable = matches!(target, Some(target) if target.deleted_at.is_none());
+            if !replyable {
+                return Err(StoreError::Invalid(
+                    "reply_to must name an earlier message of the channel that is not deleted",
+                ));
+            }
+        }
+        self.check_mentions(&new.channel_id, &new.mentions).await
+    }
+
+    /// Returns `Invalid` unless every user in `mentions` is a member.
+    pub(super) async fn check_mentions(
+        &self,
+        channel_id: &str,
+        mentions: &[String],
+    ) -> StoreResult<()> {
+        if mentions.is_empty() {
+            return Ok(());
+        }
+        let members = self.list_member_ids(channel_id).await?;
+        if mentions.iter().all(|user| members.contains(user)) {
+            Ok(())
+        } else {
+            Err(StoreError::Invalid(
+                "every mentioned user must be a member of the channel",
+            ))
+        }
     }
 
     async fn active_incarnation_or_none(&self, id: &str) -> StoreResult<Option<i32>> {
@@ -159,8 +210,18 @@ impl ScyllaStore {
         duplicate: bool,
     ) -> StoreResult<Appended> {
         let members = self.complete(&newest).await?;
+        // The row may have been edited or deleted since the claim.
+        let stored = self
+            .message_row(&newest.channel_id, newest.seq)
+            .await?
+            .unwrap_or(newest);
+        let message = self
+            .finish_messages(vec![stored])
+            .await?
+            .pop()
+            .ok_or_else(|| inconsistent("a read message vanished"))?;
         Ok(Appended {
-            message: newest.into_message(false),
+            message,
             duplicate,
             members,
         })
@@ -210,6 +271,7 @@ impl ScyllaStore {
             "record a client message id",
         );
         let sender_read = self.write_read_position(channel_id, &message.sender_id, message.seq);
+        let mentions = self.write_mentions(channel_id, message.seq, &message.mentions, 0);
         let activity_writes: Vec<_> = members
             .iter()
             .map(|member| {
@@ -219,10 +281,14 @@ impl ScyllaStore {
         let activity = futures_util::stream::iter(activity_writes)
             .buffer_unordered(FAN_OUT)
             .try_collect::<Vec<()>>();
-        futures_util::try_join!(client_id, sender_read, activity)?;
+        futures_util::try_join!(client_id, sender_read, mentions, activity)?;
 
+        let content = message
+            .content
+            .as_ref()
+            .ok_or_else(|| inconsistent("a claimed message has no content"))?;
         let content =
-            serde_json::to_string(&message.content).map_err(failed("serialise message content"))?;
+            serde_json::to_string(content).map_err(failed("serialise message content"))?;
         self.execute(
             &self.statements.insert_message,
             (
@@ -234,6 +300,8 @@ impl ScyllaStore {
                 &message.client_id,
                 content,
                 message.created_at,
+                message.reply_to.map(seq_to_cql),
+                &message.mentions,
             ),
             "write a message",
         )
@@ -267,6 +335,30 @@ impl ScyllaStore {
             )
             .await?;
         row.map(message_from_row).transpose()
+    }
+
+    /// Returns message `seq` of the channel, or `None` when the number was
+    /// never assigned. A newest message whose writer has not finished is
+    /// completed first, so that edits, deletes and reactions always find
+    /// its `messages` row.
+    pub(super) async fn stored_message(
+        &self,
+        record: &ChannelRecord,
+        seq: u64,
+    ) -> StoreResult<Option<StoredMessage>> {
+        if seq == 0 || seq > record.channel.last_seq {
+            return Ok(None);
+        }
+        if let Some(stored) = self.message_row(&record.channel.id, seq).await? {
+            return Ok(Some(stored));
+        }
+        match &record.newest {
+            Some(newest) if newest.seq == seq => {
+                self.complete(newest).await?;
+                Ok(self.message_row(&record.channel.id, seq).await?)
+            }
+            _ => Err(inconsistent("a message below the newest has no row")),
+        }
     }
 
     async fn client_id_entry(
@@ -357,12 +449,13 @@ impl ScyllaStore {
                 (first, after.saturating_add(u64::from(limit)).min(last_seq))
             }
         };
-        self.read_range(&record, first, last).await
+        self.read_range(&record, first, last, Some(user)).await
     }
 
     pub(super) async fn messages_in_range(
         &self,
         channel_id: &str,
+        viewer: &str,
         after: u64,
         up_to: u64,
     ) -> StoreResult<Vec<Message>> {
@@ -370,46 +463,84 @@ impl ScyllaStore {
             return Ok(Vec::new());
         };
         let last = up_to.min(record.channel.last_seq);
-        self.read_range(&record, after.saturating_add(1), last)
+        self.read_range(&record, after.saturating_add(1), last, Some(viewer))
             .await
     }
 
+    /// Returns the channel if `user` is a member, and `NotFound` otherwise.
+    pub(super) async fn member_channel(
+        &self,
+        channel_id: &str,
+        user: &str,
+    ) -> StoreResult<ChannelRecord> {
+        let (role, record) =
+            futures_util::try_join!(self.member_role(channel_id, user), self.channel(channel_id))?;
+        match (role, record) {
+            (Some(_), Some(record)) => Ok(record),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    /// Reads one message for a member, or `NotFound`.
+    pub(super) async fn single_message(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        user: &str,
+    ) -> StoreResult<Message> {
+        let record = self.member_channel(channel_id, user).await?;
+        if seq == 0 || seq > record.channel.last_seq {
+            return Err(StoreError::NotFound);
+        }
+        self.read_range(&record, seq, seq, Some(user))
+            .await?
+            .pop()
+            .ok_or(StoreError::NotFound)
+    }
+
     /// Reads messages `first..=last`, oldest first, one bucket after
-    /// another. The newest message may still lack its `messages` row while
-    /// its writer finishes, and is then taken from the channel row.
-    async fn read_range(
+    /// another, with their reactions and the `own_reactions` of `viewer`.
+    /// The newest message may still lack its `messages` row while its
+    /// writer finishes, and is then taken from the channel row.
+    pub(super) async fn read_range(
         &self,
         record: &ChannelRecord,
         first: u64,
         last: u64,
+        viewer: Option<&str>,
     ) -> StoreResult<Vec<Message>> {
         if first == 0 || first > last {
             return Ok(Vec::new());
         }
         let channel_id = record.channel.id.as_str();
         let mut stored = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
-        for bucket in bucket_of(first)..=bucket_of(last) {
-            let bucket_first = first.max(u64::try_from(bucket).unwrap_or(0) * BUCKET_SIZE + 1);
-            let bucket_last = last.min((u64::try_from(bucket).unwrap_or(0) + 1) * BUCKET_SIZE);
+        let mut reactions = Vec::new();
+        for (bucket, bucket_first, bucket_last) in bucket_ranges(first, last) {
             let limit = i32::try_from(bucket_last - bucket_first + 1).unwrap_or(i32::MAX);
+            let range = (
+                channel_id,
+                bucket,
+                seq_to_cql(bucket_first),
+                seq_to_cql(bucket_last),
+            );
             // Paged, because a thousand large custom messages can pass the
             // size ScyllaDB accepts in one unpaged response.
-            let rows: Vec<MessageRow> = self
-                .all_rows(
+            let (rows, reaction_rows) = futures_util::try_join!(
+                self.all_rows::<MessageRow>(
                     &self.statements.select_messages_oldest_first,
-                    (
-                        channel_id,
-                        bucket,
-                        seq_to_cql(bucket_first),
-                        seq_to_cql(bucket_last),
-                        limit,
-                    ),
+                    (range.0, range.1, range.2, range.3, limit),
                     "read messages",
-                )
-                .await?;
+                ),
+                self.all_rows::<ReactionRow>(
+                    &self.statements.select_reactions,
+                    range,
+                    "read reactions",
+                ),
+            )?;
             for row in rows {
                 stored.push(message_from_row(row)?);
             }
+            reactions.extend(reaction_rows);
         }
 
         if stored.last().map(|message| message.seq) != Some(last)
@@ -428,7 +559,9 @@ impl ScyllaStore {
                 "Messages are missing from a range of contiguous numbers"
             );
         }
-        self.finish_messages(stored).await
+        let mut messages = self.finish_messages(stored).await?;
+        attach_reactions(&mut messages, reactions, viewer)?;
+        Ok(messages)
     }
 
     /// Turns stored messages into API messages, looking up once per sender
@@ -516,6 +649,28 @@ struct ClientIdEntry {
     content_hash: String,
 }
 
+/// Sorts `mentions` and drops repeats, as the stored set has them.
+pub(super) fn normalise_mentions(mentions: &mut Vec<String>) {
+    mentions.sort_unstable();
+    mentions.dedup();
+}
+
+/// Splits `first..=last` into `(bucket, first, last)` per `messages`
+/// partition, oldest first.
+pub(super) fn bucket_ranges(first: u64, last: u64) -> Vec<(i64, u64, u64)> {
+    if first == 0 || first > last {
+        return Vec::new();
+    }
+    (bucket_of(first)..=bucket_of(last))
+        .map(|bucket| {
+            let index = u64::try_from(bucket).unwrap_or(0);
+            let bucket_first = first.max(index * BUCKET_SIZE + 1);
+            let bucket_last = last.min(index.saturating_add(1).saturating_mul(BUCKET_SIZE));
+            (bucket, bucket_first, bucket_last)
+        })
+        .collect()
+}
+
 /// Returns the range `(first, last)` of the newest `limit` numbers up to
 /// `last`. The range is empty when `first > last`.
 fn newest_range(last: u64, limit: u32) -> (u64, u64) {
@@ -555,6 +710,33 @@ mod tests {
         let (first, last) = newest_range(0, 5);
         assert!(first > last);
         assert_eq!(newest_range(u64::MAX, u32::MAX).1, u64::MAX);
+    }
+
+    #[test]
+    fn bucket_ranges_split_at_partitions() {
+        assert_eq!(bucket_ranges(1, 5), [(0, 1, 5)]);
+        assert_eq!(
+            bucket_ranges(998, 1_003),
+            [(0, 998, 1_000), (1, 1_001, 1_003)]
+        );
+        assert_eq!(
+            bucket_ranges(1_000, 3_001),
+            [
+                (0, 1_000, 1_000),
+                (1, 1_001, 2_000),
+                (2, 2_001, 3_000),
+                (3, 3_001, 3_001)
+            ]
+        );
+        assert!(bucket_ranges(5, 4).is_empty());
+        assert!(bucket_ranges(0, 4).is_empty());
+    }
+
+    #[test]
+    fn mentions_are_sorted_without_repeats() {
+        let mut mentions = vec!["cu".to_owned(), "an".to_owned(), "cu".to_owned()];
+        normalise_mentions(&mut mentions);
+        assert_eq!(mentions, ["an", "cu"]);
     }
 
     #[test]

@@ -18,7 +18,12 @@
 //!   a new socket needs are one partition read whatever the number of
 //!   channels. The list is sorted by activity in memory: a table clustered
 //!   by activity would need a delete and an insert per member per message.
-//! - `read_positions` (by channel) contains each member's read position.
+//! - `read_positions` and `delivered_positions` (by channel) contain each
+//!   member's read and delivered positions.
+//! - `message_reactions` shares the `messages` partitions and has one row
+//!   per user and message with the user's reactions. `mentions` (by channel
+//!   and user) and `deleted_messages` (by channel) are clustered by number,
+//!   so unread mentions and deleted unread messages are range counts.
 //! - `client_ids` is keyed by sender and client message id, which makes
 //!   dedupe hold across replicas and restarts.
 //!
@@ -43,12 +48,18 @@
 //!
 //! # Positions without transactions
 //!
-//! Read positions and the activity rows only ever move forward, so they are
-//! written with the position itself as the CQL write timestamp
-//! (`USING TIMESTAMP`). Of two concurrent writes the higher position wins,
-//! in whatever order they arrive, and no read-before-write is needed. These
-//! rows are never deleted, so no tombstone with a real clock timestamp can
-//! hide them. The other tables use ordinary timestamps.
+//! Read and delivered positions and the activity rows only ever move
+//! forward, so they are written with the position itself as the CQL write
+//! timestamp (`USING TIMESTAMP`). Of two concurrent writes the higher
+//! position wins, in whatever order they arrive, and no read-before-write
+//! is needed. These rows are never deleted, so no tombstone with a real
+//! clock timestamp can hide them.
+//!
+//! Two more tables use small timestamps on purpose. An append writes its
+//! `messages` row at timestamp 1, so writing a claimed message's rows again
+//! never undoes an edit or a delete, which are lightweight transactions
+//! with clock timestamps. `mentions` rows carry the message's edit count
+//! plus one (see `changes.rs`). The other tables use ordinary timestamps.
 //!
 //! # Requests
 //!
@@ -75,17 +86,22 @@
 //!   stay local in every case, so a runtime may briefly miss rows written
 //!   in another datacenter.
 
+mod changes;
 mod channels;
 mod config;
 mod connecting;
 mod messages;
+mod positions;
+mod reactions;
 mod rows;
 mod schema;
 mod statements;
+mod summaries;
 #[cfg(test)]
 mod tests;
 mod users;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -105,8 +121,9 @@ pub use schema::{
 };
 
 use super::{
-    Appended, Channel, ChannelSummary, Member, MembershipChange, Message, Millis, NewMessage, Page,
-    Store, StoreError, StoreResult, User, UserAuthState,
+    Appended, Channel, ChannelSummary, Deleter, Member, MembershipChange, Message, MessageChange,
+    MessageEdit, Millis, NewMessage, Page, Positions, Store, StoreError, StoreResult, User,
+    UserAuthState,
 };
 use statements::Statements;
 
@@ -465,6 +482,51 @@ impl Store for ScyllaStore {
         self.append(message).await
     }
 
+    async fn edit_message(&self, edit: MessageEdit) -> StoreResult<MessageChange> {
+        self.check_open()?;
+        self.edit(edit).await
+    }
+
+    async fn delete_message(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        deleter: Deleter<'_>,
+        now: Millis,
+    ) -> StoreResult<MessageChange> {
+        self.check_open()?;
+        self.delete(channel_id, seq, deleter, now).await
+    }
+
+    async fn react(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        user: &str,
+        reaction: &str,
+        add: bool,
+        now: Millis,
+    ) -> StoreResult<MessageChange> {
+        self.check_open()?;
+        self.change_reaction(channel_id, seq, user, reaction, add, now)
+            .await
+    }
+
+    async fn reaction_users(
+        &self,
+        channel_id: &str,
+        seq: u64,
+        user: &str,
+    ) -> StoreResult<BTreeMap<String, Vec<String>>> {
+        self.start_read()?;
+        self.reaction_users_of(channel_id, seq, user).await
+    }
+
+    async fn message(&self, channel_id: &str, seq: u64, user: &str) -> StoreResult<Message> {
+        self.start_read()?;
+        self.single_message(channel_id, seq, user).await
+    }
+
     async fn history(&self, channel_id: &str, user: &str, page: Page) -> StoreResult<Vec<Message>> {
         self.start_read()?;
         self.history_page(channel_id, user, page).await
@@ -473,21 +535,30 @@ impl Store for ScyllaStore {
     async fn messages_between(
         &self,
         channel_id: &str,
+        viewer: &str,
         after: u64,
         up_to: u64,
     ) -> StoreResult<Vec<Message>> {
         self.start_read()?;
-        self.messages_in_range(channel_id, after, up_to).await
+        self.messages_in_range(channel_id, viewer, after, up_to)
+            .await
     }
 
-    async fn mark_read(
+    async fn mark_read(&self, channel_id: &str, user: &str, seq: u64) -> StoreResult<Positions> {
+        self.check_open()?;
+        self.mark(channel_id, user, seq, positions::Mark::Read)
+            .await
+    }
+
+    async fn mark_delivered(
         &self,
         channel_id: &str,
         user: &str,
         seq: u64,
-    ) -> StoreResult<(u64, Vec<String>)> {
+    ) -> StoreResult<Positions> {
         self.check_open()?;
-        self.move_read_position(channel_id, user, seq).await
+        self.mark(channel_id, user, seq, positions::Mark::Delivered)
+            .await
     }
 
     async fn purge_client_ids(&self, older_than: Millis) -> StoreResult<u64> {

@@ -1,5 +1,7 @@
 //! Rows as the driver returns them, and their conversion to store types.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::schema::BUCKET_SIZE;
@@ -53,7 +55,9 @@ pub(super) struct StoredMessage {
     pub sender_id: String,
     pub sender_incarnation: i32,
     pub client_id: String,
-    pub content: Content,
+    /// Always present in the channel row. `None` in a deleted `messages`
+    /// row.
+    pub content: Option<Content>,
     pub created_at: i64,
     /// Hex of the dedupe hash, kept so that the client id row can be
     /// written again from the channel row alone.
@@ -67,22 +71,46 @@ pub(super) struct StoredMessage {
     /// call recognises its own claim after a lost reply.
     #[serde(default)]
     pub claim_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// Sorted user ids without repeats.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    /// Set by edits and deletes, which only change the `messages` row, so
+    /// the channel row never carries these three.
+    #[serde(skip)]
+    pub edited_at: Option<i64>,
+    #[serde(skip)]
+    pub deleted_at: Option<i64>,
+    #[serde(skip)]
+    pub edit_count: i32,
 }
 
 impl StoredMessage {
+    /// Converts to the API message, without reactions. A deleted message
+    /// shows no content and no mentions, whatever a racing write left in
+    /// its row.
     pub(super) fn into_message(self, sender_deleted: bool) -> Message {
+        let deleted = self.deleted_at.is_some();
         Message {
             channel_id: self.channel_id,
             seq: self.seq,
             sender_id: self.sender_id,
             sender_deleted,
             client_id: self.client_id,
-            content: self.content,
+            content: if deleted { None } else { self.content },
+            reply_to: self.reply_to,
+            mentions: if deleted { Vec::new() } else { self.mentions },
+            reactions: BTreeMap::new(),
+            own_reactions: Vec::new(),
             created_at: self.created_at,
+            edited_at: self.edited_at,
+            deleted_at: self.deleted_at,
         }
     }
 }
 
+/// Columns of `MESSAGE_COLUMNS` in `statements.rs`, in that order.
 pub(super) type MessageRow = (
     String,
     i64,
@@ -91,15 +119,42 @@ pub(super) type MessageRow = (
     Option<String>,
     Option<String>,
     Option<i64>,
+    Option<i64>,
+    Option<Vec<String>>,
+    Option<i64>,
+    Option<i64>,
+    Option<i32>,
 );
 
 /// Reads a `messages` row. Rows do not repeat the content hash or the
 /// channel's activity, which only messages read from the channel row carry.
 pub(super) fn message_from_row(row: MessageRow) -> Result<StoredMessage, StoreError> {
-    let (channel_id, seq, sender_id, sender_incarnation, client_id, content, created_at) = row;
-    let content = content.ok_or_else(|| inconsistent("stored message has no content"))?;
-    let content: Content = serde_json::from_str(&content)
-        .map_err(|_| inconsistent("stored message content is not valid JSON"))?;
+    let (
+        channel_id,
+        seq,
+        sender_id,
+        sender_incarnation,
+        client_id,
+        content,
+        created_at,
+        reply_to,
+        mentions,
+        edited_at,
+        deleted_at,
+        edit_count,
+    ) = row;
+    let content = match (content, deleted_at) {
+        (Some(text), _) => Some(
+            serde_json::from_str::<Content>(&text)
+                .map_err(|_| inconsistent("stored message content is not valid JSON"))?,
+        ),
+        (None, Some(_)) => None,
+        (None, None) => return Err(inconsistent("stored message has no content")),
+    };
+    let reply_to = match reply_to {
+        Some(seq) => Some(seq_from_cql(Some(seq))?),
+        None => None,
+    };
     Ok(StoredMessage {
         channel_id,
         seq: seq_from_cql(Some(seq))?,
@@ -111,6 +166,11 @@ pub(super) fn message_from_row(row: MessageRow) -> Result<StoredMessage, StoreEr
         content_hash: String::new(),
         channel_activity: created_at.unwrap_or(0),
         claim_id: 0,
+        reply_to,
+        mentions: mentions.unwrap_or_default(),
+        edited_at,
+        deleted_at,
+        edit_count: edit_count.unwrap_or(0),
     })
 }
 
@@ -240,13 +300,18 @@ mod tests {
             sender_id: "ann".to_owned(),
             sender_incarnation: 2,
             client_id: "c-1".to_owned(),
-            content: Content::Text {
+            content: Some(Content::Text {
                 text: "Chào bạn, hàng còn không?".to_owned(),
-            },
+            }),
             created_at: 1_700_000_000_000,
             content_hash: "ab".repeat(32),
             channel_activity: 1_700_000_000_000,
             claim_id: 7,
+            reply_to: Some(41),
+            mentions: vec!["bob".to_owned()],
+            edited_at: None,
+            deleted_at: None,
+            edit_count: 0,
         };
         let row: ChannelRow = (
             "g_1".to_owned(),
@@ -284,15 +349,64 @@ mod tests {
         ));
         assert!(role_from_cql(Some("admin")).is_err());
         assert_eq!(role_from_cql(Some("owner")).unwrap(), MemberRole::Owner);
-        let message: MessageRow = (
+        let mut message = message_row(Some("{"), None);
+        assert!(message_from_row(message.clone()).is_err());
+        message.5 = None;
+        assert!(message_from_row(message).is_err());
+    }
+
+    fn message_row(content: Option<&str>, deleted_at: Option<i64>) -> MessageRow {
+        (
             "c".to_owned(),
-            1,
+            3,
             Some("a".to_owned()),
             None,
             None,
-            Some("{".to_owned()),
-            None,
-        );
-        assert!(message_from_row(message).is_err());
+            content.map(str::to_owned),
+            Some(10),
+            Some(2),
+            Some(vec!["bob".to_owned()]),
+            Some(11),
+            deleted_at,
+            Some(1),
+        )
+    }
+
+    #[test]
+    fn message_row_reads_new_columns() {
+        let stored = message_row(Some(r#"{"kind":"text","text":"sửa rồi"}"#), None);
+        let stored = message_from_row(stored).unwrap();
+        assert_eq!(stored.reply_to, Some(2));
+        assert_eq!(stored.mentions, ["bob"]);
+        assert_eq!(stored.edited_at, Some(11));
+        assert_eq!(stored.edit_count, 1);
+        let message = stored.into_message(false);
+        assert!(message.content.is_some());
+        assert_eq!(message.mentions, ["bob"]);
+    }
+
+    #[test]
+    fn deleted_message_row_hides_content() {
+        let deleted = message_from_row(message_row(None, Some(12))).unwrap();
+        assert_eq!(deleted.into_message(false).content, None);
+
+        // Content that a racing write left in a deleted row stays hidden.
+        let raced = message_row(Some(r#"{"kind":"text","text":"x"}"#), Some(12));
+        let message = message_from_row(raced).unwrap().into_message(false);
+        assert_eq!(message.content, None);
+        assert!(message.mentions.is_empty());
+        assert_eq!(message.deleted_at, Some(12));
+        assert_eq!(message.reply_to, Some(2));
+    }
+
+    #[test]
+    fn newest_json_without_new_fields_reads() {
+        let old = r#"{"channel_id":"g","seq":1,"sender_id":"a","sender_incarnation":1,
+            "client_id":"c","content":{"kind":"text","text":"hi"},"created_at":1,
+            "content_hash":"00"}"#;
+        let stored: StoredMessage = serde_json::from_str(old).unwrap();
+        assert_eq!(stored.reply_to, None);
+        assert!(stored.mentions.is_empty());
+        assert!(stored.content.is_some());
     }
 }

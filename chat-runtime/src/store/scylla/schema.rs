@@ -10,7 +10,7 @@
 use scylla::client::session::Session;
 
 /// Schema version this build reads and writes.
-pub const REQUIRED_VERSION: i32 = 1;
+pub const REQUIRED_VERSION: i32 = 2;
 
 /// Messages per partition of the `messages` table (see the module docs of
 /// the store).
@@ -40,12 +40,13 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Versions are 1, 2, 3, ... without gaps.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "users, channels, members, messages, read positions and client ids",
-    steps: &[
-        Step::Cql(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.users (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users, channels, members, messages, read positions and client ids",
+        steps: &[
+            Step::Cql(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.users (
                 id text PRIMARY KEY,
                 name text,
                 metadata text,
@@ -55,11 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
                 created_at bigint,
                 updated_at bigint
             )",
-        ),
-        // `newest` is the JSON of the message numbered `last_seq`, written by
-        // the same lightweight transaction that hands out the number.
-        Step::Cql(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.channels (
+            ),
+            // `newest` is the JSON of the message numbered `last_seq`, written by
+            // the same lightweight transaction that hands out the number.
+            Step::Cql(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.channels (
                 id text PRIMARY KEY,
                 kind text,
                 name text,
@@ -70,45 +71,45 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
                 last_activity bigint,
                 newest text
             )",
-        ),
-        Step::Cql(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.members (
+            ),
+            Step::Cql(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.members (
                 channel_id text,
                 user_id text,
                 role text,
                 joined_at bigint,
                 PRIMARY KEY ((channel_id), user_id)
             )",
-        ),
-        Step::Cql(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.user_channels (
+            ),
+            Step::Cql(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.user_channels (
                 user_id text,
                 channel_id text,
                 PRIMARY KEY ((user_id), channel_id)
             )",
-        ),
-        // Written with USING TIMESTAMP equal to last_seq, so the newest
-        // position wins whatever order concurrent writes arrive in.
-        Step::Cql(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.channel_activity (
+            ),
+            // Written with USING TIMESTAMP equal to last_seq, so the newest
+            // position wins whatever order concurrent writes arrive in.
+            Step::Cql(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.channel_activity (
                 user_id text,
                 channel_id text,
                 last_seq bigint,
                 last_activity bigint,
                 PRIMARY KEY ((user_id), channel_id)
             )",
-        ),
-        // Written with USING TIMESTAMP equal to read_seq, for the same reason.
-        Step::Cql(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.read_positions (
+            ),
+            // Written with USING TIMESTAMP equal to read_seq, for the same reason.
+            Step::Cql(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.read_positions (
                 channel_id text,
                 user_id text,
                 read_seq bigint,
                 PRIMARY KEY ((channel_id), user_id)
             )",
-        ),
-        Step::Cql(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.messages (
+            ),
+            Step::Cql(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.messages (
                 channel_id text,
                 bucket bigint,
                 seq bigint,
@@ -119,9 +120,9 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
                 created_at bigint,
                 PRIMARY KEY ((channel_id, bucket), seq)
             ) WITH CLUSTERING ORDER BY (seq DESC)",
-        ),
-        Step::Cql(
-            "CREATE TABLE IF NOT EXISTS {keyspace}.client_ids (
+            ),
+            Step::Cql(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.client_ids (
                 sender_id text,
                 client_id text,
                 channel_id text,
@@ -130,9 +131,92 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
                 created_at bigint,
                 PRIMARY KEY ((sender_id, client_id))
             )",
-        ),
-    ],
-}];
+            ),
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "replies, mentions, edits, deletes, reactions and delivered positions",
+        steps: MIGRATION_2_STEPS,
+    },
+];
+
+const MIGRATION_2_STEPS: &[Step] = &[
+    Step::AddColumn {
+        table: "messages",
+        column: "reply_to",
+        cql_type: "bigint",
+    },
+    // Sorted user ids. Frozen, so that a write replaces the whole set in one
+    // cell instead of leaving a collection tombstone.
+    Step::AddColumn {
+        table: "messages",
+        column: "mentions",
+        cql_type: "frozen<set<text>>",
+    },
+    Step::AddColumn {
+        table: "messages",
+        column: "edited_at",
+        cql_type: "bigint",
+    },
+    Step::AddColumn {
+        table: "messages",
+        column: "deleted_at",
+        cql_type: "bigint",
+    },
+    // Number of applied edits, null before the first one. Edits and deletes
+    // are lightweight transactions conditioned on it.
+    Step::AddColumn {
+        table: "messages",
+        column: "edit_count",
+        cql_type: "int",
+    },
+    // One row per user and message with the user's reactions, so the
+    // per-user limit is checked and written by one lightweight transaction.
+    // The partition matches the `messages` bucket, so a page reads its
+    // reactions with one range query per bucket.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.message_reactions (
+            channel_id text,
+            bucket bigint,
+            seq bigint,
+            user_id text,
+            reactions frozen<set<text>>,
+            updated_at bigint,
+            PRIMARY KEY ((channel_id, bucket), seq, user_id)
+        )",
+    ),
+    // One row per mention, so a member's unread mentions are a range count.
+    // Written with USING TIMESTAMP equal to the message's edit count plus
+    // one, so the newest edit's rows win in whatever order writes arrive.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.mentions (
+            channel_id text,
+            user_id text,
+            seq bigint,
+            PRIMARY KEY ((channel_id, user_id), seq)
+        )",
+    ),
+    // Deleted sequence numbers, so unread counts subtract them with a range
+    // count and the channel list finds the newest message left.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.deleted_messages (
+            channel_id text,
+            seq bigint,
+            deleted_at bigint,
+            PRIMARY KEY ((channel_id), seq)
+        ) WITH CLUSTERING ORDER BY (seq DESC)",
+    ),
+    // Written with USING TIMESTAMP equal to delivered_seq, like read_positions.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.delivered_positions (
+            channel_id text,
+            user_id text,
+            delivered_seq bigint,
+            PRIMARY KEY ((channel_id), user_id)
+        )",
+    ),
+];
 
 const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (
     version int PRIMARY KEY,
@@ -398,6 +482,51 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn migration_1_is_unchanged() {
+        let first = &MIGRATIONS[0];
+        assert_eq!(first.version, 1);
+        assert_eq!(first.steps.len(), 8);
+        assert!(first.steps.iter().all(|step| matches!(step, Step::Cql(_))));
+    }
+
+    #[test]
+    fn migration_2_only_adds() {
+        let second = &MIGRATIONS[1];
+        assert_eq!(second.version, 2);
+        for step in second.steps {
+            if let Step::Cql(statement) = step {
+                assert!(
+                    statement
+                        .trim_start()
+                        .starts_with("CREATE TABLE IF NOT EXISTS"),
+                    "{statement}"
+                );
+            }
+        }
+        let added: Vec<&str> = second
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::AddColumn { table, column, .. } => {
+                    assert_eq!(*table, "messages");
+                    Some(*column)
+                }
+                Step::Cql(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            added,
+            [
+                "reply_to",
+                "mentions",
+                "edited_at",
+                "deleted_at",
+                "edit_count"
+            ]
+        );
     }
 
     #[test]

@@ -49,10 +49,35 @@ pub(super) struct Statements {
     pub select_read_position: PreparedStatement,
     pub select_read_positions: PreparedStatement,
     pub write_read_position: PreparedStatement,
+    pub select_delivered_position: PreparedStatement,
+    pub select_delivered_positions: PreparedStatement,
+    pub write_delivered_position: PreparedStatement,
 
     pub select_message: PreparedStatement,
+    pub select_message_serial: PreparedStatement,
     pub select_messages_oldest_first: PreparedStatement,
     pub insert_message: PreparedStatement,
+    pub edit_unedited_message: PreparedStatement,
+    pub edit_edited_message: PreparedStatement,
+    pub delete_unedited_message: PreparedStatement,
+    pub delete_edited_message: PreparedStatement,
+    pub clear_mentions: PreparedStatement,
+
+    pub select_reactions: PreparedStatement,
+    pub select_user_reactions_serial: PreparedStatement,
+    pub insert_user_reactions: PreparedStatement,
+    pub update_user_reactions: PreparedStatement,
+    pub delete_user_reactions: PreparedStatement,
+    pub delete_message_reactions: PreparedStatement,
+
+    pub write_mention: PreparedStatement,
+    pub remove_mention_at: PreparedStatement,
+    pub delete_mention: PreparedStatement,
+    pub count_mentions: PreparedStatement,
+
+    pub insert_deleted: PreparedStatement,
+    pub count_deleted: PreparedStatement,
+    pub select_deleted_down_from: PreparedStatement,
 
     pub select_client_id: PreparedStatement,
     pub insert_client_id: PreparedStatement,
@@ -66,8 +91,13 @@ const USER_COLUMNS: &str =
     "id, name, metadata, deleted, tokens_not_before, incarnation, created_at, updated_at";
 pub(super) const CHANNEL_COLUMNS: &str =
     "id, kind, name, subject, created_by, created_at, last_seq, last_activity, newest";
-const MESSAGE_COLUMNS: &str =
-    "channel_id, seq, sender_id, sender_incarnation, client_id, content, created_at";
+/// Columns that an append writes. Edits and deletes write the others.
+const MESSAGE_INSERT_COLUMNS: &str = "channel_id, seq, sender_id, sender_incarnation, client_id, \
+     content, created_at, reply_to, mentions";
+const MESSAGE_COLUMNS: &str = "channel_id, seq, sender_id, sender_incarnation, client_id, \
+     content, created_at, reply_to, mentions, edited_at, deleted_at, edit_count";
+/// Key of one `messages` row, in bind order.
+const MESSAGE_KEY: &str = "channel_id = ? AND bucket = ? AND seq = ?";
 
 impl Statements {
     pub(super) async fn prepare(
@@ -233,14 +263,38 @@ impl Statements {
                 )
                 .await?,
 
+            select_delivered_position: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT delivered_seq FROM {ks}.delivered_positions \
+                     WHERE channel_id = ? AND user_id = ?",
+                )
+                .await?,
+            select_delivered_positions: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT user_id, delivered_seq FROM {ks}.delivered_positions \
+                     WHERE channel_id = ?",
+                )
+                .await?,
+            write_delivered_position: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.delivered_positions (channel_id, user_id, delivered_seq) \
+                     VALUES (?, ?, ?) USING TIMESTAMP ?",
+                )
+                .await?,
+
             select_message: preparer
                 .prepare(
                     Kind::Read,
-                    &format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages \
-                         WHERE channel_id = ? AND bucket = ? AND seq = ?"
-                    ),
+                    &format!("SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages WHERE {MESSAGE_KEY}"),
                 )
+                .await?,
+            select_message_serial: preparer
+                .prepare_serial_read(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {{ks}}.messages WHERE {MESSAGE_KEY}"
+                ))
                 .await?,
             select_messages_oldest_first: preparer
                 .prepare(
@@ -252,13 +306,165 @@ impl Statements {
                     ),
                 )
                 .await?,
+            // Timestamp 1 is below every edit and delete, which are
+            // lightweight transactions with clock timestamps, so writing a
+            // claimed message's row again never undoes them.
             insert_message: preparer
                 .prepare(
                     Kind::IdempotentWrite,
                     &format!(
-                        "INSERT INTO {{ks}}.messages (bucket, {MESSAGE_COLUMNS}) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                        "INSERT INTO {{ks}}.messages (bucket, {MESSAGE_INSERT_COLUMNS}) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP 1"
                     ),
+                )
+                .await?,
+            // The sender condition fails for a row that does not exist, so
+            // the update never creates one. `edit_count` makes edits and
+            // deletes of one message compare-and-set, so each knows the
+            // mentions it replaces. CQL compares with null only as a
+            // literal, hence one statement for a message never edited.
+            edit_unedited_message: preparer
+                .prepare(
+                    Kind::Conditional,
+                    &format!(
+                        "UPDATE {{ks}}.messages SET content = ?, mentions = ?, edited_at = ?, \
+                         edit_count = ? WHERE {MESSAGE_KEY} \
+                         IF sender_id = ? AND deleted_at = null AND edit_count = null"
+                    ),
+                )
+                .await?,
+            edit_edited_message: preparer
+                .prepare(
+                    Kind::Conditional,
+                    &format!(
+                        "UPDATE {{ks}}.messages SET content = ?, mentions = ?, edited_at = ?, \
+                         edit_count = ? WHERE {MESSAGE_KEY} \
+                         IF sender_id = ? AND deleted_at = null AND edit_count = ?"
+                    ),
+                )
+                .await?,
+            delete_unedited_message: preparer
+                .prepare(
+                    Kind::Conditional,
+                    &format!(
+                        "UPDATE {{ks}}.messages SET content = null, deleted_at = ? \
+                         WHERE {MESSAGE_KEY} \
+                         IF sender_id = ? AND deleted_at = null AND edit_count = null"
+                    ),
+                )
+                .await?,
+            delete_edited_message: preparer
+                .prepare(
+                    Kind::Conditional,
+                    &format!(
+                        "UPDATE {{ks}}.messages SET content = null, deleted_at = ? \
+                         WHERE {MESSAGE_KEY} \
+                         IF sender_id = ? AND deleted_at = null AND edit_count = ?"
+                    ),
+                )
+                .await?,
+            clear_mentions: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    &format!("UPDATE {{ks}}.messages SET mentions = null WHERE {MESSAGE_KEY}"),
+                )
+                .await?,
+
+            select_reactions: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT seq, user_id, reactions FROM {ks}.message_reactions \
+                     WHERE channel_id = ? AND bucket = ? AND seq >= ? AND seq <= ?",
+                )
+                .await?,
+            select_user_reactions_serial: preparer
+                .prepare_serial_read(&format!(
+                    "SELECT reactions FROM {{ks}}.message_reactions \
+                     WHERE {MESSAGE_KEY} AND user_id = ?"
+                ))
+                .await?,
+            insert_user_reactions: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "INSERT INTO {ks}.message_reactions \
+                     (channel_id, bucket, seq, user_id, reactions, updated_at) \
+                     VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            update_user_reactions: preparer
+                .prepare(
+                    Kind::Conditional,
+                    &format!(
+                        "UPDATE {{ks}}.message_reactions SET reactions = ?, updated_at = ? \
+                         WHERE {MESSAGE_KEY} AND user_id = ? IF reactions = ?"
+                    ),
+                )
+                .await?,
+            delete_user_reactions: preparer
+                .prepare(
+                    Kind::Conditional,
+                    &format!(
+                        "DELETE FROM {{ks}}.message_reactions \
+                         WHERE {MESSAGE_KEY} AND user_id = ? IF reactions = ?"
+                    ),
+                )
+                .await?,
+            delete_message_reactions: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    &format!("DELETE FROM {{ks}}.message_reactions WHERE {MESSAGE_KEY}"),
+                )
+                .await?,
+
+            write_mention: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.mentions (channel_id, user_id, seq) VALUES (?, ?, ?) \
+                     USING TIMESTAMP ?",
+                )
+                .await?,
+            remove_mention_at: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "DELETE FROM {ks}.mentions USING TIMESTAMP ? \
+                     WHERE channel_id = ? AND user_id = ? AND seq = ?",
+                )
+                .await?,
+            // A clock timestamp, far above the edit counts that the other
+            // mention writes use, so a deleted message's mentions stay gone.
+            delete_mention: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "DELETE FROM {ks}.mentions WHERE channel_id = ? AND user_id = ? AND seq = ?",
+                )
+                .await?,
+            count_mentions: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT COUNT(*) FROM {ks}.mentions \
+                     WHERE channel_id = ? AND user_id = ? AND seq > ? AND seq <= ?",
+                )
+                .await?,
+
+            insert_deleted: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.deleted_messages (channel_id, seq, deleted_at) \
+                     VALUES (?, ?, ?)",
+                )
+                .await?,
+            count_deleted: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT COUNT(*) FROM {ks}.deleted_messages \
+                     WHERE channel_id = ? AND seq > ? AND seq <= ?",
+                )
+                .await?,
+            select_deleted_down_from: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT seq FROM {ks}.deleted_messages \
+                     WHERE channel_id = ? AND seq <= ? LIMIT ?",
                 )
                 .await?,
 

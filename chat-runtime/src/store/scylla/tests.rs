@@ -218,6 +218,8 @@ async fn history_crosses_buckets() {
                 content: crate::store::Content::Text {
                     text: format!("tin nhắn số {i}"),
                 },
+                reply_to: None,
+                mentions: Vec::new(),
                 created_at: 1,
             })
             .await
@@ -275,19 +277,25 @@ async fn unfinished_message_is_completed() {
     let content = crate::store::Content::Text {
         text: "Mình lấy cái này nhé".to_owned(),
     };
-    let hash =
-        crate::store::keys::hex(&crate::store::keys::content_hash(&group.id, &content).unwrap());
+    let hash = crate::store::keys::hex(
+        &crate::store::keys::content_hash(&group.id, &content, None, &[]).unwrap(),
+    );
     let unfinished = rows::StoredMessage {
         channel_id: group.id.clone(),
         seq: 1,
         sender_id: "ann".to_owned(),
         sender_incarnation: 1,
         client_id: "c1".to_owned(),
-        content: content.clone(),
+        content: Some(content.clone()),
         created_at: 5,
         content_hash: hash,
         channel_activity: 5,
         claim_id: 1,
+        reply_to: None,
+        mentions: Vec::new(),
+        edited_at: None,
+        deleted_at: None,
+        edit_count: 0,
     };
     let record = store.channel(&group.id).await.unwrap().unwrap();
     assert!(store.claim(&record, &unfinished).await.unwrap());
@@ -308,6 +316,8 @@ async fn unfinished_message_is_completed() {
             content: crate::store::Content::Text {
                 text: "Ok bạn".to_owned(),
             },
+            reply_to: None,
+            mentions: Vec::new(),
             created_at: 6,
         })
         .await
@@ -321,6 +331,8 @@ async fn unfinished_message_is_completed() {
             sender_id: "ann".to_owned(),
             client_id: "c1".to_owned(),
             content,
+            reply_to: None,
+            mentions: Vec::new(),
             created_at: 7,
         })
         .await

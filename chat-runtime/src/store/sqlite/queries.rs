@@ -4,15 +4,16 @@
 //! read operations inside a read transaction of a pooled connection, so each
 //! function reads from one consistent snapshot.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
 use crate::store::{
-    Appended, Channel, ChannelKind, ChannelSummary, Content, Member, MemberRole, MembershipChange,
-    Message, Millis, NewMessage, Page, StoreError, User, UserAuthState, keys,
+    Appended, Channel, ChannelKind, ChannelSummary, Content, Deleter, MAX_REACTIONS_PER_USER,
+    Member, MemberRole, MembershipChange, Message, MessageChange, MessageEdit, Millis, NewMessage,
+    Page, Positions, StoreError, User, UserAuthState, keys,
 };
 
 /// Failure of one operation: either a store-level outcome that the caller
@@ -124,16 +125,34 @@ fn role_from_sql(row: &Row<'_>, index: usize) -> rusqlite::Result<MemberRole> {
 
 /// Message columns with `sender_deleted` computed from the users table: the
 /// sender is deleted now, or the id was deleted and created again since the
-/// message was written.
+/// message was written. Reactions come from their own table, through
+/// [`attach_reactions`].
 const MESSAGE_SELECT: &str = "SELECT m.channel_id, m.seq, m.sender_id, \
      COALESCE(u.deleted <> 0 OR u.incarnation <> m.sender_incarnation, 1), \
-     m.client_id, m.content, m.created_at \
+     m.client_id, m.content, m.created_at, m.reply_to, m.mentions, m.edited_at, m.deleted_at \
      FROM messages m LEFT JOIN users u ON u.id = m.sender_id";
 
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
-    let content: String = row.get(5)?;
-    let content: Content = serde_json::from_str(&content)
-        .map_err(|_| invalid_column(5, "stored message content is not valid JSON"))?;
+    let deleted_at: Option<Millis> = row.get(10)?;
+    // A deleted message's content column holds JSON null.
+    let content = match deleted_at {
+        Some(_) => None,
+        None => {
+            let content: String = row.get(5)?;
+            let content: Content = serde_json::from_str(&content)
+                .map_err(|_| invalid_column(5, "stored message content is not valid JSON"))?;
+            Some(content)
+        }
+    };
+    let mentions = match row.get::<_, Option<String>>(8)? {
+        Some(mentions) => serde_json::from_str(&mentions)
+            .map_err(|_| invalid_column(8, "stored mentions are not a JSON array of ids"))?,
+        None => Vec::new(),
+    };
+    let reply_to = match row.get::<_, Option<i64>>(7)? {
+        Some(seq) => Some(u64::try_from(seq).map_err(|_| invalid_column(7, "negative reply_to"))?),
+        None => None,
+    };
     Ok(Message {
         channel_id: row.get(0)?,
         seq: get_seq(row, 1)?,
@@ -141,8 +160,62 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
         sender_deleted: row.get(3)?,
         client_id: row.get(4)?,
         content,
+        reply_to,
+        mentions,
+        reactions: BTreeMap::new(),
+        own_reactions: Vec::new(),
         created_at: row.get(6)?,
+        edited_at: row.get(9)?,
+        deleted_at,
     })
+}
+
+/// Fills in `reactions`, and `own_reactions` of `viewer`, for messages of
+/// one channel sorted by `seq`, with one range query.
+fn attach_reactions(
+    conn: &Connection,
+    channel_id: &str,
+    viewer: Option<&str>,
+    messages: &mut [Message],
+) -> OpResult<()> {
+    let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+        return Ok(());
+    };
+    let mut statement = conn.prepare_cached(
+        "SELECT seq, reaction, COUNT(*), MAX(user_id = ?4) FROM reactions \
+         WHERE channel_id = ?1 AND seq >= ?2 AND seq <= ?3 GROUP BY seq, reaction",
+    )?;
+    let rows = statement
+        .query_map(
+            params![
+                channel_id,
+                seq_to_sql(first.seq),
+                seq_to_sql(last.seq),
+                viewer
+            ],
+            |row| {
+                let count: i64 = row.get(2)?;
+                let own: Option<bool> = row.get(3)?;
+                Ok((
+                    get_seq(row, 0)?,
+                    row.get::<_, String>(1)?,
+                    count as u64,
+                    own.unwrap_or(false),
+                ))
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (seq, reaction, count, own) in rows {
+        let Ok(index) = messages.binary_search_by_key(&seq, |message| message.seq) else {
+            continue;
+        };
+        let message = &mut messages[index];
+        if own {
+            message.own_reactions.push(reaction.clone());
+        }
+        message.reactions.insert(reaction, count);
+    }
+    Ok(())
 }
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
@@ -225,13 +298,33 @@ fn list_member_ids(conn: &Connection, channel_id: &str) -> OpResult<Vec<String>>
     Ok(ids)
 }
 
-fn load_message(conn: &Connection, channel_id: &str, seq: u64) -> OpResult<Option<Message>> {
+/// Reads one message with its reactions, and `own_reactions` of `viewer`.
+fn load_message(
+    conn: &Connection,
+    channel_id: &str,
+    seq: u64,
+    viewer: Option<&str>,
+) -> OpResult<Option<Message>> {
     let sql = format!("{MESSAGE_SELECT} WHERE m.channel_id = ?1 AND m.seq = ?2");
     let message = conn
         .prepare_cached(&sql)?
         .query_row(params![channel_id, seq_to_sql(seq)], message_from_row)
         .optional()?;
-    Ok(message)
+    let Some(message) = message else {
+        return Ok(None);
+    };
+    let mut messages = [message];
+    attach_reactions(conn, channel_id, viewer, &mut messages)?;
+    let [message] = messages;
+    Ok(Some(message))
+}
+
+/// Reads a message with its reactions, or `NotFound`.
+fn existing_message(conn: &Connection, channel_id: &str, seq: u64) -> OpResult<Message> {
+    match load_message(conn, channel_id, seq, None)? {
+        Some(message) => Ok(message),
+        None => not_found(),
+    }
 }
 
 // Users.
@@ -517,7 +610,8 @@ pub(super) fn channel_for_member(
 ) -> OpResult<(Channel, Vec<Member>)> {
     let (channel, _) = channel_of_member(conn, channel_id, user)?;
     let mut statement = conn.prepare_cached(
-        "SELECT user_id, role, read_seq FROM members WHERE channel_id = ?1 ORDER BY user_id",
+        "SELECT user_id, role, read_seq, delivered_seq FROM members WHERE channel_id = ?1 \
+         ORDER BY user_id",
     )?;
     let members = statement
         .query_map([channel_id], |row| {
@@ -525,6 +619,7 @@ pub(super) fn channel_for_member(
                 user_id: row.get(0)?,
                 role: role_from_sql(row, 1)?,
                 read_seq: get_seq(row, 2)?,
+                delivered_seq: get_seq(row, 3)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -576,18 +671,70 @@ pub(super) fn list_channels(
     let mut summaries = Vec::with_capacity(rows.len());
     for (channel, read_seq) in rows {
         let last_message = if channel.last_seq > 0 {
-            load_message(conn, &channel.id, channel.last_seq)?
+            newest_visible_message(conn, &channel.id, user)?
         } else {
             None
         };
+        let deleted_unread = count_deleted_after(conn, &channel.id, read_seq)?;
         summaries.push(ChannelSummary {
-            unread: channel.last_seq.saturating_sub(read_seq),
+            unread: channel
+                .last_seq
+                .saturating_sub(read_seq)
+                .saturating_sub(deleted_unread),
+            unread_mentions: count_mentions_after(conn, &channel.id, user, read_seq)?,
             read_seq,
             last_message,
             channel,
         });
     }
     Ok(summaries)
+}
+
+/// The newest message of a channel that is not deleted. The scan walks the
+/// primary key backwards and skips deleted rows, so it reads one row per
+/// deleted message at the end of the channel.
+fn newest_visible_message(
+    conn: &Connection,
+    channel_id: &str,
+    viewer: &str,
+) -> OpResult<Option<Message>> {
+    let seq: Option<i64> = conn
+        .prepare_cached(
+            "SELECT seq FROM messages WHERE channel_id = ?1 AND deleted_at IS NULL \
+             ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([channel_id], |row| row.get(0))
+        .optional()?;
+    match seq {
+        Some(seq) => load_message(conn, channel_id, seq as u64, Some(viewer)),
+        None => Ok(None),
+    }
+}
+
+fn count_deleted_after(conn: &Connection, channel_id: &str, after: u64) -> OpResult<u64> {
+    let count: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM messages \
+             WHERE channel_id = ?1 AND seq > ?2 AND deleted_at IS NOT NULL",
+        )?
+        .query_row(params![channel_id, seq_to_sql(after)], |row| row.get(0))?;
+    Ok(count as u64)
+}
+
+fn count_mentions_after(
+    conn: &Connection,
+    channel_id: &str,
+    user: &str,
+    after: u64,
+) -> OpResult<u64> {
+    let count: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM mentions WHERE channel_id = ?1 AND user_id = ?2 AND seq > ?3",
+        )?
+        .query_row(params![channel_id, user, seq_to_sql(after)], |row| {
+            row.get(0)
+        })?;
+    Ok(count as u64)
 }
 
 // Messages.
@@ -598,6 +745,8 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         sender_id,
         client_id,
         content,
+        reply_to,
+        mentions,
         created_at,
     } = message;
 
@@ -606,7 +755,7 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
     }
     let incarnation = active_incarnation(conn, &sender_id)?;
     keys::check_content(&content)?;
-    let hash = keys::content_hash(&channel_id, &content)?;
+    let hash = keys::content_hash(&channel_id, &content, reply_to, &mentions)?;
 
     let previous: Option<(String, u64, Vec<u8>)> = conn
         .prepare_cached(
@@ -621,7 +770,7 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         if stored_channel != channel_id || stored_hash != hash {
             return Err(OpError::Store(StoreError::ClientIdConflict));
         }
-        let Some(stored) = load_message(conn, &channel_id, stored_seq)? else {
+        let Some(stored) = load_message(conn, &channel_id, stored_seq, None)? else {
             return Err(inconsistent("client id refers to a missing message"));
         };
         return Ok(Appended {
@@ -630,6 +779,11 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
             members: list_member_ids(conn, &channel_id)?,
         });
     }
+
+    if let Some(reply_to) = reply_to {
+        check_reply_target(conn, &channel_id, reply_to)?;
+    }
+    check_mentions(conn, &channel_id, &mentions)?;
 
     // The channel row is the only source of sequence numbers. The write lock
     // is held from BEGIN IMMEDIATE to COMMIT, so processes sharing the file
@@ -645,7 +799,7 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
     let content_json = serde_json::to_string(&content)?;
     conn.prepare_cached(
         "INSERT INTO messages (channel_id, seq, sender_id, sender_incarnation, client_id, content, \
-         created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         created_at, reply_to, mentions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         channel_id,
@@ -654,8 +808,11 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         incarnation,
         client_id,
         content_json,
-        created_at
+        created_at,
+        reply_to.map(seq_to_sql),
+        mentions_json(&mentions)?,
     ])?;
+    insert_mentions(conn, &channel_id, seq, &mentions)?;
     conn.prepare_cached(
         "INSERT INTO client_ids (sender_id, client_id, channel_id, seq, content_hash, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -668,8 +825,11 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         hash,
         created_at
     ])?;
-    conn.prepare_cached("UPDATE members SET read_seq = ?3 WHERE channel_id = ?1 AND user_id = ?2")?
-        .execute(params![channel_id, sender_id, seq_to_sql(seq)])?;
+    conn.prepare_cached(
+        "UPDATE members SET read_seq = ?3, delivered_seq = MAX(delivered_seq, ?3) \
+         WHERE channel_id = ?1 AND user_id = ?2",
+    )?
+    .execute(params![channel_id, sender_id, seq_to_sql(seq)])?;
 
     let members = list_member_ids(conn, &channel_id)?;
     Ok(Appended {
@@ -679,12 +839,308 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
             sender_id,
             sender_deleted: false,
             client_id,
-            content,
+            content: Some(content),
+            reply_to,
+            mentions,
+            reactions: BTreeMap::new(),
+            own_reactions: Vec::new(),
             created_at,
+            edited_at: None,
+            deleted_at: None,
         },
         duplicate: false,
         members,
     })
+}
+
+/// Checks that `seq` names a message of the channel that is not deleted.
+fn check_reply_target(conn: &Connection, channel_id: &str, seq: u64) -> OpResult<()> {
+    let deleted_at: Option<Option<Millis>> = conn
+        .prepare_cached("SELECT deleted_at FROM messages WHERE channel_id = ?1 AND seq = ?2")?
+        .query_row(params![channel_id, seq_to_sql(seq)], |row| row.get(0))
+        .optional()?;
+    match deleted_at {
+        None => Err(OpError::Store(StoreError::Invalid(
+            "reply_to does not name a message of this channel",
+        ))),
+        Some(Some(_)) => Err(OpError::Store(StoreError::Invalid(
+            "cannot reply to a deleted message",
+        ))),
+        Some(None) => Ok(()),
+    }
+}
+
+fn check_mentions(conn: &Connection, channel_id: &str, mentions: &[String]) -> OpResult<()> {
+    for user in mentions {
+        if member_role(conn, channel_id, user)?.is_none() {
+            return Err(OpError::Store(StoreError::Invalid(
+                "a mentioned user is not a member of the channel",
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn mentions_json(mentions: &[String]) -> OpResult<Option<String>> {
+    if mentions.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::to_string(mentions)?))
+}
+
+fn insert_mentions(
+    conn: &Connection,
+    channel_id: &str,
+    seq: u64,
+    mentions: &[String],
+) -> OpResult<()> {
+    let mut statement = conn.prepare_cached(
+        "INSERT OR IGNORE INTO mentions (channel_id, user_id, seq) VALUES (?1, ?2, ?3)",
+    )?;
+    for user in mentions {
+        statement.execute(params![channel_id, user, seq_to_sql(seq)])?;
+    }
+    Ok(())
+}
+
+fn delete_mentions(
+    conn: &Connection,
+    channel_id: &str,
+    seq: u64,
+    mentions: &[String],
+) -> OpResult<()> {
+    let mut statement = conn.prepare_cached(
+        "DELETE FROM mentions WHERE channel_id = ?1 AND user_id = ?2 AND seq = ?3",
+    )?;
+    for user in mentions {
+        statement.execute(params![channel_id, user, seq_to_sql(seq)])?;
+    }
+    Ok(())
+}
+
+/// Returns the message if `user` is a member and wrote it, `Forbidden` if
+/// someone else wrote it, and `Invalid` if it is deleted.
+fn own_live_message(
+    conn: &Connection,
+    channel_id: &str,
+    seq: u64,
+    user: &str,
+    forbidden: &'static str,
+    deleted: &'static str,
+) -> OpResult<Message> {
+    channel_of_member(conn, channel_id, user)?;
+    let message = existing_message(conn, channel_id, seq)?;
+    // `sender_deleted` is also set when the sender's id was deleted and
+    // created again, so a new user of a reused id cannot edit the old
+    // user's messages.
+    if message.sender_id != user || message.sender_deleted {
+        return Err(OpError::Store(StoreError::Forbidden(forbidden)));
+    }
+    if message.deleted_at.is_some() {
+        return Err(OpError::Store(StoreError::Invalid(deleted)));
+    }
+    Ok(message)
+}
+
+pub(super) fn edit_message(conn: &Connection, edit: MessageEdit) -> OpResult<MessageChange> {
+    let MessageEdit {
+        channel_id,
+        seq,
+        editor,
+        content,
+        mentions,
+        edited_at,
+    } = edit;
+    let message = own_live_message(
+        conn,
+        &channel_id,
+        seq,
+        &editor,
+        "only the sender can edit a message",
+        "a deleted message cannot be edited",
+    )?;
+    keys::check_content(&content)?;
+
+    if let Some(mentions) = &mentions {
+        check_mentions(conn, &channel_id, mentions)?;
+        delete_mentions(conn, &channel_id, seq, &message.mentions)?;
+        insert_mentions(conn, &channel_id, seq, mentions)?;
+        conn.prepare_cached(
+            "UPDATE messages SET mentions = ?3 WHERE channel_id = ?1 AND seq = ?2",
+        )?
+        .execute(params![
+            channel_id,
+            seq_to_sql(seq),
+            mentions_json(mentions)?
+        ])?;
+    }
+    conn.prepare_cached(
+        "UPDATE messages SET content = ?3, edited_at = ?4 WHERE channel_id = ?1 AND seq = ?2",
+    )?
+    .execute(params![
+        channel_id,
+        seq_to_sql(seq),
+        serde_json::to_string(&content)?,
+        edited_at
+    ])?;
+
+    Ok(MessageChange {
+        message: existing_message(conn, &channel_id, seq)?,
+        members: list_member_ids(conn, &channel_id)?,
+        changed: true,
+    })
+}
+
+pub(super) fn delete_message(
+    conn: &Connection,
+    channel_id: &str,
+    seq: u64,
+    deleter: Deleter<'_>,
+    now: Millis,
+) -> OpResult<MessageChange> {
+    let message = match deleter {
+        Deleter::Member(user) => {
+            channel_of_member(conn, channel_id, user)?;
+            let message = existing_message(conn, channel_id, seq)?;
+            if message.sender_id != user || message.sender_deleted {
+                return Err(OpError::Store(StoreError::Forbidden(
+                    "only the sender can delete a message",
+                )));
+            }
+            message
+        }
+        Deleter::Server => existing_message(conn, channel_id, seq)?,
+    };
+    let members = list_member_ids(conn, channel_id)?;
+    if message.deleted_at.is_some() {
+        return Ok(MessageChange {
+            message,
+            members,
+            changed: false,
+        });
+    }
+
+    delete_mentions(conn, channel_id, seq, &message.mentions)?;
+    conn.prepare_cached("DELETE FROM reactions WHERE channel_id = ?1 AND seq = ?2")?
+        .execute(params![channel_id, seq_to_sql(seq)])?;
+    conn.prepare_cached(
+        "UPDATE messages SET content = 'null', mentions = NULL, deleted_at = ?3 \
+         WHERE channel_id = ?1 AND seq = ?2",
+    )?
+    .execute(params![channel_id, seq_to_sql(seq), now])?;
+
+    Ok(MessageChange {
+        message: existing_message(conn, channel_id, seq)?,
+        members,
+        changed: true,
+    })
+}
+
+pub(super) fn react(
+    conn: &Connection,
+    channel_id: &str,
+    seq: u64,
+    user: &str,
+    reaction: &str,
+    add: bool,
+    now: Millis,
+) -> OpResult<MessageChange> {
+    channel_of_member(conn, channel_id, user)?;
+    let message = existing_message(conn, channel_id, seq)?;
+    if message.deleted_at.is_some() {
+        return Err(OpError::Store(StoreError::Invalid(
+            "a deleted message cannot get reactions",
+        )));
+    }
+
+    let changed = if add {
+        add_reaction(conn, channel_id, seq, user, reaction, now)?
+    } else {
+        conn.prepare_cached(
+            "DELETE FROM reactions \
+             WHERE channel_id = ?1 AND seq = ?2 AND reaction = ?3 AND user_id = ?4",
+        )?
+        .execute(params![channel_id, seq_to_sql(seq), reaction, user])?
+            == 1
+    };
+
+    Ok(MessageChange {
+        message: existing_message(conn, channel_id, seq)?,
+        members: list_member_ids(conn, channel_id)?,
+        changed,
+    })
+}
+
+/// Adds a reaction unless the user has it; returns whether it was added.
+fn add_reaction(
+    conn: &Connection,
+    channel_id: &str,
+    seq: u64,
+    user: &str,
+    reaction: &str,
+    now: Millis,
+) -> OpResult<bool> {
+    let mut own: Vec<String> = conn
+        .prepare_cached(
+            "SELECT reaction FROM reactions WHERE channel_id = ?1 AND seq = ?2 AND user_id = ?3",
+        )?
+        .query_map(params![channel_id, seq_to_sql(seq), user], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    own.sort();
+    if own
+        .binary_search_by(|existing| existing.as_str().cmp(reaction))
+        .is_ok()
+    {
+        return Ok(false);
+    }
+    if own.len() >= MAX_REACTIONS_PER_USER {
+        return Err(OpError::Store(StoreError::Invalid(
+            "too many different reactions of one user on this message",
+        )));
+    }
+    conn.prepare_cached(
+        "INSERT INTO reactions (channel_id, seq, reaction, user_id, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![channel_id, seq_to_sql(seq), reaction, user, now])?;
+    Ok(true)
+}
+
+pub(super) fn reaction_users(
+    conn: &Connection,
+    channel_id: &str,
+    seq: u64,
+    user: &str,
+) -> OpResult<BTreeMap<String, Vec<String>>> {
+    channel_of_member(conn, channel_id, user)?;
+    existing_message(conn, channel_id, seq)?;
+    let mut statement = conn.prepare_cached(
+        "SELECT reaction, user_id FROM reactions WHERE channel_id = ?1 AND seq = ?2 \
+         ORDER BY reaction, user_id",
+    )?;
+    let rows = statement
+        .query_map(params![channel_id, seq_to_sql(seq)], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (reaction, user_id) in rows {
+        users.entry(reaction).or_default().push(user_id);
+    }
+    Ok(users)
+}
+
+pub(super) fn message(
+    conn: &Connection,
+    channel_id: &str,
+    seq: u64,
+    user: &str,
+) -> OpResult<Message> {
+    channel_of_member(conn, channel_id, user)?;
+    match load_message(conn, channel_id, seq, Some(user))? {
+        Some(message) => Ok(message),
+        None => not_found(),
+    }
 }
 
 pub(super) fn history(
@@ -717,12 +1173,14 @@ pub(super) fn history(
     if newest_first {
         messages.reverse();
     }
+    attach_reactions(conn, channel_id, Some(user), &mut messages)?;
     Ok(messages)
 }
 
 pub(super) fn messages_between(
     conn: &Connection,
     channel_id: &str,
+    viewer: &str,
     after: u64,
     up_to: u64,
 ) -> OpResult<Vec<Message>> {
@@ -730,35 +1188,71 @@ pub(super) fn messages_between(
         "{MESSAGE_SELECT} WHERE m.channel_id = ?1 AND m.seq > ?2 AND m.seq <= ?3 ORDER BY m.seq"
     );
     let mut statement = conn.prepare_cached(&sql)?;
-    let messages = statement
+    let mut messages = statement
         .query_map(
             params![channel_id, seq_to_sql(after), seq_to_sql(up_to)],
             message_from_row,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    attach_reactions(conn, channel_id, Some(viewer), &mut messages)?;
     Ok(messages)
 }
 
-pub(super) fn mark_read(
+/// Which position a receipt moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Receipt {
+    Read,
+    Delivered,
+}
+
+/// Moves the read or delivered position of `user` forward to `seq`, capped
+/// at the channel's `last_seq`. Reading also counts as delivery.
+pub(super) fn move_position(
     conn: &Connection,
     channel_id: &str,
     user: &str,
     seq: u64,
-) -> OpResult<(u64, Vec<String>)> {
-    let position: Option<u64> = conn
+    receipt: Receipt,
+) -> OpResult<Positions> {
+    let current: Option<(u64, u64, u64)> = conn
         .prepare_cached(
-            "UPDATE members SET read_seq = MAX(read_seq, \
-                 MIN(?3, (SELECT last_seq FROM channels WHERE id = ?1))) \
-             WHERE channel_id = ?1 AND user_id = ?2 RETURNING read_seq",
+            "SELECT m.read_seq, m.delivered_seq, c.last_seq \
+             FROM members m JOIN channels c ON c.id = m.channel_id \
+             WHERE m.channel_id = ?1 AND m.user_id = ?2",
         )?
-        .query_row(params![channel_id, user, seq_to_sql(seq)], |row| {
-            get_seq(row, 0)
+        .query_row(params![channel_id, user], |row| {
+            Ok((get_seq(row, 0)?, get_seq(row, 1)?, get_seq(row, 2)?))
         })
         .optional()?;
-    let Some(position) = position else {
+    let Some((read_seq, delivered_seq, last_seq)) = current else {
         return not_found();
     };
-    Ok((position, list_member_ids(conn, channel_id)?))
+
+    let target = seq.min(last_seq);
+    let new_read = match receipt {
+        Receipt::Read => read_seq.max(target),
+        Receipt::Delivered => read_seq,
+    };
+    let new_delivered = delivered_seq.max(target).max(new_read);
+    let changed = (new_read, new_delivered) != (read_seq, delivered_seq);
+    if changed {
+        conn.prepare_cached(
+            "UPDATE members SET read_seq = ?3, delivered_seq = ?4 \
+             WHERE channel_id = ?1 AND user_id = ?2",
+        )?
+        .execute(params![
+            channel_id,
+            user,
+            seq_to_sql(new_read),
+            seq_to_sql(new_delivered)
+        ])?;
+    }
+    Ok(Positions {
+        read_seq: new_read,
+        delivered_seq: new_delivered,
+        changed,
+        members: list_member_ids(conn, channel_id)?,
+    })
 }
 
 pub(super) fn purge_client_ids(conn: &Connection, older_than: Millis) -> OpResult<u64> {

@@ -5,9 +5,13 @@ use rusqlite::Connection;
 use super::queries::{OpError, OpResult};
 use crate::store::StoreError;
 
-/// Value of `PRAGMA user_version` once [`SCHEMA`] is in place. A file with a
-/// higher version was written by a newer build and is not opened.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+/// Value of `PRAGMA user_version` once every entry of [`MIGRATIONS`] is in
+/// place. A file with a higher version was written by a newer build and is
+/// not opened.
+pub(super) const SCHEMA_VERSION: i64 = 2;
+
+/// SQL that takes a file from version `index` to `index + 1`.
+pub(super) const MIGRATIONS: [&str; 2] = [SCHEMA, EDITS_REACTIONS_RECEIPTS];
 
 /// Every statement is `IF NOT EXISTS`, so a process that lost the race to
 /// create a new file runs it again without harm.
@@ -88,6 +92,43 @@ CREATE TABLE IF NOT EXISTS client_ids (
 CREATE INDEX IF NOT EXISTS client_ids_by_age ON client_ids (created_at);
 ";
 
+/// Edits, soft deletes, replies, mentions, reactions and delivery positions.
+/// `ALTER TABLE` has no `IF NOT EXISTS`, so this runs only on a file whose
+/// recorded version is below it, inside the same write lock as the version check.
+const EDITS_REACTIONS_RECEIPTS: &str = "
+ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+-- JSON array of user ids, NULL when there are none.
+ALTER TABLE messages ADD COLUMN mentions TEXT;
+ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+ALTER TABLE messages ADD COLUMN deleted_at INTEGER;
+
+ALTER TABLE members ADD COLUMN delivered_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE members SET delivered_seq = read_seq;
+
+-- Unread counts subtract deleted messages, which this index finds without
+-- reading the others.
+CREATE INDEX IF NOT EXISTS deleted_messages ON messages (channel_id, seq)
+    WHERE deleted_at IS NOT NULL;
+
+-- One row per mention of a user, for unread mention counts. Rows of a
+-- deleted message are removed with its content.
+CREATE TABLE IF NOT EXISTS mentions (
+    channel_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (channel_id, user_id, seq)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS reactions (
+    channel_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    reaction TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (channel_id, seq, reaction, user_id)
+) STRICT, WITHOUT ROWID;
+";
+
 /// Creates the tables of a new file, or checks the version of an existing one.
 ///
 /// `BEGIN IMMEDIATE` takes the write lock before `user_version` is read, so
@@ -117,9 +158,10 @@ fn create_or_check(conn: &Connection) -> OpResult<()> {
         );
         return Err(OpError::Store(StoreError::Unavailable(message.into())));
     }
-    if version < SCHEMA_VERSION {
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    let applied = usize::try_from(version).unwrap_or(0);
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        conn.execute_batch(migration)?;
+        conn.pragma_update(None, "user_version", index as i64 + 1)?;
     }
     Ok(())
 }

@@ -4,6 +4,12 @@
 //! replicas. A write always completes before anything is delivered, so no
 //! client ever sees a message that is not durable.
 
+mod message_changes;
+mod receipts;
+
+pub use message_changes::{delete_message, edit_message, react};
+pub use receipts::{Receipts, mark_delivered, mark_read, receipts};
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,7 +102,7 @@ pub fn now_millis() -> i64 {
 /// Takes one action from the user's rate bucket. Sends and channel changes
 /// share the bucket, since each one makes the server write and notify
 /// other users' sockets.
-fn take_rate(tenant: &Tenant, user: &str) -> Result<(), ChatError> {
+pub(crate) fn take_rate(tenant: &Tenant, user: &str) -> Result<(), ChatError> {
     let settings = tenant.settings();
     let Err(wait) = tenant
         .rate
@@ -116,27 +122,43 @@ fn take_rate(tenant: &Tenant, user: &str) -> Result<(), ChatError> {
     Err(error)
 }
 
+/// A message as a client sends it.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub channel_id: String,
+    pub client_id: String,
+    pub content: Content,
+    pub reply_to: Option<u64>,
+    pub mentions: Vec<String>,
+}
+
 /// Checks, stores and delivers one message.
 pub async fn send_message(
     tenant: &Tenant,
     metrics: &Metrics,
     sender: &str,
-    channel_id: String,
-    client_id: String,
-    content: Content,
+    draft: Draft,
 ) -> Result<Appended, ChatError> {
     let settings = tenant.settings();
-    limits::check_client_id(&client_id)?;
-    limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
+    limits::check_client_id(&draft.client_id)?;
+    limits::check_content(&draft.content, &settings.limits, &settings.attachment_hosts)?;
+    let mentions = limits::check_mentions(draft.mentions)?;
+    if draft.reply_to == Some(0) {
+        return Err(ChatError::invalid(
+            "reply_to must be the sequence number of a message, starting at 1",
+        ));
+    }
     take_rate(tenant, sender)?;
 
     let appended = tenant
         .store
         .append_message(NewMessage {
-            channel_id,
+            channel_id: draft.channel_id,
             sender_id: sender.to_owned(),
-            client_id,
-            content,
+            client_id: draft.client_id,
+            content: draft.content,
+            reply_to: draft.reply_to,
+            mentions,
             created_at: now_millis(),
         })
         .await?;
@@ -266,24 +288,6 @@ fn announce_added(tenant: &Tenant, channel: &Channel, added: &[String], members:
         tenant.deliver(std::slice::from_ref(user), to_added, None);
         tenant.deliver(&earlier, Outbound::Event(frame), None);
     }
-}
-
-/// Moves the read position and notifies the channel's members.
-pub async fn mark_read(
-    tenant: &Tenant,
-    user: &str,
-    channel_id: &str,
-    seq: u64,
-) -> Result<u64, ChatError> {
-    let (read_seq, members) = tenant.store.mark_read(channel_id, user, seq).await?;
-    let frame = ServerFrame::Read {
-        channel_id,
-        user_id: user,
-        seq: read_seq,
-    }
-    .to_text();
-    tenant.deliver(&members, Outbound::Event(frame), None);
-    Ok(read_seq)
 }
 
 /// Sends a typing indicator to the channel's other sockets. Nothing is stored.

@@ -7,6 +7,10 @@
 //! one separate data (a new file, a new keyspace) and tests never see each
 //! other's rows.
 
+mod message_changes;
+
+pub(crate) use message_changes::*;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +70,13 @@ macro_rules! store_conformance_tests {
             append_rejects_non_finite_location,
             tenants_do_not_share_data,
             closed_store_rejects_calls,
+            edit_replaces_content,
+            delete_keeps_seq_and_fixes_unread,
+            delete_checks_who_deletes,
+            replies_and_mentions,
+            reactions_count_per_user,
+            delivered_positions_monotonic,
+            receipts_under_concurrent_writes,
         );
     };
     (@each $fixture:expr; $($check:ident),* $(,)?) => {
@@ -109,6 +120,8 @@ pub(crate) fn message(
         sender_id: sender.to_owned(),
         client_id: client_id.to_owned(),
         content,
+        reply_to: None,
+        mentions: Vec::new(),
         created_at: NOW,
     }
 }
@@ -701,16 +714,19 @@ pub(crate) async fn messages_between_bounds(fixture: &dyn Fixture) {
             .unwrap();
     }
 
-    let middle = store.messages_between(&group.id, 1, 3).await.unwrap();
+    let middle = store
+        .messages_between(&group.id, "alice", 1, 3)
+        .await
+        .unwrap();
     assert_eq!(seqs(&middle), vec![2, 3]);
     let to_end = store
-        .messages_between(&group.id, 3, u64::MAX)
+        .messages_between(&group.id, "alice", 3, u64::MAX)
         .await
         .unwrap();
     assert_eq!(seqs(&to_end), vec![4, 5]);
     assert!(
         store
-            .messages_between("g_missing", 0, 10)
+            .messages_between("g_missing", "alice", 0, 10)
             .await
             .unwrap()
             .is_empty()
@@ -729,15 +745,22 @@ pub(crate) async fn mark_read_monotonic_and_capped(fixture: &dyn Fixture) {
         assert_eq!(appended.message.seq, i + 1);
     }
 
-    let (position, members) = store.mark_read(&group.id, "bob", 3).await.unwrap();
-    assert_eq!(position, 3);
-    assert_eq!(members, vec!["alice".to_owned(), "bob".to_owned()]);
-    let (position, _) = store.mark_read(&group.id, "bob", 2).await.unwrap();
-    assert_eq!(position, 3, "read position must not move back");
-    let (position, _) = store.mark_read(&group.id, "bob", 100).await.unwrap();
-    assert_eq!(position, 5, "read position must stop at last_seq");
-    let (position, _) = store.mark_read(&group.id, "bob", u64::MAX).await.unwrap();
-    assert_eq!(position, 5);
+    let positions = store.mark_read(&group.id, "bob", 3).await.unwrap();
+    assert_eq!(positions.read_seq, 3);
+    assert_eq!(positions.delivered_seq, 3, "a read message was delivered");
+    assert!(positions.changed);
+    assert_eq!(
+        positions.members,
+        vec!["alice".to_owned(), "bob".to_owned()]
+    );
+    let positions = store.mark_read(&group.id, "bob", 2).await.unwrap();
+    assert_eq!(positions.read_seq, 3, "read position must not move back");
+    assert!(!positions.changed);
+    let positions = store.mark_read(&group.id, "bob", 100).await.unwrap();
+    assert_eq!(positions.read_seq, 5, "read position must stop at last_seq");
+    let positions = store.mark_read(&group.id, "bob", u64::MAX).await.unwrap();
+    assert_eq!(positions.read_seq, 5);
+    assert!(!positions.changed);
 
     let outsider = store.mark_read(&group.id, "carol", 1).await;
     assert!(matches!(outsider, Err(StoreError::NotFound)));
@@ -802,7 +825,7 @@ pub(crate) async fn list_channels_order_and_cursor(fixture: &dyn Fixture) {
     assert_eq!(top.unread, 1);
     let last = top.last_message.as_ref().unwrap();
     assert_eq!(last.seq, 1);
-    assert_eq!(last.content, text("hello"));
+    assert_eq!(last.content, Some(text("hello")));
     assert!(all[1].last_message.is_none());
 
     let mut paged = Vec::new();
@@ -1038,7 +1061,7 @@ pub(crate) async fn tenants_do_not_share_data(fixture: &dyn Fixture) {
     assert!(other.channel_positions("alice").await.unwrap().is_empty());
     assert!(
         other
-            .messages_between(&group.id, 0, 10)
+            .messages_between(&group.id, "alice", 0, 10)
             .await
             .unwrap()
             .is_empty()
@@ -1073,7 +1096,10 @@ pub(crate) async fn closed_store_rejects_calls(fixture: &dyn Fixture) {
 
     assert_every_call_unavailable(store.as_ref(), &group.id).await;
     let reopened = fixture.open_same_data().await;
-    let stored = reopened.messages_between(&group.id, 0, 10).await.unwrap();
+    let stored = reopened
+        .messages_between(&group.id, "alice", 0, 10)
+        .await
+        .unwrap();
     assert_eq!(seqs(&stored), vec![1]);
 }
 
@@ -1116,7 +1142,7 @@ pub(crate) async fn assert_every_call_unavailable(store: &dyn Store, channel_id:
             .await
     ));
     assert!(is_unavailable(
-        &store.messages_between(channel_id, 0, 10).await
+        &store.messages_between(channel_id, "alice", 0, 10).await
     ));
     assert!(is_unavailable(
         &store.mark_read(channel_id, "alice", 1).await
