@@ -669,3 +669,154 @@ fn signal(signal: &str, pid: &str) {
         .unwrap();
     assert!(status.success(), "kill {signal} {pid}");
 }
+
+/// Reads frames until `count` messages of `channel` from `peer` arrived,
+/// acknowledging each as delivered and then read, and returns every
+/// `delivered` and `read` frame about `peer`'s reader seen on the way.
+async fn receive_and_acknowledge(
+    ws: &mut Ws,
+    channel: &str,
+    peer: &str,
+    count: usize,
+) -> Vec<Value> {
+    let mut received = 0;
+    let mut receipts = Vec::new();
+    while received < count {
+        let frame: Value = match ws.next_frame(WAIT).await {
+            Some(Message::Text(text)) => serde_json::from_str(text.as_str()).unwrap(),
+            other => panic!("after {received} messages the socket gave {other:?}"),
+        };
+        assert_ne!(frame["type"], "error", "{frame}");
+        if matches!(frame["type"].as_str(), Some("delivered" | "read")) {
+            receipts.push(frame.clone());
+        }
+        if frame["type"] != "message" || frame["message"]["sender_id"] != peer {
+            continue;
+        }
+        let seq = frame["message"]["seq"].as_u64().unwrap();
+        for kind in ["delivered", "read"] {
+            ws.send_json(json!({ "type": kind, "channel_id": channel, "seq": seq }))
+                .await;
+        }
+        received += 1;
+    }
+    receipts
+}
+
+/// Each user's `delivered` and `read` positions as a socket saw them must
+/// never go back.
+fn assert_positions_rise(who: &str, frames: &[Value]) {
+    let mut last = std::collections::HashMap::new();
+    for frame in frames {
+        let key = (
+            frame["user_id"].as_str().unwrap().to_owned(),
+            frame["type"].as_str().unwrap().to_owned(),
+        );
+        let seq = frame["seq"].as_u64().unwrap();
+        let previous = last.insert(key.clone(), seq).unwrap_or(0);
+        assert!(
+            seq > previous,
+            "{who} saw {key:?} go from {previous} to {seq}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn receipts_hold_under_concurrent_traffic() {
+    let replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let mut alice_on_a = Ws::connect(&replicas.a, "acme", &alice.token).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+    const EACH: usize = 40;
+
+    // Both send as fast as they can while acknowledging each other's
+    // messages on their sockets, through different replicas.
+    let send_all = |user: User, prefix: &'static str| {
+        let channel = channel.clone();
+        async move {
+            for index in 0..EACH {
+                let client_id = format!("{prefix}-{index}");
+                let (status, body) = user.send_text(&channel, &client_id, "nhanh").await;
+                assert_eq!(status, 201, "{client_id}: {body}");
+            }
+        }
+    };
+    let bob_at_b = bob.at(&replicas.b);
+    let (_, _, alice_saw, bob_saw) = tokio::join!(
+        send_all(alice.clone(), "a"),
+        send_all(bob_at_b.clone(), "b"),
+        receive_and_acknowledge(&mut alice_on_a, &channel, "bob", EACH),
+        receive_and_acknowledge(&mut bob_on_b, &channel, "alice", EACH),
+    );
+    assert_positions_rise("Alice", &alice_saw);
+    assert_positions_rise("Bob", &bob_saw);
+
+    // Once the last acknowledgements are stored, every message reports
+    // delivery and reading by its one recipient, whichever replica answers.
+    let total = 2 * EACH as u64;
+    poll_until("the last acknowledgements are stored", || async {
+        let (_, body) = alice
+            .get(&format!("/v1/channels/{channel}/messages/{total}/receipts"))
+            .await;
+        body["read"] == true
+    })
+    .await;
+    for seq in 1..=total {
+        let (status, receipts) = bob_at_b
+            .get(&format!("/v1/channels/{channel}/messages/{seq}/receipts"))
+            .await;
+        assert_eq!(status, 200, "{receipts}");
+        let recipient = if receipts["sender_id"] == "alice" {
+            "bob"
+        } else {
+            "alice"
+        };
+        assert_eq!(
+            receipts["delivered_to"],
+            json!([recipient]),
+            "{seq}: {receipts}"
+        );
+        assert_eq!(receipts["read_by"], json!([recipient]), "{seq}: {receipts}");
+    }
+    for user in [&alice, &bob_at_b] {
+        let (_, list) = user.get("/v1/channels").await;
+        assert_eq!(list["channels"][0]["unread"], 0, "{list}");
+    }
+}
+
+#[tokio::test]
+async fn edits_deletes_and_reactions_cross_replicas() {
+    let replicas = start_replicas().await;
+    let (alice, bob, channel) = alice_and_bob(&replicas).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+    let (status, body) = alice.send_text(&channel, "a1", "giá 5 triệu").await;
+    assert_eq!(status, 201, "{body}");
+    bob_on_b.next_of("message").await;
+
+    let path = format!("/v1/channels/{channel}/messages/1");
+    let (status, body) = alice
+        .patch(
+            &path,
+            json!({ "content": { "kind": "text", "text": "giá 4 triệu" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let edited = bob_on_b.next_of("message_edited").await;
+    assert_eq!(edited["message"]["content"]["text"], "giá 4 triệu");
+
+    let (status, _) = alice.put(&format!("{path}/reactions/%F0%9F%91%8D")).await;
+    assert_eq!(status, 200);
+    let reaction = bob_on_b.next_of("reaction").await;
+    assert_eq!(
+        (reaction["user_id"].as_str(), reaction["count"].as_u64()),
+        (Some("alice"), Some(1))
+    );
+
+    let (status, _) = alice.delete(&path).await;
+    assert_eq!(status, 200);
+    let deleted = bob_on_b.next_of("message_deleted").await;
+    assert!(deleted["message"]["content"].is_null(), "{deleted}");
+    let (_, list) = bob.at(&replicas.b).get("/v1/channels").await;
+    assert_eq!(list["channels"][0]["unread"], 0, "{list}");
+    assert!(list["channels"][0]["last_message"].is_null(), "{list}");
+}

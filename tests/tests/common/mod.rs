@@ -180,6 +180,24 @@ impl ServerApi {
         response.status().as_u16()
     }
 
+    /// Sends a DELETE to a server API path and returns status and body.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .header("x-parley-tenant", &self.tenant)
+            .basic_auth(&self.key, Some(&self.secret))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     pub async fn token(&self, user: &str) -> String {
         let response = self
             .http
@@ -231,6 +249,16 @@ impl User {
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let request = self.http.delete(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    pub async fn put(&self, path: &str) -> (u16, Value) {
+        let request = self.http.put(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        let request = self.http.patch(format!("{}{path}", self.base)).json(&body);
         self.send(request).await
     }
 
