@@ -413,16 +413,8 @@ impl Session {
                 seq,
                 reaction,
             } => {
-                let result = chat::react(
-                    &self.tenant,
-                    &self.user_id,
-                    &channel_id,
-                    seq,
-                    &reaction,
-                    true,
-                )
-                .await;
-                self.report_failure(r#ref.as_deref(), result).await
+                self.on_react(r#ref.as_deref(), &channel_id, seq, &reaction, true)
+                    .await
             }
             ClientFrame::Unreact {
                 r#ref,
@@ -430,16 +422,8 @@ impl Session {
                 seq,
                 reaction,
             } => {
-                let result = chat::react(
-                    &self.tenant,
-                    &self.user_id,
-                    &channel_id,
-                    seq,
-                    &reaction,
-                    false,
-                )
-                .await;
-                self.report_failure(r#ref.as_deref(), result).await
+                self.on_react(r#ref.as_deref(), &channel_id, seq, &reaction, false)
+                    .await
             }
             ClientFrame::Delivered {
                 r#ref,
@@ -598,6 +582,18 @@ impl Session {
             Ok(_) => Ok(()),
             Err(error) => self.send_error(reference, &error).await,
         }
+    }
+
+    async fn on_react(
+        &mut self,
+        reference: Option<&str>,
+        channel_id: &str,
+        seq: u64,
+        reaction: &str,
+        add: bool,
+    ) -> Result<(), Exit> {
+        let result = chat::react(&self.tenant, &self.user_id, channel_id, seq, reaction, add).await;
+        self.report_failure(reference, result).await
     }
 
     async fn on_send(&mut self, reference: Option<&str>, draft: chat::Draft) -> Result<(), Exit> {
