@@ -143,13 +143,42 @@ pub fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
-            | '\u{180E}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
             | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}'
     )
+}
+
+/// True for the common blocks of combining marks, which attach to the
+/// character before them and show nothing on their own.
+fn is_combining_mark(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0300}'..='\u{036F}'
+            | '\u{1AB0}'..='\u{1AFF}'
+            | '\u{1DC0}'..='\u{1DFF}'
+            | '\u{20D0}'..='\u{20FF}'
+            | '\u{FE20}'..='\u{FE2F}'
+    )
+}
+
+/// True for the characters emoji sequences are built with: the zero-width
+/// joiner, variation selectors, and the tag characters of subdivision flags.
+fn is_emoji_joiner(c: char) -> bool {
+    matches!(c, '\u{200D}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0020}'..='\u{E007F}')
 }
 
 /// True when `text` has a character that is neither white space, a control
@@ -169,22 +198,21 @@ pub fn has_control_char(text: &str) -> bool {
 /// with precomposed Vietnamese letters and one typed with combining tone
 /// marks count as the same reaction.
 ///
-/// Zero-width joiners and variation selectors are allowed because emoji
-/// sequences need them; other invisible characters, white space and
-/// control characters are not.
+/// The characters that emoji sequences need (the zero-width joiner,
+/// variation selectors, tags) are allowed after a first character that
+/// shows. Other invisible characters, white space and control characters
+/// are not.
 pub fn check_reaction(reaction: &str) -> Result<String, ContentError> {
     use unicode_normalization::UnicodeNormalization;
 
     let normalized: String = reaction.nfc().collect();
     let allowed =
-        |c: char| !c.is_whitespace() && !c.is_control() && (c == '\u{200D}' || !is_invisible(c));
-    let visible = normalized
+        |c: char| !c.is_whitespace() && !c.is_control() && (is_emoji_joiner(c) || !is_invisible(c));
+    let starts_visible = normalized
         .chars()
-        .any(|c| c != '\u{200D}' && !('\u{FE00}'..='\u{FE0F}').contains(&c));
-    if normalized.is_empty()
-        || normalized.len() > MAX_REACTION_BYTES
-        || !visible
-        || !normalized.chars().all(allowed)
+        .next()
+        .is_some_and(|first| !is_emoji_joiner(first) && !is_combining_mark(first));
+    if normalized.len() > MAX_REACTION_BYTES || !starts_visible || !normalized.chars().all(allowed)
     {
         return Err(ContentError::new(
             "invalid_reaction",
@@ -307,7 +335,17 @@ mod tests {
 
     #[test]
     fn invisible_text_is_empty() {
-        for text in ["\u{200B}", " \u{FEFF}\u{200D} ", "\u{202E}"] {
+        for text in [
+            "\u{200B}",
+            " \u{FEFF}\u{200D} ",
+            "\u{202E}",
+            "\u{061C}",
+            "\u{3164}\u{115F}\u{FFA0}",
+            "\u{2800}",
+            "\u{034F}",
+            "\u{E0041}",
+            "\u{1D173}",
+        ] {
             let content = Content::Text { text: text.into() };
             let error = check_content(&content, &Limits::default(), &[]).unwrap_err();
             assert_eq!(error.code, "empty_message", "{text:?}");
@@ -381,8 +419,14 @@ mod tests {
 
     #[test]
     fn emoji_sequences_are_valid_reactions() {
-        for reaction in ["👍", "👍🏽", "❤️", "👨\u{200D}👩\u{200D}👧\u{200D}👦", "😂"]
-        {
+        for reaction in [
+            "👍",
+            "👍🏽",
+            "❤️",
+            "👨\u{200D}👩\u{200D}👧\u{200D}👦",
+            "😂",
+            "🏴\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067}\u{E007F}",
+        ] {
             assert_eq!(check_reaction(reaction).unwrap(), reaction);
         }
     }
@@ -398,6 +442,15 @@ mod tests {
             "\u{FE0F}",
             "like\u{202E}",
             "\u{0007}",
+            "\u{0301}",
+            "\u{061C}",
+            "\u{3164}",
+            "\u{115F}",
+            "\u{FFA0}",
+            "\u{2800}",
+            "\u{034F}",
+            "\u{E0041}",
+            "\u{1D173}",
         ] {
             assert_eq!(
                 check_reaction(reaction).unwrap_err().code,

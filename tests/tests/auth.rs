@@ -690,6 +690,8 @@ async fn preflight_from_allowed_origin_gets_cors() {
     );
     let methods = header_text(&response, "access-control-allow-methods");
     assert!(methods.contains("get"), "allow-methods: {methods}");
+    // Editing a message is a PATCH, so browsers need it allowed.
+    assert!(methods.contains("patch"), "allow-methods: {methods}");
     let headers = header_text(&response, "access-control-allow-headers");
     assert!(
         headers.contains("authorization"),

@@ -223,6 +223,23 @@ async fn edits_and_deletes_over_websocket() {
         (Some("d1"), Some("forbidden"))
     );
 
+    for kind in ["edit", "delete", "react"] {
+        let mut frame = json!({
+            "type": kind, "ref": kind, "channel_id": channel, "seq": 0,
+            "content": { "kind": "text", "text": "x" }, "reaction": "👍",
+        });
+        if kind != "edit" {
+            frame.as_object_mut().unwrap().remove("content");
+        }
+        if kind != "react" {
+            frame.as_object_mut().unwrap().remove("reaction");
+        }
+        alice_ws.send_json(frame).await;
+        let error = alice_ws.next_of("error").await;
+        assert_eq!(error["ref"], kind);
+        assert_eq!(error["code"], "invalid_request", "{kind}: {error}");
+    }
+
     alice_ws
         .send_json(json!({ "type": "delete", "channel_id": channel, "seq": seq }))
         .await;
@@ -385,9 +402,23 @@ async fn receipts_follow_delivery_and_read() {
     let seq = send(&chat.alice, &channel, "a1", "có ai không?").await;
     let receipts_path = format!("/v1/channels/{channel}/messages/{seq}/receipts");
 
+    // A member added later starts with the history read and delivered, so
+    // it counts in both lists without an acknowledgement.
+    chat.runtime.api("acme").user("dave").await;
+    let (status, _) = chat
+        .alice
+        .post(
+            &format!("/v1/channels/{channel}/members"),
+            json!({ "user_id": "dave" }),
+        )
+        .await;
+    assert_eq!(status, 201);
+
     let (_, receipts) = chat.alice.get(&receipts_path).await;
-    assert_eq!(receipts["recipients"], 2);
-    assert_eq!(receipts["delivered_to"], json!([]));
+    assert_eq!(receipts["recipients"], 3);
+    assert_eq!(receipts["read_by"], json!(["dave"]));
+    assert_eq!(receipts["delivered_to"], json!(["dave"]));
+    let (_, receipts) = chat.alice.get(&receipts_path).await;
     assert_eq!(receipts["delivered"], false);
 
     bob_ws.next_of("message").await;
@@ -400,8 +431,8 @@ async fn receipts_follow_delivery_and_read() {
         (Some("bob"), Some(seq))
     );
     let (_, receipts) = chat.alice.get(&receipts_path).await;
-    assert_eq!(receipts["delivered_to"], json!(["bob"]));
-    assert_eq!(receipts["read_by"], json!([]));
+    assert_eq!(receipts["delivered_to"], json!(["bob", "dave"]));
+    assert_eq!(receipts["read_by"], json!(["dave"]));
 
     // A repeated acknowledgement changes nothing and sends nothing.
     bob_ws
@@ -419,8 +450,8 @@ async fn receipts_follow_delivery_and_read() {
     let frame = alice_ws.next_of("read").await;
     assert_eq!(frame["user_id"], "carol");
     let (_, receipts) = chat.alice.get(&receipts_path).await;
-    assert_eq!(receipts["delivered_to"], json!(["bob", "carol"]));
-    assert_eq!(receipts["read_by"], json!(["carol"]));
+    assert_eq!(receipts["delivered_to"], json!(["bob", "carol", "dave"]));
+    assert_eq!(receipts["read_by"], json!(["carol", "dave"]));
     assert_eq!(
         (receipts["delivered"].as_bool(), receipts["read"].as_bool()),
         (Some(true), Some(false))

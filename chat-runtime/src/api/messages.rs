@@ -15,8 +15,9 @@ use crate::store::{Content, Deleter, Message};
 /// Parses the `{seq}` part of a message path, so that a malformed number
 /// gets the API's error format instead of the framework's.
 pub(super) fn parse_seq(seq: &str) -> Result<u64, ChatError> {
+    let digits_only = !seq.is_empty() && seq.bytes().all(|byte| byte.is_ascii_digit());
     match seq.parse::<u64>() {
-        Ok(seq) if seq > 0 => Ok(seq),
+        Ok(seq) if digits_only && seq > 0 => Ok(seq),
         _ => Err(ChatError::invalid(format!(
             "invalid message sequence number {seq:?}: expected an integer from 1"
         ))),
@@ -195,6 +196,7 @@ mod tests {
         assert!(parse_seq("0").is_err());
         assert!(parse_seq("-1").is_err());
         assert!(parse_seq("abc").is_err());
+        assert!(parse_seq("+1").is_err());
         assert!(parse_seq("18446744073709551616").is_err());
     }
 }

@@ -24,6 +24,7 @@ pub async fn edit_message(
     content: Content,
     mentions: Option<Vec<String>>,
 ) -> Result<MessageChange, ChatError> {
+    check_seq(seq)?;
     let settings = tenant.settings();
     limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
     let mentions = mentions.map(limits::check_mentions).transpose()?;
@@ -55,6 +56,7 @@ pub async fn delete_message(
     channel_id: &str,
     seq: u64,
 ) -> Result<MessageChange, ChatError> {
+    check_seq(seq)?;
     if let Deleter::Member(user) = deleter {
         take_rate(tenant, user)?;
     }
@@ -82,6 +84,7 @@ pub async fn react(
     reaction: &str,
     add: bool,
 ) -> Result<(MessageChange, String), ChatError> {
+    check_seq(seq)?;
     let reaction = limits::check_reaction(reaction)?;
     take_rate(tenant, user)?;
     let change = tenant
@@ -109,6 +112,17 @@ pub async fn react(
         announce(tenant, &change, frame);
     }
     Ok((change, reaction))
+}
+
+/// Rejects sequence number 0, which no message has, with the error a
+/// malformed number gets, instead of `not_found`.
+fn check_seq(seq: u64) -> Result<(), ChatError> {
+    if seq == 0 {
+        return Err(ChatError::invalid(
+            "invalid message sequence number 0: expected an integer from 1",
+        ));
+    }
+    Ok(())
 }
 
 fn announce(tenant: &Tenant, change: &MessageChange, frame: ServerFrame<'_>) {

@@ -612,6 +612,15 @@ pub(crate) async fn new_member_starts_with_history_read(fixture: &dyn Fixture) {
     let listed = store.list_channels("bob", None, 10).await.unwrap();
     assert_eq!(listed[0].read_seq, 3);
     assert_eq!(listed[0].unread, 0);
+    let (_, members) = store.channel_for_member(&group.id, "bob").await.unwrap();
+    let bob = members
+        .iter()
+        .find(|member| member.user_id == "bob")
+        .unwrap();
+    assert_eq!(
+        bob.delivered_seq, 3,
+        "history marked read counts as delivered"
+    );
 }
 
 pub(crate) async fn history_paging_while_appending(fixture: &dyn Fixture) {

@@ -483,8 +483,9 @@ fn insert_member(
 ) -> OpResult<bool> {
     let inserted = conn
         .prepare_cached(
-            "INSERT OR IGNORE INTO members (channel_id, user_id, role, read_seq, joined_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO members \
+             (channel_id, user_id, role, read_seq, delivered_seq, joined_at) \
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
         )?
         .execute(params![
             channel_id,
