@@ -299,6 +299,11 @@ async fn reactions_count_users_once() {
     let frame = alice_ws.next_of("reaction").await;
     assert_eq!(frame["action"], "removed");
 
+    // A segment that is not UTF-8 gets the API's JSON error like the rest.
+    let (status, body) = chat.bob.put(&format!("{base}/%FF")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "invalid_request", "{body}");
+
     for bad in ["%E2%80%8B", "a%20b", "%07"] {
         let (status, body) = chat.bob.put(&format!("{base}/{bad}")).await;
         assert_eq!(

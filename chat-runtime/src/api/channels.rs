@@ -47,6 +47,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
     }
 }
 
+/// Path parameters whose rejections use the API's error format. A segment
+/// that is not valid UTF-8 once percent-decoded is the usual cause.
+pub struct PathParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParams<T> {
+    type Rejection = super::ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParams(value)),
+            Err(rejection) => Err(super::ApiError(ChatError::invalid(rejection.body_text()))),
+        }
+    }
+}
+
 pub async fn me(auth: UserAuth) -> ApiResult<Json<User>> {
     let user = auth.tenant.store.get_user(&auth.user_id).await?;
     user.map(Json).ok_or_else(|| ChatError::not_found().into())
@@ -121,7 +136,7 @@ pub struct ChannelDetail {
 
 pub async fn get_one(
     auth: UserAuth,
-    Path(channel_id): Path<String>,
+    PathParams(channel_id): PathParams<String>,
 ) -> ApiResult<Json<ChannelDetail>> {
     let (channel, members) = auth
         .tenant
@@ -148,7 +163,7 @@ pub struct ChannelPresence {
 /// poll instead of subscribing over WebSocket.
 pub async fn presence(
     auth: UserAuth,
-    Path(channel_id): Path<String>,
+    PathParams(channel_id): PathParams<String>,
 ) -> ApiResult<Json<ChannelPresence>> {
     let (_, members) = auth
         .tenant
@@ -236,7 +251,7 @@ pub struct MemberRequest {
 
 pub async fn add_member(
     auth: UserAuth,
-    Path(channel_id): Path<String>,
+    PathParams(channel_id): PathParams<String>,
     JsonBody(request): JsonBody<MemberRequest>,
 ) -> ApiResult<StatusCode> {
     let change =
@@ -250,7 +265,7 @@ pub async fn add_member(
 
 pub async fn remove_member(
     auth: UserAuth,
-    Path((channel_id, user_id)): Path<(String, String)>,
+    PathParams((channel_id, user_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
     chat::remove_member(&auth.tenant, &auth.user_id, &channel_id, &user_id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -275,7 +290,7 @@ pub struct HistoryPage {
 
 pub async fn history(
     auth: UserAuth,
-    Path(channel_id): Path<String>,
+    PathParams(channel_id): PathParams<String>,
     QueryParams(query): QueryParams<HistoryQuery>,
 ) -> ApiResult<Json<HistoryPage>> {
     let limit = page_size(query.limit)?;
@@ -315,7 +330,7 @@ pub struct SendResponse {
 pub async fn send(
     State(state): State<SharedState>,
     auth: UserAuth,
-    Path(channel_id): Path<String>,
+    PathParams(channel_id): PathParams<String>,
     JsonBody(request): JsonBody<SendRequest>,
 ) -> ApiResult<(StatusCode, Json<SendResponse>)> {
     let draft = chat::Draft {
@@ -353,7 +368,7 @@ pub struct ReadResponse {
 
 pub async fn mark_read(
     auth: UserAuth,
-    Path(channel_id): Path<String>,
+    PathParams(channel_id): PathParams<String>,
     JsonBody(request): JsonBody<ReadRequest>,
 ) -> ApiResult<Json<ReadResponse>> {
     let read_seq = chat::mark_read(&auth.tenant, &auth.user_id, &channel_id, request.seq).await?;

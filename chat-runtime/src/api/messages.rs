@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::Path;
 use serde::{Deserialize, Serialize};
 
-use super::channels::JsonBody;
+use super::channels::{JsonBody, PathParams};
 use super::{ApiResult, UserAuth};
 use crate::chat::{self, ChatError, Receipts};
 use crate::store::{Content, Deleter, Message};
@@ -26,7 +25,7 @@ pub(super) fn parse_seq(seq: &str) -> Result<u64, ChatError> {
 
 pub async fn get_one(
     auth: UserAuth,
-    Path((channel_id, seq)): Path<(String, String)>,
+    PathParams((channel_id, seq)): PathParams<(String, String)>,
 ) -> ApiResult<Json<Message>> {
     let seq = parse_seq(&seq)?;
     let message = auth
@@ -52,7 +51,7 @@ pub struct MessageResponse {
 
 pub async fn edit(
     auth: UserAuth,
-    Path((channel_id, seq)): Path<(String, String)>,
+    PathParams((channel_id, seq)): PathParams<(String, String)>,
     JsonBody(request): JsonBody<EditRequest>,
 ) -> ApiResult<Json<MessageResponse>> {
     let seq = parse_seq(&seq)?;
@@ -72,7 +71,7 @@ pub async fn edit(
 
 pub async fn delete(
     auth: UserAuth,
-    Path((channel_id, seq)): Path<(String, String)>,
+    PathParams((channel_id, seq)): PathParams<(String, String)>,
 ) -> ApiResult<Json<MessageResponse>> {
     let seq = parse_seq(&seq)?;
     let deleter = Deleter::Member(&auth.user_id);
@@ -95,14 +94,14 @@ pub struct ReactionResponse {
 
 pub async fn add_reaction(
     auth: UserAuth,
-    Path((channel_id, seq, reaction)): Path<(String, String, String)>,
+    PathParams((channel_id, seq, reaction)): PathParams<(String, String, String)>,
 ) -> ApiResult<Json<ReactionResponse>> {
     change_reaction(auth, channel_id, seq, reaction, true).await
 }
 
 pub async fn remove_reaction(
     auth: UserAuth,
-    Path((channel_id, seq, reaction)): Path<(String, String, String)>,
+    PathParams((channel_id, seq, reaction)): PathParams<(String, String, String)>,
 ) -> ApiResult<Json<ReactionResponse>> {
     change_reaction(auth, channel_id, seq, reaction, false).await
 }
@@ -145,7 +144,7 @@ pub struct ReactionsResponse {
 
 pub async fn list_reactions(
     auth: UserAuth,
-    Path((channel_id, seq)): Path<(String, String)>,
+    PathParams((channel_id, seq)): PathParams<(String, String)>,
 ) -> ApiResult<Json<ReactionsResponse>> {
     let seq = parse_seq(&seq)?;
     let reactions = auth
@@ -158,7 +157,7 @@ pub async fn list_reactions(
 
 pub async fn receipts(
     auth: UserAuth,
-    Path((channel_id, seq)): Path<(String, String)>,
+    PathParams((channel_id, seq)): PathParams<(String, String)>,
 ) -> ApiResult<Json<Receipts>> {
     let seq = parse_seq(&seq)?;
     let receipts = chat::receipts(&auth.tenant, &auth.user_id, &channel_id, seq).await?;
@@ -178,7 +177,7 @@ pub struct DeliveredResponse {
 
 pub async fn mark_delivered(
     auth: UserAuth,
-    Path(channel_id): Path<String>,
+    PathParams(channel_id): PathParams<String>,
     JsonBody(request): JsonBody<DeliveredRequest>,
 ) -> ApiResult<Json<DeliveredResponse>> {
     let delivered_seq =

@@ -2,11 +2,10 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::Path;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::channels::JsonBody;
+use super::channels::{JsonBody, PathParams};
 use super::{ApiResult, ServerAuth};
 use crate::auth::{self, MAX_TOKEN_TTL_SECONDS};
 use crate::chat::{self, ChatError};
@@ -46,7 +45,7 @@ fn check_user_id(user_id: &str) -> Result<(), ChatError> {
 
 pub async fn upsert_user(
     auth: ServerAuth,
-    Path(user_id): Path<String>,
+    PathParams(user_id): PathParams<String>,
     JsonBody(request): JsonBody<UpsertUser>,
 ) -> ApiResult<Json<User>> {
     check_user_id(&user_id)?;
@@ -88,12 +87,18 @@ pub async fn upsert_user(
     Ok(Json(user))
 }
 
-pub async fn get_user(auth: ServerAuth, Path(user_id): Path<String>) -> ApiResult<Json<User>> {
+pub async fn get_user(
+    auth: ServerAuth,
+    PathParams(user_id): PathParams<String>,
+) -> ApiResult<Json<User>> {
     let user = auth.tenant.store.get_user(&user_id).await?;
     user.map(Json).ok_or_else(|| ChatError::not_found().into())
 }
 
-pub async fn delete_user(auth: ServerAuth, Path(user_id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_user(
+    auth: ServerAuth,
+    PathParams(user_id): PathParams<String>,
+) -> ApiResult<StatusCode> {
     chat::delete_user(&auth.tenant, &user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -107,7 +112,7 @@ pub struct DeletedMessage {
 /// backend. Deleting a deleted message succeeds again.
 pub async fn delete_message(
     auth: ServerAuth,
-    Path((channel_id, seq)): Path<(String, String)>,
+    PathParams((channel_id, seq)): PathParams<(String, String)>,
 ) -> ApiResult<Json<DeletedMessage>> {
     let seq = super::messages::parse_seq(&seq)?;
     let change = chat::delete_message(&auth.tenant, Deleter::Server, &channel_id, seq).await?;
@@ -139,7 +144,7 @@ pub struct RevokeResponse {
 /// that use one, on every replica, within the relay's delivery time.
 pub async fn revoke_tokens(
     auth: ServerAuth,
-    Path(user_id): Path<String>,
+    PathParams(user_id): PathParams<String>,
 ) -> ApiResult<Json<RevokeResponse>> {
     let not_before = chat::revoke_tokens(&auth.tenant, &user_id).await?;
     Ok(Json(RevokeResponse { not_before }))
@@ -147,7 +152,7 @@ pub async fn revoke_tokens(
 
 pub async fn mint_token(
     auth: ServerAuth,
-    Path(user_id): Path<String>,
+    PathParams(user_id): PathParams<String>,
     body: Bytes,
 ) -> ApiResult<Json<TokenResponse>> {
     // The body is optional, so an empty one means the defaults.

@@ -47,7 +47,7 @@ impl ChatError {
         Self::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            "no such channel or user",
+            "no such channel, user or message",
         )
     }
 

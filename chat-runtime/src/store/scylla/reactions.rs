@@ -116,7 +116,7 @@ impl ScyllaStore {
             .ok_or(StoreError::NotFound)?;
         if stored.deleted_at.is_some() {
             return Err(StoreError::Invalid(
-                "a deleted message cannot get reactions",
+                "the message is deleted, so its reactions cannot change",
             ));
         }
 

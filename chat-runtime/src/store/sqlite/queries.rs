@@ -1050,7 +1050,7 @@ pub(super) fn react(
     let message = existing_message(conn, channel_id, seq)?;
     if message.deleted_at.is_some() {
         return Err(OpError::Store(StoreError::Invalid(
-            "a deleted message cannot get reactions",
+            "the message is deleted, so its reactions cannot change",
         )));
     }
 
