@@ -134,7 +134,7 @@ const MESSAGE_SELECT: &str = "SELECT m.channel_id, m.seq, m.sender_id, \
 
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     let deleted_at: Option<Millis> = row.get(10)?;
-    // A deleted message's content column holds JSON null.
+    // A deleted message's content column contains JSON null.
     let content = match deleted_at {
         Some(_) => None,
         None => {
@@ -691,7 +691,7 @@ pub(super) fn list_channels(
     Ok(summaries)
 }
 
-/// The newest message of a channel that is not deleted. The scan walks the
+/// Reads the newest message of a channel that is not deleted. The scan walks the
 /// primary key backwards and skips deleted rows, so it reads one row per
 /// deleted message at the end of the channel.
 fn newest_visible_message(
@@ -895,13 +895,13 @@ fn insert_mentions(
     seq: u64,
     mentions: &[String],
 ) -> OpResult<()> {
-    let mut statement = conn.prepare_cached(
+    execute_per_mention(
+        conn,
         "INSERT OR IGNORE INTO mentions (channel_id, user_id, seq) VALUES (?1, ?2, ?3)",
-    )?;
-    for user in mentions {
-        statement.execute(params![channel_id, user, seq_to_sql(seq)])?;
-    }
-    Ok(())
+        channel_id,
+        seq,
+        mentions,
+    )
 }
 
 fn delete_mentions(
@@ -910,9 +910,29 @@ fn delete_mentions(
     seq: u64,
     mentions: &[String],
 ) -> OpResult<()> {
-    let mut statement = conn.prepare_cached(
+    execute_per_mention(
+        conn,
         "DELETE FROM mentions WHERE channel_id = ?1 AND user_id = ?2 AND seq = ?3",
-    )?;
+        channel_id,
+        seq,
+        mentions,
+    )
+}
+
+/// Runs `sql` once per mentioned user, binding the channel, the user and
+/// the sequence number. Most messages mention nobody, so the statement is
+/// not even looked up for them.
+fn execute_per_mention(
+    conn: &Connection,
+    sql: &str,
+    channel_id: &str,
+    seq: u64,
+    mentions: &[String],
+) -> OpResult<()> {
+    if mentions.is_empty() {
+        return Ok(());
+    }
+    let mut statement = conn.prepare_cached(sql)?;
     for user in mentions {
         statement.execute(params![channel_id, user, seq_to_sql(seq)])?;
     }
@@ -1199,7 +1219,7 @@ pub(super) fn messages_between(
     Ok(messages)
 }
 
-/// Which position a receipt moves.
+/// Position that a receipt moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Receipt {
     Read,
