@@ -51,7 +51,7 @@ async fn send(user: &User, channel: &str, client_id: &str, text: &str) -> u64 {
     body["message"]["seq"].as_u64().unwrap()
 }
 
-/// The entry for `channel` in the channel list of `user`.
+/// Returns the entry for `channel` in the channel list of `user`.
 async fn summary(user: &User, channel: &str) -> Value {
     let (status, body) = user.get("/v1/channels").await;
     assert_eq!(status, 200, "{body}");

@@ -752,7 +752,7 @@ async fn receipts_hold_under_concurrent_traffic() {
     assert_positions_rise("Bob", &bob_saw);
 
     // Once the last acknowledgements are stored, every message reports
-    // delivery and reading by its one recipient, whichever replica answers.
+    // delivery and reading by its one recipient, whichever replica serves the request.
     let total = 2 * EACH as u64;
     poll_until("the last acknowledgements are stored", || async {
         let (_, body) = alice

@@ -3,7 +3,7 @@
 //! never sees a change that is not durable.
 //!
 //! NOTE: these events are live only. A socket that misses one (a relay
-//! outage, a reconnect) still sees the change when it next reads the message
+//! outage, a reconnect) still gets the change when it next reads the message
 //! through history, but resume replays new messages only, so a client that
 //! keeps messages in memory shows the old version until it reloads them.
 

@@ -214,7 +214,7 @@ pub struct MessageChange {
     pub changed: bool,
 }
 
-/// Who deletes a message.
+/// The party that deletes a message, which decides what it may delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deleter<'a> {
     /// A member, who may delete only its own messages.
@@ -426,9 +426,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces the content of a message, and its mentions when the edit
     /// has some, and sets `edited_at`. Only the sender may edit
-    /// (`Forbidden`); the editor must be a member (`NotFound` otherwise, as
-    /// for a message that does not exist); a deleted message gives
-    /// `Invalid`, as does a mention of a user who is not a member.
+    /// (`Forbidden`). The editor must be a member, and the message must
+    /// exist (`NotFound` otherwise). A deleted message gives `Invalid`, and
+    /// so does a mention of a user who is not a member.
     async fn edit_message(&self, edit: MessageEdit) -> StoreResult<MessageChange>;
 
     /// Erases a message's content, mentions and reactions, and sets
@@ -445,7 +445,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<MessageChange>;
 
     /// Adds (`add`) or removes one reaction of `user` to a message. The user
-    /// must be a member (`NotFound`); a deleted message gives `Invalid`, and
+    /// must be a member (`NotFound`). A deleted message gives `Invalid`, and
     /// so does a new reaction past [`MAX_REACTIONS_PER_USER`] of the user on
     /// that message. Adding a reaction the user has, or removing one it does
     /// not have, returns `changed: false`.
@@ -468,9 +468,9 @@ pub trait Store: Send + Sync + 'static {
         user: &str,
     ) -> StoreResult<BTreeMap<String, Vec<String>>>;
 
-    /// One message, read by a member (`NotFound` for non-members and for a
-    /// sequence number that was never assigned), with `own_reactions` of
-    /// `user`.
+    /// Reads one message for a member, with `own_reactions` of `user`.
+    /// Returns `NotFound` for non-members and for a sequence number that
+    /// was never assigned.
     async fn message(&self, channel_id: &str, seq: u64, user: &str) -> StoreResult<Message>;
 
     /// Reads a page of history for a member (`NotFound` for non-members),

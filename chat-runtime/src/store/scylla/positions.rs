@@ -10,7 +10,7 @@ use super::ScyllaStore;
 use super::rows::{seq_from_cql, seq_to_cql};
 use crate::store::{Positions, StoreError, StoreResult};
 
-/// Which position a call moves.
+/// Position that a call moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mark {
     /// Read, and delivered along with it.
@@ -51,9 +51,9 @@ impl ScyllaStore {
     /// Moves `user`'s position in `channel_id` forward.
     ///
     /// The positions are read before they are written, so `changed` can be
-    /// wrong under a race: two replicas that mark the same position at once
-    /// both report a change, and a call that lost to a higher concurrent
-    /// write still reports its own. The stored positions are right either
+    /// wrong under a race. Two replicas that mark the same position at once
+    /// both report a change. A call that lost to a higher concurrent write
+    /// still reports its own. The stored positions are right either
     /// way, because the write timestamps order them.
     pub(super) async fn mark(
         &self,
@@ -160,7 +160,8 @@ mod tests {
         let read = move_positions(Mark::Read, 6, 6, 4, 10);
         assert_eq!((read.read_seq, read.delivered_seq), (6, 6));
         assert!(!read.changed);
-        assert!(!read.write_read && !read.write_delivered);
+        assert!(!read.write_read);
+        assert!(!read.write_delivered);
 
         let delivered = move_positions(Mark::Delivered, 6, 9, 7, 10);
         assert_eq!((delivered.read_seq, delivered.delivered_seq), (6, 9));

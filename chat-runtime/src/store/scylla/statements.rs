@@ -320,7 +320,7 @@ impl Statements {
                 .await?,
             // The sender condition fails for a row that does not exist, so
             // the update never creates one. `edit_count` makes edits and
-            // deletes of one message compare-and-set, so each knows the
+            // deletes of one message compare-and-set, so each reads the
             // mentions it replaces. CQL compares with null only as a
             // literal, hence one statement for a message never edited.
             edit_unedited_message: preparer

@@ -206,7 +206,7 @@ impl ScyllaStore {
             .into_iter()
             .map(|(seq,)| seq_from_cql(Some(seq)))
             .collect::<StoreResult<BTreeSet<u64>>>()?;
-        // The newest message's row says it is deleted, whether or not its
+        // The newest message's row marks it deleted, whether or not its
         // `deleted_messages` row is written yet.
         deleted.insert(last);
         for _ in 0..PREVIEW_CANDIDATES {
