@@ -7,7 +7,8 @@
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`server`]: start-up, configuration reload and graceful shutdown.
 //! - [`api`]: HTTP routes and authentication; [`ws`]: the WebSocket endpoint.
-//! - [`chat`]: operations shared by REST and WebSocket.
+//! - [`chat`]: operations shared by REST and WebSocket; [`moderation`]:
+//!   the tenant's rules that check content before it is stored.
 //! - [`hub`]: live delivery to the sockets of this process; [`relay`]:
 //!   to the sockets of other processes, through Redis; [`presence`]: who
 //!   is online, across processes.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod moderation;
 pub mod presence;
 pub mod relay;
 pub mod server;

@@ -1,0 +1,390 @@
+//! Contact details that would move a conversation off the platform: phone
+//! numbers, e-mail addresses and messaging handles, including the usual
+//! ways of hiding them from a plain pattern.
+//!
+//! Detection works on text folded without accents, so full-width digits,
+//! zero-width characters and tone marks are already gone.
+//!
+//! - A phone number is a run of at least `min_phone_digits` digits. They
+//!   may be spaced out or split by `.`, `-`, `(`, `)` or `/`, written as
+//!   number words in English or Vietnamese (`không chín một ...`), or
+//!   written with `o` for 0 and `l` or `i` for 1 inside a number. Amounts such as
+//!   `1.200.000.000` or `1500000000đ` are not phone numbers.
+//! - An e-mail address may write `@` as `(at)`, ` at ` or the Vietnamese
+//!   ` a còng `, and dots as links may.
+//! - A messaging handle is a link to a messaging service (`t.me/...`,
+//!   `zalo.me/...`), or an app name followed by `:` or `@` and a handle
+//!   (`telegram: @shop24`, `zalo: minh_tran`).
+//!
+//! NOTE: any long run of digits counts as a phone number, so order numbers
+//! and card numbers of 9 digits or more are detected too.
+
+use std::ops::Range;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use super::fold::Folded;
+use super::links::{self, COMMON_TLDS, DOT, LinkFinder};
+
+/// A kind of contact detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactKind {
+    Phone,
+    Email,
+    Handle,
+}
+
+/// Default minimum digits of a phone number: nine, so that Vietnamese
+/// mobile numbers (ten digits) match even without their leading zero.
+pub const DEFAULT_MIN_PHONE_DIGITS: usize = 9;
+
+/// Maximum separator characters between two groups of one phone number.
+const MAX_GAP: usize = 3;
+
+#[derive(Debug, Clone)]
+pub struct Contacts {
+    kinds: Vec<ContactKind>,
+    min_phone_digits: usize,
+    links: LinkFinder,
+    email: Regex,
+    app_handle: Regex,
+}
+
+impl Contacts {
+    pub fn new(kinds: Vec<ContactKind>, min_phone_digits: usize) -> Result<Contacts, regex::Error> {
+        Ok(Contacts {
+            kinds,
+            min_phone_digits,
+            links: LinkFinder::new()?,
+            email: Regex::new(&email_pattern())?,
+            app_handle: Regex::new(&app_handle_pattern())?,
+        })
+    }
+
+    /// Finds contact details in `text`, folded without accents, as byte
+    /// ranges of the folded text.
+    pub fn find(&self, text: &Folded) -> Vec<Range<usize>> {
+        let mut found = Vec::new();
+        for kind in &self.kinds {
+            match kind {
+                ContactKind::Phone => found.extend(phones(text.text(), self.min_phone_digits)),
+                ContactKind::Email => found.extend(self.emails(text.text())),
+                ContactKind::Handle => found.extend(self.handles(text)),
+            }
+        }
+        found
+    }
+}
+
+/// A run of letters and digits, classified for phone detection.
+struct Run {
+    range: Range<usize>,
+    /// The digits it stands for, or `None` when it is an ordinary word.
+    digits: Option<String>,
+    /// True when it was written as digits only.
+    plain: bool,
+}
+
+fn runs(text: &str) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (index, c) in text
+        .char_indices()
+        .chain(std::iter::once((text.len(), ' ')))
+    {
+        match (start, c.is_alphanumeric()) {
+            (None, true) => start = Some(index),
+            (Some(from), false) => {
+                let word = &text[from..index];
+                runs.push(Run {
+                    range: from..index,
+                    digits: digits_of(word),
+                    plain: word.bytes().all(|b| b.is_ascii_digit()),
+                });
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    runs
+}
+
+/// Reads the digits a word represents: its own digits, with `o` read as 0
+/// and `l` or `i` as 1 when it has at least one digit, or a number word.
+fn digits_of(word: &str) -> Option<String> {
+    if word.bytes().any(|b| b.is_ascii_digit()) {
+        return word
+            .chars()
+            .map(|c| match c {
+                '0'..='9' => Some(c),
+                'o' => Some('0'),
+                'l' | 'i' => Some('1'),
+                _ => None,
+            })
+            .collect();
+    }
+    let digit = match word {
+        "zero" | "khong" | "linh" => '0',
+        "one" | "mot" => '1',
+        "two" | "hai" => '2',
+        "three" | "ba" => '3',
+        "four" | "bon" | "tu" => '4',
+        "five" | "nam" | "lam" => '5',
+        "six" | "sau" => '6',
+        "seven" | "bay" => '7',
+        "eight" | "tam" => '8',
+        "nine" | "chin" => '9',
+        _ => return None,
+    };
+    Some(digit.to_string())
+}
+
+fn is_separator(c: char) -> bool {
+    matches!(c, ' ' | '.' | '-' | '(' | ')' | '/' | '_' | ',' | '+' | '*')
+}
+
+/// Words after a number that make it an amount of money.
+const CURRENCY_WORDS: &[&str] = &[
+    "d", "vnd", "dong", "k", "tr", "trieu", "ty", "nghin", "ngan", "usd", "eur",
+];
+
+fn phones(text: &str, min_digits: usize) -> Vec<Range<usize>> {
+    let runs = runs(text);
+    let mut found = Vec::new();
+    let mut index = 0;
+    while index < runs.len() {
+        if runs[index].digits.is_none() {
+            index += 1;
+            continue;
+        }
+        let first = index;
+        while index + 1 < runs.len()
+            && runs[index + 1].digits.is_some()
+            && joins(&text[runs[index].range.end..runs[index + 1].range.start])
+        {
+            index += 1;
+        }
+        let group = &runs[first..=index];
+        let digits: usize = group
+            .iter()
+            .map(|run| run.digits.as_ref().map_or(0, String::len))
+            .sum();
+        if digits >= min_digits && !is_amount(text, group, runs.get(index + 1)) {
+            found.push(group[0].range.start..group[group.len() - 1].range.end);
+        }
+        index += 1;
+    }
+    found
+}
+
+/// True when the text between two groups of digits may join them into one
+/// number.
+fn joins(gap: &str) -> bool {
+    gap.chars().count() <= MAX_GAP && gap.chars().all(is_separator)
+}
+
+/// True when a group of digit runs reads as an amount: thousands separated
+/// by one `.` or `,` each (`1.200.000.000`), or a number followed by a
+/// currency word or preceded by `$`.
+fn is_amount(text: &str, group: &[Run], next: Option<&Run>) -> bool {
+    let start = group[0].range.start;
+    let end = group[group.len() - 1].range.end;
+    if text[..start].ends_with('$') || text[..start].ends_with("$ ") {
+        return true;
+    }
+    if let Some(next) = next
+        && text[end..next.range.start].chars().count() <= 1
+        && CURRENCY_WORDS.contains(&&text[next.range.clone()])
+    {
+        return true;
+    }
+    let all_plain = group.iter().all(|run| run.plain);
+    let first = &text[group[0].range.clone()];
+    let thousands = group.len() > 1
+        && (1..=3).contains(&first.len())
+        && !first.starts_with('0')
+        && group[1..].iter().all(|run| run.range.len() == 3)
+        && group.windows(2).all(|pair| {
+            let gap = &text[pair[0].range.end..pair[1].range.start];
+            gap == "." || gap == ","
+        });
+    all_plain && thousands
+}
+
+fn email_pattern() -> String {
+    let at = r"(?P<at>\s*@\s*|\s*[\(\[\{<]\s*(?:at|a cong)\s*[\)\]\}>]\s*|\s+(?:at|a cong)\s+)";
+    let label = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?";
+    format!(r"\b[a-z0-9][a-z0-9._%+-]*{at}(?P<domain>(?:{label}{DOT})+(?P<tld>[a-z]{{2,24}}))\b")
+}
+
+fn app_handle_pattern() -> String {
+    let apps = "zalo|zl|telegram|tele|tg|whatsapp|wa|viber|skype|facebook|fb|messenger|insta|instagram|ig|line|wechat|signal|kakaotalk|kakao|snapchat|snap|discord";
+    format!(r"\b(?:{apps})\b\s*(?P<sep>[:=]\s*@?|@|\s)\s*(?P<handle>[a-z0-9][a-z0-9._-]{{2,}})")
+}
+
+impl Contacts {
+    fn emails(&self, text: &str) -> Vec<Range<usize>> {
+        self.email
+            .captures_iter(text)
+            .filter(|captures| {
+                let plain_at = captures["at"].trim() == "@";
+                plain_at || COMMON_TLDS.contains(&&captures["tld"])
+            })
+            .map(|captures| captures.get_match().range())
+            .collect()
+    }
+
+    fn handles(&self, text: &Folded) -> Vec<Range<usize>> {
+        let mut found: Vec<Range<usize>> = self
+            .links
+            .find(text)
+            .into_iter()
+            .filter(|link| {
+                MESSAGING_DOMAINS
+                    .iter()
+                    .any(|domain| links::is_within(&link.host, domain))
+            })
+            .map(|link| link.range)
+            .collect();
+        for captures in self.app_handle.captures_iter(text.text()) {
+            let explicit = !captures["sep"].trim().is_empty();
+            let handle = captures["handle"].trim_end_matches(['.', '_', '-']);
+            // Without `:` or `@`, only a handle that could not be an
+            // ordinary word counts: one with a digit, `_` or `.` inside.
+            let looks_like_handle =
+                handle.contains(|c: char| c.is_ascii_digit() || c == '_' || c == '.');
+            if explicit || looks_like_handle {
+                found.push(captures.get_match().range());
+            }
+        }
+        found
+    }
+}
+
+/// Domains of messaging services; a link to one is a handle.
+const MESSAGING_DOMAINS: &[&str] = &[
+    "t.me",
+    "telegram.me",
+    "telegram.dog",
+    "wa.me",
+    "whatsapp.com",
+    "zalo.me",
+    "m.me",
+    "fb.me",
+    "fb.com",
+    "facebook.com",
+    "messenger.com",
+    "instagram.com",
+    "instagr.am",
+    "line.me",
+    "viber.com",
+    "signal.me",
+    "discord.gg",
+    "discord.com",
+    "skype.com",
+    "snapchat.com",
+    "kakao.com",
+    "weixin.qq.com",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detect(text: &str) -> Vec<String> {
+        let kinds = vec![ContactKind::Phone, ContactKind::Email, ContactKind::Handle];
+        let contacts = Contacts::new(kinds, DEFAULT_MIN_PHONE_DIGITS).unwrap();
+        let folded = Folded::new(text, true);
+        let mut ranges = contacts.find(&folded);
+        ranges.sort_by_key(|range| range.start);
+        // Kinds may overlap, as a phone number inside a zalo.me link does.
+        let mut merged: Vec<Range<usize>> = Vec::new();
+        for range in ranges {
+            match merged.last_mut() {
+                Some(last) if range.start < last.end => last.end = last.end.max(range.end),
+                _ => merged.push(range),
+            }
+        }
+        merged
+            .into_iter()
+            .map(|range| text[folded.source_of(range)].to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn phone_numbers_in_their_usual_forms() {
+        assert_eq!(detect("gọi 0912345678 nhé"), ["0912345678"]);
+        assert_eq!(detect("sđt: 0912 345 678"), ["0912 345 678"]);
+        assert_eq!(detect("call +84 (912) 345-678"), ["84 (912) 345-678"]);
+        assert_eq!(detect("0912.345.678 ạ"), ["0912.345.678"]);
+    }
+
+    #[test]
+    fn spaced_out_and_masked_numbers() {
+        assert_eq!(detect("0 9 1 2 3 4 5 6 7 8"), ["0 9 1 2 3 4 5 6 7 8"]);
+        assert_eq!(detect("O9l2 345 6i8"), ["O9l2 345 6i8"]);
+        assert_eq!(detect("０９１２３４５６７８"), ["０９１２３４５６７８"]);
+        assert_eq!(
+            detect("09\u{200B}12\u{200B}345678"),
+            ["09\u{200B}12\u{200B}345678"]
+        );
+        assert_eq!(detect("0-9-1-2-3-4-5-6-7-8"), ["0-9-1-2-3-4-5-6-7-8"]);
+    }
+
+    #[test]
+    fn numbers_spelled_out_in_words() {
+        let vietnamese = "không chín một hai ba bốn năm sáu bảy tám";
+        assert_eq!(detect(&format!("số em: {vietnamese}")), [vietnamese]);
+        assert_eq!(
+            detect("khong chin mot hai 345 678"),
+            ["khong chin mot hai 345 678"]
+        );
+        assert_eq!(
+            detect("zero nine one two three four five six seven"),
+            ["zero nine one two three four five six seven"]
+        );
+    }
+
+    #[test]
+    fn amounts_and_short_numbers_are_not_phones() {
+        assert!(detect("giá 1.200.000.000 đ").is_empty());
+        assert!(detect("giá 1,500,000,000").is_empty());
+        assert!(detect("1500000000đ thôi").is_empty());
+        assert!(detect("1500000000 vnd").is_empty());
+        assert!(detect("$ 1200000000").is_empty());
+        assert!(detect("năm 2024 tôi mua 2 xe, 3 lần").is_empty());
+        assert!(detect("một hai ba").is_empty());
+    }
+
+    #[test]
+    fn email_addresses() {
+        assert_eq!(detect("mail: Minh.Tran@Gmail.com"), ["Minh.Tran@Gmail.com"]);
+        assert_eq!(
+            detect("minh (at) gmail (dot) com"),
+            ["minh (at) gmail (dot) com"]
+        );
+        assert_eq!(detect("minh at gmail dot com"), ["minh at gmail dot com"]);
+        assert_eq!(
+            detect("minh a còng gmail chấm com"),
+            ["minh a còng gmail chấm com"]
+        );
+        assert_eq!(detect("minh@ｇｍａｉｌ．com"), ["minh@ｇｍａｉｌ．com"]);
+        assert!(detect("gặp at home dot tomorrow").is_empty());
+    }
+
+    #[test]
+    fn messaging_handles() {
+        assert_eq!(detect("nhắn t.me/shopxe24 nha"), ["t.me/shopxe24"]);
+        assert_eq!(
+            detect("https://zalo.me/0912345678"),
+            ["https://zalo.me/0912345678"]
+        );
+        assert_eq!(detect("telegram: @shop_xe"), ["telegram: @shop_xe"]);
+        assert_eq!(detect("add zalo minh_tran99"), ["zalo minh_tran99"]);
+        assert_eq!(detect("Zalo: minhtran"), ["Zalo: minhtran"]);
+        assert!(detect("line is busy today").is_empty());
+        assert!(detect("facebook marketplace ok").is_empty());
+    }
+}

@@ -1,0 +1,191 @@
+//! Blocked terms, matched as whole words on folded text.
+//!
+//! A term matches where it starts and ends at a word boundary, so `scam`
+//! does not match `scampi`. A term written with a trailing `*` matches as a
+//! prefix (`scam*` matches `scammer`). Scripts written without spaces
+//! between words (Chinese, Japanese, Thai ...) have no boundaries to check,
+//! so their terms match anywhere.
+
+use std::ops::Range;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+
+use super::fold::Folded;
+
+/// Maximum term length, in bytes as written.
+pub const MAX_TERM_BYTES: usize = 256;
+
+#[derive(Debug)]
+pub struct Terms {
+    automaton: AhoCorasick,
+    /// Per pattern, whether it matches as a prefix.
+    prefix: Vec<bool>,
+    pub strip_accents: bool,
+}
+
+impl Terms {
+    /// Compiles `terms`, folded as message text is. Fails on a term that
+    /// folds to nothing, naming it.
+    pub fn new(terms: &[String], strip_accents: bool) -> Result<Terms, String> {
+        let mut patterns = Vec::with_capacity(terms.len());
+        let mut prefix = Vec::with_capacity(terms.len());
+        for term in terms {
+            let (body, is_prefix) = match term.strip_suffix('*') {
+                Some(body) => (body, true),
+                None => (term.as_str(), false),
+            };
+            let folded = Folded::new(body, strip_accents);
+            let folded = folded.text().trim();
+            if folded.is_empty() {
+                return Err(format!("term {term:?} has no visible characters"));
+            }
+            if term.len() > MAX_TERM_BYTES {
+                return Err(format!(
+                    "term {term:?} is longer than {MAX_TERM_BYTES} bytes"
+                ));
+            }
+            patterns.push(folded.to_owned());
+            prefix.push(is_prefix);
+        }
+        let automaton = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&patterns)
+            .map_err(|error| format!("failed to compile the terms: {error}"))?;
+        Ok(Terms {
+            automaton,
+            prefix,
+            strip_accents,
+        })
+    }
+
+    /// Finds every term in `text`, as byte ranges of the folded text.
+    pub fn find(&self, text: &Folded) -> Vec<Range<usize>> {
+        let mut found = Vec::new();
+        for hit in self.automaton.find_overlapping_iter(text.text()) {
+            let mut range = hit.range();
+            let starts_word = text
+                .char_at(range.start)
+                .is_none_or(|first| !needs_boundary(first))
+                || text.char_before(range.start).is_none_or(|c| !in_word(c));
+            let ends_word = self.prefix[hit.pattern().as_usize()]
+                || text
+                    .char_before(range.end)
+                    .is_none_or(|last| !needs_boundary(last))
+                || text.char_at(range.end).is_none_or(|c| !in_word(c));
+            if !(starts_word && ends_word) {
+                continue;
+            }
+            if self.prefix[hit.pattern().as_usize()] {
+                // A prefix match covers the rest of its word, so masking it
+                // leaves no tail such as `mers` of `scammers`.
+                while let Some(next) = text.char_at(range.end).filter(|c| in_word(*c)) {
+                    range.end += next.len_utf8();
+                }
+            }
+            found.push(range);
+        }
+        found
+    }
+}
+
+fn in_word(c: char) -> bool {
+    c.is_alphanumeric() || unicode_normalization::char::is_combining_mark(c)
+}
+
+/// True for characters of scripts that separate words with spaces, where a
+/// term must start and end at a word boundary.
+fn needs_boundary(c: char) -> bool {
+    in_word(c) && !is_unspaced_script(c)
+}
+
+/// True for letters of scripts written without spaces between words.
+fn is_unspaced_script(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0E00}'..='\u{0EFF}'     // Thai, Lao
+            | '\u{1000}'..='\u{109F}' // Myanmar
+            | '\u{1780}'..='\u{17FF}' // Khmer
+            | '\u{3040}'..='\u{30FF}' // Hiragana, Katakana
+            | '\u{3400}'..='\u{4DBF}' // CJK Extension A
+            | '\u{4E00}'..='\u{9FFF}' // CJK Unified Ideographs
+            | '\u{F900}'..='\u{FAFF}' // CJK Compatibility Ideographs
+            | '\u{20000}'..='\u{2FA1F}'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terms(list: &[&str], strip_accents: bool) -> Terms {
+        let list: Vec<String> = list.iter().map(|term| term.to_string()).collect();
+        Terms::new(&list, strip_accents).unwrap()
+    }
+
+    fn matches(terms: &Terms, text: &str) -> Vec<String> {
+        let folded = Folded::new(text, terms.strip_accents);
+        terms
+            .find(&folded)
+            .into_iter()
+            .map(|range| text[folded.source_of(range)].to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn whole_words_only() {
+        let scam = terms(&["scam"], false);
+        assert_eq!(matches(&scam, "this is a SCAM!"), ["SCAM"]);
+        assert!(matches(&scam, "grilled scampi").is_empty());
+        assert!(matches(&scam, "antiscam tips").is_empty());
+    }
+
+    #[test]
+    fn prefix_terms() {
+        let scam = terms(&["scam*"], false);
+        assert_eq!(matches(&scam, "scammers here"), ["scammers"]);
+        assert!(matches(&scam, "antiscam").is_empty());
+    }
+
+    #[test]
+    fn vietnamese_with_and_without_tone_marks() {
+        let strict = terms(&["lừa đảo"], false);
+        assert_eq!(matches(&strict, "Đây là LỪA ĐẢO"), ["LỪA ĐẢO"]);
+        assert!(matches(&strict, "day la lua dao").is_empty());
+        // "lúa đào" (rice, peach) differs only in its tone marks.
+        assert!(matches(&strict, "lúa đào").is_empty());
+
+        let loose = terms(&["lừa đảo"], true);
+        assert_eq!(matches(&loose, "day la lua dao"), ["lua dao"]);
+        assert_eq!(matches(&loose, "Lừa   Đảo"), ["Lừa   Đảo"]);
+        // Combining marks typed separately.
+        let combining = "lu\u{031B}\u{0300}a \u{0111}a\u{0309}o";
+        assert_eq!(matches(&loose, combining), [combining]);
+    }
+
+    #[test]
+    fn zero_width_and_lookalike_tricks() {
+        let scam = terms(&["scam", "lừa đảo"], true);
+        assert_eq!(
+            matches(&scam, "s\u{200B}c\u{200D}am"),
+            ["s\u{200B}c\u{200D}am"]
+        );
+        assert_eq!(matches(&scam, "s\u{0441}am"), ["s\u{0441}am"]);
+        assert_eq!(matches(&scam, "ＳＣＡＭ"), ["ＳＣＡＭ"]);
+        assert_eq!(matches(&scam, "l\u{00AD}ừa đảo"), ["l\u{00AD}ừa đảo"]);
+    }
+
+    #[test]
+    fn mixed_scripts_and_emoji() {
+        let list = terms(&["scam", "诈骗", "мошенник"], false);
+        let text = "Cẩn thận 🙅‍♀️ scam 诈骗 và мошенник!";
+        assert_eq!(matches(&list, text), ["scam", "诈骗", "мошенник"]);
+        // Ideographs match inside a sentence without spaces.
+        assert_eq!(matches(&list, "这是诈骗吗"), ["诈骗"]);
+    }
+
+    #[test]
+    fn term_without_visible_characters_is_rejected() {
+        let error = Terms::new(&["\u{200B} ".to_owned()], false).unwrap_err();
+        assert!(error.contains("no visible characters"), "{error}");
+    }
+}
