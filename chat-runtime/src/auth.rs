@@ -179,6 +179,7 @@ mod tests {
             allowed_origins: vec![],
             limits: Limits::default(),
             attachment_hosts: vec![],
+            moderation: Default::default(),
             store: StoreSettings::Embedded,
         }
     }

@@ -7,10 +7,12 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::moderation::{ModerationConfig, Moderator};
 use crate::relay::{RedisConfig, RelaySettings};
 use crate::store::scylla::{ConnectError, ScyllaConfig};
 
@@ -123,6 +125,9 @@ pub struct TenantConfig {
     /// `server.data_dir`.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Rules that check each message before it is stored.
+    #[serde(default)]
+    pub moderation: ModerationConfig,
 }
 
 /// A tenant's `store` section, selected by `kind`.
@@ -190,6 +195,9 @@ impl std::fmt::Debug for ApiKeyConfig {
 pub struct Limits {
     /// Largest text message, in bytes of UTF-8.
     pub max_message_bytes: usize,
+    /// Longest text message, in user-visible characters (extended grapheme
+    /// clusters): a family emoji or a letter with its tone marks is one.
+    pub max_message_chars: usize,
     /// Largest `custom` message payload, in bytes of compact JSON.
     pub max_custom_bytes: usize,
     /// Sustained sends per second per user, across all of the user's sockets.
@@ -205,6 +213,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message_bytes: 4096,
+            max_message_chars: 2000,
             max_custom_bytes: 2048,
             messages_per_second: 10,
             message_burst: 20,
@@ -246,6 +255,7 @@ pub struct TenantSettings {
     pub limits: Limits,
     pub attachment_hosts: Vec<String>,
     pub store: StoreSettings,
+    pub moderation: Arc<Moderator>,
 }
 
 impl TenantSettings {
@@ -419,6 +429,9 @@ fn validate_tenant(
         }
     };
 
+    let moderation = Moderator::new(&tenant.moderation, &format!("{field}.moderation"))
+        .map_err(|(field, reason)| invalid(field, reason))?;
+
     Ok(TenantSettings {
         id: tenant.id.clone(),
         display_name: tenant.display_name.clone(),
@@ -427,6 +440,7 @@ fn validate_tenant(
         limits: tenant.limits,
         attachment_hosts: tenant.attachment_hosts.clone(),
         store,
+        moderation: Arc::new(moderation),
     })
 }
 
@@ -512,8 +526,9 @@ fn validate_origin(origin: &str, field: &str) -> Result<(), ConfigError> {
 }
 
 fn validate_limits(limits: &Limits, field: &str) -> Result<(), ConfigError> {
-    let checks: [(&str, usize, usize, usize); 5] = [
+    let checks: [(&str, usize, usize, usize); 6] = [
         ("max_message_bytes", limits.max_message_bytes, 1, 1 << 20),
+        ("max_message_chars", limits.max_message_chars, 1, 1 << 20),
         ("max_custom_bytes", limits.max_custom_bytes, 2, 1 << 20),
         (
             "messages_per_second",
@@ -699,6 +714,22 @@ mod tests {
             message.contains("tenants[0].limits.max_message_bytes"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn invalid_moderation_rule_is_named() {
+        let message = error_of(&yaml(
+            "    moderation:\n      rules:\n        - name: cards\n          action: block\n          regex: '[0-9'\n",
+        ));
+        assert!(
+            message.contains("tenants[0].moderation.rules[0].regex"),
+            "{message}"
+        );
+
+        let message = error_of(&yaml(
+            "    moderation:\n      rules:\n        - name: x\n          action: ban\n          regex: a\n",
+        ));
+        assert!(message.contains("unknown variant `ban`"), "{message}");
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use unicode_segmentation::UnicodeSegmentation;
+
 use crate::attachments;
 use crate::config::Limits;
 use crate::store::Content;
@@ -93,6 +95,16 @@ pub fn check_content(
                         "text is {} bytes of UTF-8; the limit is {} bytes",
                         text.len(),
                         limits.max_message_bytes
+                    ),
+                ));
+            }
+            let chars = text.graphemes(true).count();
+            if chars > limits.max_message_chars {
+                return Err(ContentError::new(
+                    "message_too_long",
+                    format!(
+                        "text is {chars} characters; the limit is {} characters, counting each emoji and each letter with its marks as one",
+                        limits.max_message_chars
                     ),
                 ));
             }
@@ -297,6 +309,26 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_limit_counts_user_visible_characters() {
+        let limits = Limits {
+            max_message_chars: 3,
+            ..Limits::default()
+        };
+        // A family emoji (seven code points), a thumbs up with a skin tone,
+        // and "ệ" typed as e + circumflex + dot below: three characters.
+        let three = "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}\u{200D}\u{1F466}\u{1F44D}\u{1F3FD}e\u{0302}\u{0323}";
+        let fits = Content::Text { text: three.into() };
+        assert!(check_content(&fits, &limits, &[]).is_ok());
+
+        let four = Content::Text {
+            text: format!("{three}a"),
+        };
+        let error = check_content(&four, &limits, &[]).unwrap_err();
+        assert_eq!(error.code, "message_too_long");
+        assert!(error.message.contains("4 characters"), "{}", error.message);
+    }
 
     #[test]
     fn text_limit_counts_utf8_bytes() {

@@ -20,7 +20,24 @@ pub struct ErrorLabels {
     pub code: String,
 }
 
+/// Labels of a moderation rule's decisions. `decision` is `pass`, `block`,
+/// `mask` or `flag`; `shadow` is `true` for a rule that only records.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub tenant: String,
+    pub rule: String,
+    pub decision: &'static str,
+    pub shadow: bool,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub tenant: String,
+    pub rule: String,
+}
+
 type LatencyFamily = Family<TenantLabel, Histogram, fn() -> Histogram>;
+type RuleLatencyFamily = Family<RuleLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
@@ -33,12 +50,19 @@ pub struct Metrics {
     pub deliveries: Family<TenantLabel, Counter>,
     pub delivery_seconds: LatencyFamily,
     pub errors: Family<ErrorLabels, Counter>,
+    pub moderation_decisions: Family<DecisionLabels, Counter>,
+    pub moderation_seconds: RuleLatencyFamily,
     pub relay: RelayMetrics,
 }
 
 fn latency_histogram() -> Histogram {
     // 0.25 ms to about 4 s.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+fn rule_histogram() -> Histogram {
+    // 1 µs to about 0.26 s.
+    Histogram::new(exponential_buckets(0.000_001, 4.0, 10))
 }
 
 impl Default for Metrics {
@@ -50,6 +74,8 @@ impl Default for Metrics {
         let deliveries = Family::<TenantLabel, Counter>::default();
         let delivery_seconds: LatencyFamily = Family::new_with_constructor(latency_histogram);
         let errors = Family::<ErrorLabels, Counter>::default();
+        let moderation_decisions = Family::<DecisionLabels, Counter>::default();
+        let moderation_seconds: RuleLatencyFamily = Family::new_with_constructor(rule_histogram);
 
         registry.register(
             "websocket_connections",
@@ -82,6 +108,17 @@ impl Default for Metrics {
             errors.clone(),
         );
 
+        registry.register(
+            "moderation_decisions",
+            "Decisions of moderation rules, one per rule per message checked",
+            moderation_decisions.clone(),
+        );
+        registry.register(
+            "moderation_rule_duration_seconds",
+            "Time a moderation rule took to check one message",
+            moderation_seconds.clone(),
+        );
+
         let relay = register_relay(&mut registry);
         Self {
             registry,
@@ -92,6 +129,8 @@ impl Default for Metrics {
             deliveries,
             delivery_seconds,
             errors,
+            moderation_decisions,
+            moderation_seconds,
         }
     }
 }

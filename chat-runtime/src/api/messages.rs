@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use super::channels::{JsonBody, PathParams};
-use super::{ApiResult, UserAuth};
+use super::{ApiResult, SharedState, UserAuth};
 use crate::chat::{self, ChatError, Receipts};
 use crate::store::{Content, Deleter, Message};
 
@@ -50,6 +51,7 @@ pub struct MessageResponse {
 }
 
 pub async fn edit(
+    State(state): State<SharedState>,
     auth: UserAuth,
     PathParams((channel_id, seq)): PathParams<(String, String)>,
     JsonBody(request): JsonBody<EditRequest>,
@@ -57,6 +59,7 @@ pub async fn edit(
     let seq = parse_seq(&seq)?;
     let change = chat::edit_message(
         &auth.tenant,
+        &state.metrics,
         &auth.user_id,
         &channel_id,
         seq,

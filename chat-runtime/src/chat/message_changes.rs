@@ -7,9 +7,10 @@
 //! through history, but resume replays new messages only, so a client that
 //! keeps messages in memory shows the old version until it reloads them.
 
-use crate::chat::{ChatError, now_millis, take_rate};
+use crate::chat::{ChatError, moderation, now_millis, take_rate};
 use crate::hub::Outbound;
 use crate::limits;
+use crate::metrics::Metrics;
 use crate::store::{Content, Deleter, MessageChange, MessageEdit};
 use crate::tenant::Tenant;
 use crate::ws::protocol::{ReactionAction, ServerFrame};
@@ -18,6 +19,7 @@ use crate::ws::protocol::{ReactionAction, ServerFrame};
 /// and sends `message_edited` to the channel's members.
 pub async fn edit_message(
     tenant: &Tenant,
+    metrics: &Metrics,
     editor: &str,
     channel_id: &str,
     seq: u64,
@@ -29,6 +31,7 @@ pub async fn edit_message(
     limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
     let mentions = mentions.map(limits::check_mentions).transpose()?;
     take_rate(tenant, editor)?;
+    let content = moderation::moderate(tenant, metrics, editor, channel_id, content)?;
 
     let change = tenant
         .store

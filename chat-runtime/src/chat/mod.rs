@@ -5,6 +5,7 @@
 //! client ever sees a message that is not durable.
 
 mod message_changes;
+mod moderation;
 mod receipts;
 
 pub use message_changes::{delete_message, edit_message, react};
@@ -149,6 +150,7 @@ pub async fn send_message(
         ));
     }
     take_rate(tenant, sender)?;
+    let content = moderation::moderate(tenant, metrics, sender, &draft.channel_id, draft.content)?;
 
     let appended = tenant
         .store
@@ -156,7 +158,7 @@ pub async fn send_message(
             channel_id: draft.channel_id,
             sender_id: sender.to_owned(),
             client_id: draft.client_id,
-            content: draft.content,
+            content,
             reply_to: draft.reply_to,
             mentions,
             created_at: now_millis(),

@@ -389,6 +389,7 @@ impl Session {
             } => {
                 let result = chat::edit_message(
                     &self.tenant,
+                    &self.state.metrics,
                     &self.user_id,
                     &channel_id,
                     seq,
