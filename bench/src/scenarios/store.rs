@@ -339,6 +339,7 @@ async fn append(store: &SqliteStore, channel: &AppendChannel, number: u64) -> an
         reply_to: None,
         mentions: Vec::new(),
         created_at: now_millis()?,
+        moderation: Vec::new(),
     };
     let appended = store
         .append_message(message)

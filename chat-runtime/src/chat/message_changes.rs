@@ -31,7 +31,13 @@ pub async fn edit_message(
     limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
     let mentions = mentions.map(limits::check_mentions).transpose()?;
     take_rate(tenant, editor)?;
-    let content = moderation::moderate(tenant, metrics, editor, channel_id, content)?;
+    let subject = moderation::Subject {
+        sender: editor,
+        channel_id,
+        client_id: None,
+        seq: Some(seq),
+    };
+    let checked = moderation::moderate(tenant, metrics, subject, content).await?;
 
     let change = tenant
         .store
@@ -39,9 +45,10 @@ pub async fn edit_message(
             channel_id: channel_id.to_owned(),
             seq,
             editor: editor.to_owned(),
-            content,
+            content: checked.content,
             mentions,
             edited_at: now_millis(),
+            moderation: checked.records,
         })
         .await?;
     let frame = ServerFrame::MessageEdited {

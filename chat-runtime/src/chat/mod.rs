@@ -70,6 +70,11 @@ impl From<StoreError> for ChatError {
                 "this client_id was already used for a different message",
             ),
             StoreError::Invalid(reason) => ChatError::invalid(reason),
+            StoreError::CursorExpired => ChatError::new(
+                StatusCode::GONE,
+                "cursor_expired",
+                "events after this cursor were deleted by retention; read again without `after` to start from the oldest event kept",
+            ),
             StoreError::Unavailable(source) => {
                 tracing::error!(error = %source, "Store failed");
                 ChatError::new(
@@ -150,7 +155,13 @@ pub async fn send_message(
         ));
     }
     take_rate(tenant, sender)?;
-    let content = moderation::moderate(tenant, metrics, sender, &draft.channel_id, draft.content)?;
+    let subject = moderation::Subject {
+        sender,
+        channel_id: &draft.channel_id,
+        client_id: Some(&draft.client_id),
+        seq: None,
+    };
+    let checked = moderation::moderate(tenant, metrics, subject, draft.content).await?;
 
     let appended = tenant
         .store
@@ -158,10 +169,11 @@ pub async fn send_message(
             channel_id: draft.channel_id,
             sender_id: sender.to_owned(),
             client_id: draft.client_id,
-            content,
+            content: checked.content,
             reply_to: draft.reply_to,
             mentions,
             created_at: now_millis(),
+            moderation: checked.records,
         })
         .await?;
     if !appended.duplicate {

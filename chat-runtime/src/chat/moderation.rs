@@ -1,39 +1,60 @@
-//! The tenant's moderation rules applied to a message before it is stored,
-//! with every decision counted in metrics and every match logged.
-//!
-//! NOTE: a decision is recorded in metrics and the log only. Nothing keeps
-//! a durable record of it yet, so flagged messages have no review queue.
+//! The tenant's moderation rules applied to a message before it is stored.
+//! Every decision is counted in metrics, and every match is logged and
+//! written to the event log: with the message when it is stored, on its own
+//! when a rule blocked it.
 
 use axum::http::StatusCode;
 
-use crate::chat::ChatError;
+use crate::chat::{ChatError, now_millis};
 use crate::limits;
 use crate::metrics::{DecisionLabels, Metrics, RuleLabels};
 use crate::moderation::Moderated;
-use crate::store::Content;
+use crate::store::{Content, ModerationRecord, NewEvent};
 use crate::tenant::Tenant;
+
+/// The message being checked: who sends or edits it, and where.
+pub(crate) struct Subject<'a> {
+    pub sender: &'a str,
+    pub channel_id: &'a str,
+    /// Set for sends.
+    pub client_id: Option<&'a str>,
+    /// Set for edits: the edited message.
+    pub seq: Option<u64>,
+}
+
+/// Content that moderation let through, and the decisions to store with it.
+pub(crate) struct Checked {
+    pub content: Content,
+    pub records: Vec<ModerationRecord>,
+}
 
 /// Runs the rules over `content`, which passed the tenant's limits, and
 /// returns what to store: the content, masked where a rule asked. A
 /// blocking rule returns its reason code as the error code.
-pub(crate) fn moderate(
+pub(crate) async fn moderate(
     tenant: &Tenant,
     metrics: &Metrics,
-    sender: &str,
-    channel_id: &str,
+    subject: Subject<'_>,
     content: Content,
-) -> Result<Content, ChatError> {
+) -> Result<Checked, ChatError> {
     let settings = tenant.settings();
     if settings.moderation.is_empty() {
-        return Ok(content);
+        return Ok(Checked {
+            content,
+            records: Vec::new(),
+        });
     }
     let moderated = settings.moderation.moderate(content);
-    record(tenant, metrics, sender, channel_id, &moderated);
+    record_metrics(tenant, metrics, &subject, &moderated);
+    let records = records_of(&subject, &moderated);
+
     if let Some(blocked) = moderated.blocked() {
+        let reason = blocked.reason;
+        record_block(tenant, &subject, &records).await;
         return Err(ChatError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            blocked.reason,
-            rejection_message(blocked.reason),
+            reason,
+            rejection_message(reason),
         ));
     }
     if moderated.masked {
@@ -44,14 +65,53 @@ pub(crate) fn moderate(
             &settings.attachment_hosts,
         )?;
     }
-    Ok(moderated.content)
+    Ok(Checked {
+        content: moderated.content,
+        records,
+    })
 }
 
-fn record(
+/// Builds one record per rule that matched, shadow rules included.
+fn records_of(subject: &Subject<'_>, moderated: &Moderated) -> Vec<ModerationRecord> {
+    let matched = moderated
+        .runs
+        .iter()
+        .filter_map(|run| run.matched.map(|decision| (run, decision)));
+    matched
+        .map(|(run, decision)| ModerationRecord {
+            rule: run.rule.to_string(),
+            action: decision.action.as_str().to_owned(),
+            shadow: decision.shadow,
+            reason: decision.reason.to_owned(),
+            user_id: subject.sender.to_owned(),
+            channel_id: subject.channel_id.to_owned(),
+            client_id: subject.client_id.map(str::to_owned),
+        })
+        .collect()
+}
+
+/// Writes the decisions on a blocked message to the event log. The sender
+/// gets the rejection even when this write fails, so the failure is logged.
+async fn record_block(tenant: &Tenant, subject: &Subject<'_>, records: &[ModerationRecord]) {
+    let now = now_millis();
+    let events = records
+        .iter()
+        .map(|record| NewEvent::moderation(record, subject.seq, now))
+        .collect();
+    if let Err(error) = tenant.store.append_events(events).await {
+        tracing::error!(
+            tenant = %tenant.id,
+            channel = subject.channel_id,
+            error = %crate::server::error_chain(&error),
+            "Failed to record a moderation decision in the event log"
+        );
+    }
+}
+
+fn record_metrics(
     tenant: &Tenant,
     metrics: &Metrics,
-    sender: &str,
-    channel_id: &str,
+    subject: &Subject<'_>,
     moderated: &Moderated,
 ) {
     for run in &moderated.runs {
@@ -79,8 +139,8 @@ fn record(
         if let Some(matched) = &run.matched {
             tracing::info!(
                 tenant = %tenant.id,
-                user = sender,
-                channel = channel_id,
+                user = subject.sender,
+                channel = subject.channel_id,
                 rule = %run.rule,
                 action = matched.action.as_str(),
                 shadow = matched.shadow,

@@ -11,9 +11,12 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod events;
 pub(crate) mod keys;
 pub mod scylla;
 pub mod sqlite;
+
+pub use events::{Event, EventPage, ModerationRecord, NewEvent};
 
 use std::collections::BTreeMap;
 
@@ -187,6 +190,9 @@ pub struct NewMessage {
     /// member of the channel.
     pub mentions: Vec<String>,
     pub created_at: Millis,
+    /// Moderation decisions on the message, written to the event log with
+    /// it.
+    pub moderation: Vec<ModerationRecord>,
 }
 
 /// A change of a message's content by its sender.
@@ -200,6 +206,9 @@ pub struct MessageEdit {
     /// current ones.
     pub mentions: Option<Vec<String>>,
     pub edited_at: Millis,
+    /// Moderation decisions on the new content, written to the event log
+    /// with the edit.
+    pub moderation: Vec<ModerationRecord>,
 }
 
 /// Result of an edit, a delete or a reaction change.
@@ -290,6 +299,9 @@ pub enum StoreError {
     /// a direct channel).
     #[error("invalid request: {0}")]
     Invalid(&'static str),
+    /// An event log cursor points before the oldest event still kept.
+    #[error("cursor is older than the retained event log")]
+    CursorExpired,
     /// The database failed or is being shut down; the write did not happen.
     #[error("store unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -506,6 +518,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets client message ids recorded before `older_than`.
     async fn purge_client_ids(&self, older_than: Millis) -> StoreResult<u64>;
+
+    /// Appends events that go with no other change, such as the decision
+    /// of a moderation rule that blocked a message.
+    async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<()>;
+
+    /// Returns up to `limit` events of the log, oldest first: those after
+    /// `after`, or from the oldest event kept when `after` is `None`. Fails
+    /// with `CursorExpired` when events after `after` were already purged,
+    /// and with `Invalid` for a cursor this store did not issue.
+    async fn events(&self, after: Option<&str>, limit: u32) -> StoreResult<EventPage>;
+
+    /// Deletes events created before `older_than`. Returns how many.
+    async fn purge_events(&self, older_than: Millis) -> StoreResult<u64>;
 
     /// Finishes queued writes and flushes everything to disk. Later calls
     /// return `Unavailable`.

@@ -22,6 +22,7 @@
 //! deduplicated through a table, both inside the write transaction whose
 //! `BEGIN IMMEDIATE` holds the file's write lock.
 
+mod events;
 mod queries;
 mod schema;
 mod writer;
@@ -39,9 +40,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use std::collections::BTreeMap;
 
 use super::{
-    Appended, Channel, ChannelSummary, Deleter, Member, MembershipChange, Message, MessageChange,
-    MessageEdit, Millis, NewMessage, Page, Positions, Store, StoreError, StoreResult, User,
-    UserAuthState, keys,
+    Appended, Channel, ChannelSummary, Deleter, EventPage, Member, MembershipChange, Message,
+    MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions, Store, StoreError,
+    StoreResult, User, UserAuthState, keys,
 };
 use queries::OpResult;
 use writer::{BoxedRequest, WRITE_QUEUE_CAPACITY};
@@ -379,10 +380,10 @@ impl Store for SqliteStore {
         channel_id: &str,
         actor: &str,
         user: &str,
-        _now: Millis,
+        now: Millis,
     ) -> StoreResult<MembershipChange> {
         let (channel_id, actor, user) = (channel_id.to_owned(), actor.to_owned(), user.to_owned());
-        self.write(move |conn| queries::remove_member(conn, &channel_id, &actor, &user))
+        self.write(move |conn| queries::remove_member(conn, &channel_id, &actor, &user, now))
             .await
     }
 
@@ -525,6 +526,32 @@ impl Store for SqliteStore {
     async fn purge_client_ids(&self, older_than: Millis) -> StoreResult<u64> {
         self.write(move |conn| queries::purge_client_ids(conn, older_than))
             .await
+    }
+
+    async fn append_events(&self, new_events: Vec<NewEvent>) -> StoreResult<()> {
+        self.write(move |conn| events::append_all(conn, &new_events))
+            .await
+    }
+
+    async fn events(&self, after: Option<&str>, limit: u32) -> StoreResult<EventPage> {
+        let after = after.map(str::to_owned);
+        self.read(move |conn| events::read(conn, after.as_deref(), limit))
+            .await
+    }
+
+    /// Deletes in batches of [`events::MAX_PURGE_BATCH`], one write request
+    /// each, so other writes are not held up behind a large purge.
+    async fn purge_events(&self, older_than: Millis) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let deleted = self
+                .write(move |conn| events::purge(conn, older_than))
+                .await?;
+            total += deleted;
+            if deleted < u64::from(events::MAX_PURGE_BATCH) {
+                return Ok(total);
+            }
+        }
     }
 
     /// Stops accepting writes, lets the writer thread commit what is queued,

@@ -14,6 +14,7 @@ fn edit(channel_id: &str, seq: u64, editor: &str, body: &str) -> MessageEdit {
         content: text(body),
         mentions: None,
         edited_at: NOW + 1_000,
+        moderation: Vec::new(),
     }
 }
 

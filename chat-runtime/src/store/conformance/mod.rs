@@ -7,8 +7,10 @@
 //! one separate data (a new file, a new keyspace) and tests never see each
 //! other's rows.
 
+mod events;
 mod message_changes;
 
+pub(crate) use events::*;
 pub(crate) use message_changes::*;
 
 use std::sync::Arc;
@@ -77,6 +79,11 @@ macro_rules! store_conformance_tests {
             reactions_count_per_user,
             delivered_positions_monotonic,
             receipts_under_concurrent_writes,
+            events_record_each_change_once,
+            events_resume_after_cursor,
+            events_of_channel_keep_its_order,
+            moderation_decisions_are_events,
+            events_survive_reopen_until_purged,
         );
     };
     (@each $fixture:expr; $($check:ident),* $(,)?) => {
@@ -123,6 +130,7 @@ pub(crate) fn message(
         reply_to: None,
         mentions: Vec::new(),
         created_at: NOW,
+        moderation: Vec::new(),
     }
 }
 

@@ -17,9 +17,9 @@ use tokio::sync::{OnceCell, watch};
 
 use super::{ScyllaConfig, ScyllaStore};
 use crate::store::{
-    Appended, Channel, ChannelSummary, Deleter, Member, MembershipChange, Message, MessageChange,
-    MessageEdit, Millis, NewMessage, Page, Positions, Store, StoreError, StoreResult, User,
-    UserAuthState,
+    Appended, Channel, ChannelSummary, Deleter, EventPage, Member, MembershipChange, Message,
+    MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions, Store, StoreError,
+    StoreResult, User, UserAuthState,
 };
 
 /// Wait after the first failed attempt. Each later failure doubles it, up
@@ -272,6 +272,18 @@ impl Store for ConnectingStore {
         self.open()?.purge_client_ids(older_than).await
     }
 
+    async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<()> {
+        self.open()?.append_events(events).await
+    }
+
+    async fn events(&self, after: Option<&str>, limit: u32) -> StoreResult<EventPage> {
+        self.open()?.events(after, limit).await
+    }
+
+    async fn purge_events(&self, older_than: Millis) -> StoreResult<u64> {
+        self.open()?.purge_events(older_than).await
+    }
+
     /// Stops the connecting task and closes the store if it opened.
     async fn close(&self) -> StoreResult<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
@@ -326,6 +338,7 @@ mod tests {
                 reply_to: None,
                 mentions: Vec::new(),
                 created_at: 1,
+                moderation: Vec::new(),
             })
             .await;
         let Err(StoreError::Unavailable(reason)) = appended else {

@@ -221,6 +221,7 @@ async fn history_crosses_buckets() {
                 reply_to: None,
                 mentions: Vec::new(),
                 created_at: 1,
+                moderation: Vec::new(),
             })
             .await
             .unwrap();
@@ -319,6 +320,7 @@ async fn unfinished_message_is_completed() {
             reply_to: None,
             mentions: Vec::new(),
             created_at: 6,
+            moderation: Vec::new(),
         })
         .await
         .unwrap();
@@ -334,6 +336,7 @@ async fn unfinished_message_is_completed() {
             reply_to: None,
             mentions: Vec::new(),
             created_at: 7,
+            moderation: Vec::new(),
         })
         .await
         .unwrap();

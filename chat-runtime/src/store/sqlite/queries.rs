@@ -10,10 +10,11 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
+use super::events;
 use crate::store::{
     Appended, Channel, ChannelKind, ChannelSummary, Content, Deleter, MAX_REACTIONS_PER_USER,
-    Member, MemberRole, MembershipChange, Message, MessageChange, MessageEdit, Millis, NewMessage,
-    Page, Positions, StoreError, User, UserAuthState, keys,
+    Member, MemberRole, MembershipChange, Message, MessageChange, MessageEdit, Millis, NewEvent,
+    NewMessage, Page, Positions, StoreError, User, UserAuthState, keys,
 };
 
 /// Failure of one operation: either a store-level outcome that the caller
@@ -51,6 +52,14 @@ impl From<OpError> for StoreError {
             OpError::Sqlite(error) => StoreError::Unavailable(Box::new(error)),
         }
     }
+}
+
+/// The current time. Positions carry no time of their own, so their events
+/// are stamped when written.
+fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as Millis)
 }
 
 fn not_found<T>() -> OpResult<T> {
@@ -365,10 +374,11 @@ pub(super) fn upsert_user(
             .execute(params![id, name, metadata, now, now / 1000])?;
         }
     }
-    match load_user(conn, id)? {
-        Some(user) => Ok(user),
-        None => Err(inconsistent("user row missing right after it was written")),
-    }
+    let Some(user) = load_user(conn, id)? else {
+        return Err(inconsistent("user row missing right after it was written"));
+    };
+    events::append(conn, &NewEvent::user_upserted(&user, now))?;
+    Ok(user)
 }
 
 pub(super) fn delete_user(conn: &Connection, id: &str, now: Millis) -> OpResult<()> {
@@ -381,7 +391,7 @@ pub(super) fn delete_user(conn: &Connection, id: &str, now: Millis) -> OpResult<
     if changed == 0 {
         return not_found();
     }
-    Ok(())
+    events::append(conn, &NewEvent::user_deleted(id, now))
 }
 
 pub(super) fn revoke_tokens(
@@ -397,10 +407,11 @@ pub(super) fn revoke_tokens(
         )?
         .query_row(params![id, at_least, now], |row| row.get(0))
         .optional()?;
-    match bound {
-        Some(bound) => Ok(bound),
-        None => not_found(),
-    }
+    let Some(bound) = bound else {
+        return not_found();
+    };
+    events::append(conn, &NewEvent::tokens_revoked(id, bound, now))?;
+    Ok(bound)
 }
 
 pub(super) fn user_auth_state(conn: &Connection, id: &str) -> OpResult<Option<UserAuthState>> {
@@ -470,6 +481,9 @@ pub(super) fn open_direct(
         ));
     };
     let members = list_member_ids(conn, &channel_id)?;
+    if inserted == 1 {
+        events::append(conn, &NewEvent::channel_created(&channel, &members))?;
+    }
     Ok((channel, members))
 }
 
@@ -528,7 +542,8 @@ pub(super) fn create_group(
     let Some(channel) = load_channel(conn, id)? else {
         return Err(inconsistent("group row missing right after it was written"));
     };
-    let members = all_members.into_iter().map(str::to_owned).collect();
+    let members: Vec<String> = all_members.into_iter().map(str::to_owned).collect();
+    events::append(conn, &NewEvent::channel_created(&channel, &members))?;
     Ok((channel, members))
 }
 
@@ -562,6 +577,9 @@ pub(super) fn add_member(
         channel.last_seq,
         now,
     )?;
+    if changed {
+        events::append(conn, &NewEvent::member_added(channel_id, user, actor, now))?;
+    }
     let members = list_member_ids(conn, channel_id)?;
     Ok(MembershipChange {
         channel,
@@ -575,6 +593,7 @@ pub(super) fn remove_member(
     channel_id: &str,
     actor: &str,
     user: &str,
+    now: Millis,
 ) -> OpResult<MembershipChange> {
     let (channel, actor_role) = channel_of_member(conn, channel_id, actor)?;
     if channel.kind == ChannelKind::Direct {
@@ -596,6 +615,12 @@ pub(super) fn remove_member(
     let removed = conn
         .prepare_cached("DELETE FROM members WHERE channel_id = ?1 AND user_id = ?2")?
         .execute([channel_id, user])?;
+    if removed == 1 {
+        events::append(
+            conn,
+            &NewEvent::member_removed(channel_id, user, actor, now),
+        )?;
+    }
     let members = list_member_ids(conn, channel_id)?;
     Ok(MembershipChange {
         channel,
@@ -749,6 +774,7 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         reply_to,
         mentions,
         created_at,
+        moderation,
     } = message;
 
     if member_role(conn, &channel_id, &sender_id)?.is_none() {
@@ -833,22 +859,27 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
     .execute(params![channel_id, sender_id, seq_to_sql(seq)])?;
 
     let members = list_member_ids(conn, &channel_id)?;
+    let message = Message {
+        channel_id,
+        seq,
+        sender_id,
+        sender_deleted: false,
+        client_id,
+        content: Some(content),
+        reply_to,
+        mentions,
+        reactions: BTreeMap::new(),
+        own_reactions: Vec::new(),
+        created_at,
+        edited_at: None,
+        deleted_at: None,
+    };
+    events::append(conn, &NewEvent::message_new(&message))?;
+    for record in &moderation {
+        events::append(conn, &NewEvent::moderation(record, Some(seq), created_at))?;
+    }
     Ok(Appended {
-        message: Message {
-            channel_id,
-            seq,
-            sender_id,
-            sender_deleted: false,
-            client_id,
-            content: Some(content),
-            reply_to,
-            mentions,
-            reactions: BTreeMap::new(),
-            own_reactions: Vec::new(),
-            created_at,
-            edited_at: None,
-            deleted_at: None,
-        },
+        message,
         duplicate: false,
         members,
     })
@@ -971,6 +1002,7 @@ pub(super) fn edit_message(conn: &Connection, edit: MessageEdit) -> OpResult<Mes
         content,
         mentions,
         edited_at,
+        moderation,
     } = edit;
     let message = own_live_message(
         conn,
@@ -1005,8 +1037,13 @@ pub(super) fn edit_message(conn: &Connection, edit: MessageEdit) -> OpResult<Mes
         edited_at
     ])?;
 
+    let message = existing_message(conn, &channel_id, seq)?;
+    events::append(conn, &NewEvent::message_edited(&message, edited_at))?;
+    for record in &moderation {
+        events::append(conn, &NewEvent::moderation(record, Some(seq), edited_at))?;
+    }
     Ok(MessageChange {
-        message: existing_message(conn, &channel_id, seq)?,
+        message,
         members: list_member_ids(conn, &channel_id)?,
         changed: true,
     })
@@ -1049,6 +1086,14 @@ pub(super) fn delete_message(
          WHERE channel_id = ?1 AND seq = ?2",
     )?
     .execute(params![channel_id, seq_to_sql(seq), now])?;
+    let deleted_by = match deleter {
+        Deleter::Member(user) => Some(user),
+        Deleter::Server => None,
+    };
+    events::append(
+        conn,
+        &NewEvent::message_deleted(channel_id, seq, deleted_by, now),
+    )?;
 
     Ok(MessageChange {
         message: existing_message(conn, channel_id, seq)?,
@@ -1084,6 +1129,10 @@ pub(super) fn react(
         .execute(params![channel_id, seq_to_sql(seq), reaction, user])?
             == 1
     };
+    if changed {
+        let event = NewEvent::reaction(channel_id, seq, user, reaction, add, now);
+        events::append(conn, &event)?;
+    }
 
     Ok(MessageChange {
         message: existing_message(conn, channel_id, seq)?,
@@ -1267,6 +1316,12 @@ pub(super) fn move_position(
             seq_to_sql(new_read),
             seq_to_sql(new_delivered)
         ])?;
+    }
+    // Delivery positions move with every device's acknowledgement, so only
+    // reads go to the event log.
+    if new_read != read_seq {
+        let event = NewEvent::channel_read(channel_id, user, new_read, now_millis());
+        events::append(conn, &event)?;
     }
     Ok(Positions {
         read_seq: new_read,

@@ -8,10 +8,10 @@ use crate::store::StoreError;
 /// Value of `PRAGMA user_version` once every entry of [`MIGRATIONS`] is in
 /// place. A file with a higher version was written by a newer build and is
 /// not opened.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// SQL that takes a file from version `index` to `index + 1`.
-pub(super) const MIGRATIONS: [&str; 2] = [SCHEMA, EDITS_REACTIONS_RECEIPTS];
+pub(super) const MIGRATIONS: [&str; 3] = [SCHEMA, EDITS_REACTIONS_RECEIPTS, EVENT_LOG];
 
 /// Every statement is `IF NOT EXISTS`, so a process that lost the race to
 /// create a new file runs it again without harm.
@@ -127,6 +127,30 @@ CREATE TABLE IF NOT EXISTS reactions (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (channel_id, seq, reaction, user_id)
 ) STRICT, WITHOUT ROWID;
+";
+
+/// The event log. AUTOINCREMENT keeps positions of purged events from being
+/// handed out again, so a consumer's cursor never points at a different
+/// event later. `event_log_state` records the highest purged position, to
+/// tell an expired cursor from a valid one.
+const EVENT_LOG: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    channel_id TEXT,
+    created_at INTEGER NOT NULL,
+    -- JSON object with the change's details.
+    data TEXT NOT NULL
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS events_by_age ON events (created_at);
+
+CREATE TABLE IF NOT EXISTS event_log_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    purged_through INTEGER NOT NULL
+) STRICT;
+
+INSERT OR IGNORE INTO event_log_state (id, purged_through) VALUES (1, 0);
 ";
 
 /// Creates the tables of a new file, or checks the version of an existing one.

@@ -1,0 +1,111 @@
+//! SQL of the event log: appends inside the writer's batch transaction, so
+//! an event commits with the change it describes, and paged reads by
+//! position.
+
+use rusqlite::{Connection, params};
+
+use super::queries::{OpError, OpResult};
+use crate::store::{Event, EventPage, Millis, NewEvent, StoreError};
+
+/// Most events deleted by one purge request, so that a purge after a long
+/// pause holds the write lock for a bounded time. The caller repeats it.
+pub(super) const MAX_PURGE_BATCH: u32 = 10_000;
+
+pub(super) fn append(conn: &Connection, event: &NewEvent) -> OpResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO events (kind, channel_id, created_at, data) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        event.kind,
+        event.channel_id,
+        event.created_at,
+        serde_json::to_string(&event.data)?,
+    ])?;
+    Ok(())
+}
+
+pub(super) fn append_all(conn: &Connection, events: &[NewEvent]) -> OpResult<()> {
+    events.iter().try_for_each(|event| append(conn, event))
+}
+
+/// Parses a cursor: the decimal position of the last event read.
+fn parse_cursor(cursor: &str) -> OpResult<i64> {
+    let digits_only = !cursor.is_empty() && cursor.bytes().all(|byte| byte.is_ascii_digit());
+    match cursor.parse::<i64>() {
+        Ok(position) if digits_only => Ok(position),
+        _ => Err(OpError::Store(StoreError::Invalid(
+            "invalid cursor: pass a cursor this API returned",
+        ))),
+    }
+}
+
+fn purged_through(conn: &Connection) -> OpResult<i64> {
+    let position = conn
+        .prepare_cached("SELECT purged_through FROM event_log_state WHERE id = 1")?
+        .query_row([], |row| row.get(0))?;
+    Ok(position)
+}
+
+pub(super) fn read(conn: &Connection, after: Option<&str>, limit: u32) -> OpResult<EventPage> {
+    let purged = purged_through(conn)?;
+    let after = match after {
+        Some(cursor) => parse_cursor(cursor)?,
+        None => purged,
+    };
+    if after < purged {
+        return Err(OpError::Store(StoreError::CursorExpired));
+    }
+
+    let mut statement = conn.prepare_cached(
+        "SELECT position, kind, channel_id, created_at, data FROM events \
+         WHERE position > ?1 ORDER BY position LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![after, limit], |row| {
+        let position: i64 = row.get(0)?;
+        let data: String = row.get(4)?;
+        Ok((position, row.get(1)?, row.get(2)?, row.get(3)?, data))
+    })?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (position, kind, channel_id, created_at, data) = row?;
+        events.push(Event {
+            id: position.to_string(),
+            cursor: position.to_string(),
+            kind,
+            channel_id,
+            created_at,
+            data: serde_json::from_str(&data)?,
+        });
+    }
+    let next_cursor = events
+        .last()
+        .map_or_else(|| after.to_string(), |event| event.cursor.clone());
+    Ok(EventPage {
+        events,
+        next_cursor,
+    })
+}
+
+/// Deletes up to [`MAX_PURGE_BATCH`] of the oldest events created before
+/// `older_than`. Only a prefix of the log is deleted, even when clocks of
+/// the processes sharing the file disagree, so every position at or below
+/// `purged_through` is gone and every one above it is kept.
+pub(super) fn purge(conn: &Connection, older_than: Millis) -> OpResult<u64> {
+    let through: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MAX(position) FROM (SELECT position, created_at FROM events \
+             ORDER BY position LIMIT ?2) WHERE created_at < ?1",
+        )?
+        .query_row(params![older_than, MAX_PURGE_BATCH], |row| row.get(0))?;
+    let Some(through) = through else {
+        return Ok(0);
+    };
+    let deleted = conn
+        .prepare_cached("DELETE FROM events WHERE position <= ?1")?
+        .execute([through])?;
+    conn.prepare_cached(
+        "UPDATE event_log_state SET purged_through = MAX(purged_through, ?1) WHERE id = 1",
+    )?
+    .execute([through])?;
+    Ok(deleted as u64)
+}
