@@ -180,6 +180,7 @@ mod tests {
             limits: Limits::default(),
             attachment_hosts: vec![],
             moderation: Default::default(),
+            events: Default::default(),
             store: StoreSettings::Embedded,
         }
     }

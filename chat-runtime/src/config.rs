@@ -16,6 +16,9 @@ use crate::moderation::{ModerationConfig, Moderator};
 use crate::relay::{RedisConfig, RelaySettings};
 use crate::store::scylla::{ConnectError, ScyllaConfig};
 
+/// Longest event retention: one year.
+const MAX_EVENT_RETENTION_HOURS: u32 = 366 * 24;
+
 /// Shortest accepted API secret: HS256 keys shorter than the hash output
 /// (32 bytes) weaken the signature.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -128,6 +131,26 @@ pub struct TenantConfig {
     /// Rules that check each message before it is stored.
     #[serde(default)]
     pub moderation: ModerationConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// A tenant's `events` section: how long the event log keeps events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Hours an event stays readable through the server API. Consumers
+    /// that fall further behind than this miss events and get
+    /// `cursor_expired`.
+    pub retention_hours: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 7 * 24,
+        }
+    }
 }
 
 /// A tenant's `store` section, selected by `kind`.
@@ -256,6 +279,7 @@ pub struct TenantSettings {
     pub attachment_hosts: Vec<String>,
     pub store: StoreSettings,
     pub moderation: Arc<Moderator>,
+    pub events: EventsConfig,
 }
 
 impl TenantSettings {
@@ -429,6 +453,12 @@ fn validate_tenant(
         }
     };
 
+    if !(1..=MAX_EVENT_RETENTION_HOURS).contains(&tenant.events.retention_hours) {
+        return Err(invalid(
+            format!("{field}.events.retention_hours"),
+            format!("must be between 1 and {MAX_EVENT_RETENTION_HOURS}"),
+        ));
+    }
     let moderation = Moderator::new(&tenant.moderation, &format!("{field}.moderation"))
         .map_err(|(field, reason)| invalid(field, reason))?;
 
@@ -441,6 +471,7 @@ fn validate_tenant(
         attachment_hosts: tenant.attachment_hosts.clone(),
         store,
         moderation: Arc::new(moderation),
+        events: tenant.events,
     })
 }
 

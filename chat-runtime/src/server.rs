@@ -21,6 +21,7 @@ use crate::api::{self, AppState, SharedState};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
+use crate::store::StoreResult;
 use crate::tenant::{TenantError, Tenants};
 
 /// How often the configuration file is checked for changes. Polling also
@@ -138,7 +139,7 @@ pub async fn run(
         config_text,
         Arc::clone(&state),
     ));
-    tokio::spawn(purge_client_ids(Arc::clone(&state)));
+    tokio::spawn(purge_expired(Arc::clone(&state)));
 
     let tenant_ids: Vec<&str> = config
         .tenants
@@ -291,25 +292,31 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-async fn purge_client_ids(state: SharedState) {
+/// Deletes, every [`PURGE_INTERVAL`], client message ids past the dedupe
+/// window and events past each tenant's retention.
+async fn purge_expired(state: SharedState) {
     let mut shutdown = state.shutdown.clone();
-    let retention_ms = state.server.dedupe_retention_days as i64 * 24 * 3600 * 1000;
+    let dedupe_ms = state.server.dedupe_retention_days as i64 * 24 * 3600 * 1000;
     loop {
         for tenant in state.tenants.all() {
-            let cutoff = crate::chat::now_millis() - retention_ms;
-            match tenant.store.purge_client_ids(cutoff).await {
-                Ok(purged) if purged > 0 => {
-                    tracing::info!(tenant = %tenant.id, purged, "Purged old client message ids")
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(tenant = %tenant.id, error = %error, "Failed to purge old client message ids")
-                }
-            }
+            let now = crate::chat::now_millis();
+            let client_ids = tenant.store.purge_client_ids(now - dedupe_ms).await;
+            log_purge(&tenant.id, "client message ids", client_ids);
+            let retention_ms = i64::from(tenant.settings().events.retention_hours) * 3600 * 1000;
+            let events = tenant.store.purge_events(now - retention_ms).await;
+            log_purge(&tenant.id, "events", events);
         }
         tokio::select! {
             _ = tokio::time::sleep(PURGE_INTERVAL) => {}
             _ = api::shutdown_started(&mut shutdown) => return,
         }
+    }
+}
+
+fn log_purge(tenant: &str, rows: &str, result: StoreResult<u64>) {
+    match result {
+        Ok(purged) if purged > 0 => tracing::info!(tenant, rows, purged, "Purged expired rows"),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(tenant, rows, error = %error, "Failed to purge expired rows"),
     }
 }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod channels;
+pub mod events;
 mod messages;
 mod server_api;
 
@@ -194,7 +195,8 @@ pub fn router(state: SharedState) -> Router {
         .route(
             "/v1/server/channels/{channel_id}/messages/{seq}",
             delete(server_api::delete_message),
-        );
+        )
+        .route("/v1/server/events", get(events::list));
 
     let mut operations = Router::new()
         .route("/healthz", get(healthz))

@@ -180,6 +180,24 @@ impl ServerApi {
         response.status().as_u16()
     }
 
+    /// Sends a GET to a server API path and returns status and body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("x-parley-tenant", &self.tenant)
+            .basic_auth(&self.key, Some(&self.secret))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     /// Sends a DELETE to a server API path and returns status and body.
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let response = self
