@@ -37,6 +37,24 @@ pub struct EventPage {
     pub next_cursor: String,
 }
 
+/// An event that a webhook endpoint did not accept after its last attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub event: Event,
+    pub attempts: u32,
+    /// Why the last attempt failed, such as `HTTP 500` or `timed out`.
+    pub last_error: String,
+    pub failed_at: Millis,
+}
+
+/// A process's claim on delivering to one webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookClaim {
+    /// Cursor of the last event handled for the endpoint, `None` for an
+    /// endpoint that never delivered.
+    pub cursor: Option<String>,
+}
+
 /// An event to append, built by the constructors below.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {

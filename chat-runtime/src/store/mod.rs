@@ -16,7 +16,7 @@ pub(crate) mod keys;
 pub mod scylla;
 pub mod sqlite;
 
-pub use events::{Event, EventPage, ModerationRecord, NewEvent};
+pub use events::{DeadLetter, Event, EventPage, ModerationRecord, NewEvent, WebhookClaim};
 
 use std::collections::BTreeMap;
 
@@ -531,6 +531,49 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes events created before `older_than`. Returns how many.
     async fn purge_events(&self, older_than: Millis) -> StoreResult<u64>;
+
+    /// Returns the cursor of the newest event, from which a consumer that
+    /// wants only later events starts.
+    async fn event_log_end(&self) -> StoreResult<String>;
+
+    /// Makes `holder` the one process that delivers to webhook `endpoint`
+    /// until `lease_until`, unless another holder's lease runs past `now`.
+    /// Returns the endpoint's saved state when the claim succeeded.
+    async fn claim_webhook(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Option<WebhookClaim>>;
+
+    /// Saves the cursor of the last event handled for `endpoint` and
+    /// extends `holder`'s lease. Returns false, saving nothing, when
+    /// `holder` no longer holds the endpoint.
+    async fn save_webhook_cursor(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        cursor: &str,
+        lease_until: Millis,
+    ) -> StoreResult<bool>;
+
+    /// Keeps an event that `endpoint` did not accept, replacing an earlier
+    /// letter of the same event.
+    async fn add_dead_letter(&self, endpoint: &str, letter: DeadLetter) -> StoreResult<()>;
+
+    /// Returns up to `limit` dead letters of `endpoint`, oldest event first.
+    async fn dead_letters(&self, endpoint: &str, limit: u32) -> StoreResult<Vec<DeadLetter>>;
+
+    /// Returns the dead letter of event `event_id`, if `endpoint` has one.
+    async fn dead_letter(&self, endpoint: &str, event_id: &str) -> StoreResult<Option<DeadLetter>>;
+
+    /// Removes the dead letter of event `event_id` and returns it.
+    async fn remove_dead_letter(
+        &self,
+        endpoint: &str,
+        event_id: &str,
+    ) -> StoreResult<Option<DeadLetter>>;
 
     /// Finishes queued writes and flushes everything to disk. Later calls
     /// return `Unavailable`.

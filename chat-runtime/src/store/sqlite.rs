@@ -40,9 +40,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use std::collections::BTreeMap;
 
 use super::{
-    Appended, Channel, ChannelSummary, Deleter, EventPage, Member, MembershipChange, Message,
-    MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions, Store, StoreError,
-    StoreResult, User, UserAuthState, keys,
+    Appended, Channel, ChannelSummary, DeadLetter, Deleter, EventPage, Member, MembershipChange,
+    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions, Store,
+    StoreError, StoreResult, User, UserAuthState, WebhookClaim, keys,
 };
 use queries::OpResult;
 use writer::{BoxedRequest, WRITE_QUEUE_CAPACITY};
@@ -536,6 +536,65 @@ impl Store for SqliteStore {
     async fn events(&self, after: Option<&str>, limit: u32) -> StoreResult<EventPage> {
         let after = after.map(str::to_owned);
         self.read(move |conn| events::read(conn, after.as_deref(), limit))
+            .await
+    }
+
+    async fn event_log_end(&self) -> StoreResult<String> {
+        self.read(events::log_end).await
+    }
+
+    async fn claim_webhook(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Option<WebhookClaim>> {
+        let (endpoint, holder) = (endpoint.to_owned(), holder.to_owned());
+        self.write(move |conn| events::claim_webhook(conn, &endpoint, &holder, now, lease_until))
+            .await
+    }
+
+    async fn save_webhook_cursor(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        cursor: &str,
+        lease_until: Millis,
+    ) -> StoreResult<bool> {
+        let (endpoint, holder, cursor) =
+            (endpoint.to_owned(), holder.to_owned(), cursor.to_owned());
+        self.write(move |conn| {
+            events::save_webhook_cursor(conn, &endpoint, &holder, &cursor, lease_until)
+        })
+        .await
+    }
+
+    async fn add_dead_letter(&self, endpoint: &str, letter: DeadLetter) -> StoreResult<()> {
+        let endpoint = endpoint.to_owned();
+        self.write(move |conn| events::add_dead_letter(conn, &endpoint, &letter))
+            .await
+    }
+
+    async fn dead_letters(&self, endpoint: &str, limit: u32) -> StoreResult<Vec<DeadLetter>> {
+        let endpoint = endpoint.to_owned();
+        self.read(move |conn| events::dead_letters(conn, &endpoint, limit))
+            .await
+    }
+
+    async fn dead_letter(&self, endpoint: &str, event_id: &str) -> StoreResult<Option<DeadLetter>> {
+        let (endpoint, event_id) = (endpoint.to_owned(), event_id.to_owned());
+        self.read(move |conn| events::dead_letter(conn, &endpoint, &event_id))
+            .await
+    }
+
+    async fn remove_dead_letter(
+        &self,
+        endpoint: &str,
+        event_id: &str,
+    ) -> StoreResult<Option<DeadLetter>> {
+        let (endpoint, event_id) = (endpoint.to_owned(), event_id.to_owned());
+        self.write(move |conn| events::remove_dead_letter(conn, &endpoint, &event_id))
             .await
     }
 

@@ -1,11 +1,14 @@
-//! Conformance checks of the event log.
+//! Conformance checks of the event log and of webhook delivery state.
 
 use std::collections::HashSet;
 
 use serde_json::Value;
 
 use super::{Fixture, NOW, add_users, group_of, message, text};
-use crate::store::{Deleter, Event, ModerationRecord, NewEvent, Store, StoreError, StoreResult};
+use crate::store::{
+    DeadLetter, Deleter, Event, ModerationRecord, NewEvent, Store, StoreError, StoreResult,
+    WebhookClaim,
+};
 
 /// Reads the whole log from the start, page by page.
 async fn all_events(store: &dyn Store) -> Vec<Event> {
@@ -241,4 +244,119 @@ pub(crate) async fn events_survive_reopen_until_purged(fixture: &dyn Fixture) {
         .unwrap();
     assert_eq!(after_first.events.len(), 1);
     reopened.close().await.unwrap();
+}
+
+pub(crate) async fn webhook_claims_exclude_each_other(fixture: &dyn Fixture) {
+    let first = fixture.store();
+    let second = fixture.open_same_data().await;
+
+    let claim = first
+        .claim_webhook("analytics", "process-a", NOW, NOW + 10_000)
+        .await
+        .unwrap();
+    assert_eq!(claim, Some(WebhookClaim { cursor: None }));
+    // Another process cannot take it while the lease runs.
+    let taken = second
+        .claim_webhook("analytics", "process-b", NOW + 5_000, NOW + 15_000)
+        .await
+        .unwrap();
+    assert_eq!(taken, None);
+    // Another endpoint is claimed on its own.
+    assert!(
+        second
+            .claim_webhook("push", "process-b", NOW, NOW + 10_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    assert!(
+        first
+            .save_webhook_cursor("analytics", "process-a", "42", NOW + 20_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !second
+            .save_webhook_cursor("analytics", "process-b", "43", NOW + 20_000)
+            .await
+            .unwrap()
+    );
+    // Once the lease ran out, the other process takes over from the cursor.
+    let taken = second
+        .claim_webhook("analytics", "process-b", NOW + 20_001, NOW + 30_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken,
+        Some(WebhookClaim {
+            cursor: Some("42".to_owned())
+        })
+    );
+    assert!(
+        !first
+            .save_webhook_cursor("analytics", "process-a", "50", NOW + 40_000)
+            .await
+            .unwrap()
+    );
+    second.close().await.unwrap();
+}
+
+pub(crate) async fn dead_letters_keep_event_order(fixture: &dyn Fixture) {
+    let store = fixture.store();
+    add_users(&*store, &["alice", "bob", "carol"]).await;
+    let events = all_events(&*store).await;
+    assert_eq!(events.len(), 3);
+    let letter = |event: &Event| DeadLetter {
+        event: event.clone(),
+        attempts: 5,
+        last_error: "HTTP 500".to_owned(),
+        failed_at: NOW,
+    };
+    store
+        .add_dead_letter("analytics", letter(&events[2]))
+        .await
+        .unwrap();
+    store
+        .add_dead_letter("analytics", letter(&events[0]))
+        .await
+        .unwrap();
+    store
+        .add_dead_letter("push", letter(&events[1]))
+        .await
+        .unwrap();
+
+    let listed = store.dead_letters("analytics", 10).await.unwrap();
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|letter| letter.event.id.as_str())
+        .collect();
+    assert_eq!(ids, [events[0].id.as_str(), events[2].id.as_str()]);
+    assert_eq!(listed[0], letter(&events[0]));
+
+    let found = store.dead_letter("analytics", &events[2].id).await.unwrap();
+    assert_eq!(found, Some(letter(&events[2])));
+    assert_eq!(
+        store.dead_letter("push", &events[2].id).await.unwrap(),
+        None
+    );
+
+    let removed = store
+        .remove_dead_letter("analytics", &events[0].id)
+        .await
+        .unwrap();
+    assert_eq!(removed, Some(letter(&events[0])));
+    let again = store
+        .remove_dead_letter("analytics", &events[0].id)
+        .await
+        .unwrap();
+    assert_eq!(again, None);
+    assert_eq!(store.dead_letters("analytics", 10).await.unwrap().len(), 1);
+    assert_eq!(store.dead_letters("push", 10).await.unwrap().len(), 1);
+
+    assert_eq!(
+        store.event_log_end().await.unwrap(),
+        events[2].cursor,
+        "the log ends at the newest event"
+    );
 }

@@ -84,6 +84,8 @@ macro_rules! store_conformance_tests {
             events_of_channel_keep_its_order,
             moderation_decisions_are_events,
             events_survive_reopen_until_purged,
+            webhook_claims_exclude_each_other,
+            dead_letters_keep_event_order,
         );
     };
     (@each $fixture:expr; $($check:ident),* $(,)?) => {

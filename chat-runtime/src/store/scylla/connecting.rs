@@ -17,9 +17,9 @@ use tokio::sync::{OnceCell, watch};
 
 use super::{ScyllaConfig, ScyllaStore};
 use crate::store::{
-    Appended, Channel, ChannelSummary, Deleter, EventPage, Member, MembershipChange, Message,
-    MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions, Store, StoreError,
-    StoreResult, User, UserAuthState,
+    Appended, Channel, ChannelSummary, DeadLetter, Deleter, EventPage, Member, MembershipChange,
+    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions, Store,
+    StoreError, StoreResult, User, UserAuthState, WebhookClaim,
 };
 
 /// Wait after the first failed attempt. Each later failure doubles it, up
@@ -282,6 +282,54 @@ impl Store for ConnectingStore {
 
     async fn purge_events(&self, older_than: Millis) -> StoreResult<u64> {
         self.open()?.purge_events(older_than).await
+    }
+
+    async fn event_log_end(&self) -> StoreResult<String> {
+        self.open()?.event_log_end().await
+    }
+
+    async fn claim_webhook(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Option<WebhookClaim>> {
+        self.open()?
+            .claim_webhook(endpoint, holder, now, lease_until)
+            .await
+    }
+
+    async fn save_webhook_cursor(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        cursor: &str,
+        lease_until: Millis,
+    ) -> StoreResult<bool> {
+        self.open()?
+            .save_webhook_cursor(endpoint, holder, cursor, lease_until)
+            .await
+    }
+
+    async fn add_dead_letter(&self, endpoint: &str, letter: DeadLetter) -> StoreResult<()> {
+        self.open()?.add_dead_letter(endpoint, letter).await
+    }
+
+    async fn dead_letters(&self, endpoint: &str, limit: u32) -> StoreResult<Vec<DeadLetter>> {
+        self.open()?.dead_letters(endpoint, limit).await
+    }
+
+    async fn dead_letter(&self, endpoint: &str, event_id: &str) -> StoreResult<Option<DeadLetter>> {
+        self.open()?.dead_letter(endpoint, event_id).await
+    }
+
+    async fn remove_dead_letter(
+        &self,
+        endpoint: &str,
+        event_id: &str,
+    ) -> StoreResult<Option<DeadLetter>> {
+        self.open()?.remove_dead_letter(endpoint, event_id).await
     }
 
     /// Stops the connecting task and closes the store if it opened.

@@ -121,9 +121,9 @@ pub use schema::{
 };
 
 use super::{
-    Appended, Channel, ChannelSummary, Deleter, EventPage, Member, MembershipChange, Message,
-    MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions, Store, StoreError,
-    StoreResult, User, UserAuthState,
+    Appended, Channel, ChannelSummary, DeadLetter, Deleter, EventPage, Member, MembershipChange,
+    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions, Store,
+    StoreError, StoreResult, User, UserAuthState, WebhookClaim,
 };
 use statements::Statements;
 
@@ -361,8 +361,9 @@ impl ScyllaStore {
     }
 }
 
-// TODO: the ScyllaDB store has no event log yet. Changes are stored
-// without their events, and reading the log fails.
+// TODO: the ScyllaDB store has no event log and no webhook delivery state
+// yet. Changes are stored without their events, reading the log fails, and
+// webhooks of a ScyllaDB tenant deliver nothing.
 const EVENT_LOG_MISSING: &str = "the ScyllaDB store has no event log yet";
 
 #[async_trait::async_trait]
@@ -580,6 +581,54 @@ impl Store for ScyllaStore {
 
     async fn purge_events(&self, _older_than: Millis) -> StoreResult<u64> {
         Ok(0)
+    }
+
+    async fn event_log_end(&self) -> StoreResult<String> {
+        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    }
+
+    async fn claim_webhook(
+        &self,
+        _endpoint: &str,
+        _holder: &str,
+        _now: Millis,
+        _lease_until: Millis,
+    ) -> StoreResult<Option<WebhookClaim>> {
+        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    }
+
+    async fn save_webhook_cursor(
+        &self,
+        _endpoint: &str,
+        _holder: &str,
+        _cursor: &str,
+        _lease_until: Millis,
+    ) -> StoreResult<bool> {
+        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    }
+
+    async fn add_dead_letter(&self, _endpoint: &str, _letter: DeadLetter) -> StoreResult<()> {
+        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    }
+
+    async fn dead_letters(&self, _endpoint: &str, _limit: u32) -> StoreResult<Vec<DeadLetter>> {
+        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    }
+
+    async fn dead_letter(
+        &self,
+        _endpoint: &str,
+        _event_id: &str,
+    ) -> StoreResult<Option<DeadLetter>> {
+        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    }
+
+    async fn remove_dead_letter(
+        &self,
+        _endpoint: &str,
+        _event_id: &str,
+    ) -> StoreResult<Option<DeadLetter>> {
+        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
     }
 
     /// Marks the store closed. Requests already running finish, because

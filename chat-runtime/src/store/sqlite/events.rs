@@ -1,11 +1,11 @@
-//! SQL of the event log: appends inside the writer's batch transaction, so
-//! an event commits with the change it describes, and paged reads by
-//! position.
+//! SQL of the event log and of webhook delivery state. Appends run inside
+//! the writer's batch transaction, so an event commits with the change it
+//! describes. Reads page by position.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::queries::{OpError, OpResult};
-use crate::store::{Event, EventPage, Millis, NewEvent, StoreError};
+use crate::store::{DeadLetter, Event, EventPage, Millis, NewEvent, StoreError, WebhookClaim};
 
 /// Most events deleted by one purge request, so that a purge after a long
 /// pause holds the write lock for a bounded time. The caller repeats it.
@@ -108,4 +108,120 @@ pub(super) fn purge(conn: &Connection, older_than: Millis) -> OpResult<u64> {
     )?
     .execute([through])?;
     Ok(deleted as u64)
+}
+
+pub(super) fn log_end(conn: &Connection) -> OpResult<String> {
+    let newest: Option<i64> = conn
+        .prepare_cached("SELECT MAX(position) FROM events")?
+        .query_row([], |row| row.get(0))?;
+    let end = match newest {
+        Some(position) => position,
+        None => purged_through(conn)?,
+    };
+    Ok(end.to_string())
+}
+
+pub(super) fn claim_webhook(
+    conn: &Connection,
+    endpoint: &str,
+    holder: &str,
+    now: Millis,
+    lease_until: Millis,
+) -> OpResult<Option<WebhookClaim>> {
+    // The update applies only when the caller already holds the endpoint or
+    // the last lease ran out, so two processes never both hold it.
+    let claimed: Option<Option<String>> = conn
+        .prepare_cached(
+            "INSERT INTO webhook_endpoints (name, cursor, holder, lease_until) \
+             VALUES (?1, NULL, ?2, ?4) \
+             ON CONFLICT (name) DO UPDATE SET holder = ?2, lease_until = ?4 \
+             WHERE webhook_endpoints.holder = ?2 OR webhook_endpoints.lease_until < ?3 \
+             RETURNING cursor",
+        )?
+        .query_row(params![endpoint, holder, now, lease_until], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    Ok(claimed.map(|cursor| WebhookClaim { cursor }))
+}
+
+pub(super) fn save_webhook_cursor(
+    conn: &Connection,
+    endpoint: &str,
+    holder: &str,
+    cursor: &str,
+    lease_until: Millis,
+) -> OpResult<bool> {
+    let updated = conn
+        .prepare_cached(
+            "UPDATE webhook_endpoints SET cursor = ?3, lease_until = ?4 \
+             WHERE name = ?1 AND holder = ?2",
+        )?
+        .execute(params![endpoint, holder, cursor, lease_until])?;
+    Ok(updated == 1)
+}
+
+pub(super) fn add_dead_letter(
+    conn: &Connection,
+    endpoint: &str,
+    letter: &DeadLetter,
+) -> OpResult<()> {
+    let position = parse_cursor(&letter.event.cursor)?;
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO dead_letters (endpoint, event_id, position, letter) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        endpoint,
+        letter.event.id,
+        position,
+        serde_json::to_string(letter)?
+    ])?;
+    Ok(())
+}
+
+pub(super) fn dead_letters(
+    conn: &Connection,
+    endpoint: &str,
+    limit: u32,
+) -> OpResult<Vec<DeadLetter>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT letter FROM dead_letters WHERE endpoint = ?1 ORDER BY position LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![endpoint, limit], |row| row.get::<_, String>(0))?;
+    let mut letters = Vec::new();
+    for row in rows {
+        letters.push(serde_json::from_str(&row?)?);
+    }
+    Ok(letters)
+}
+
+pub(super) fn remove_dead_letter(
+    conn: &Connection,
+    endpoint: &str,
+    event_id: &str,
+) -> OpResult<Option<DeadLetter>> {
+    let letter: Option<String> = conn
+        .prepare_cached(
+            "DELETE FROM dead_letters WHERE endpoint = ?1 AND event_id = ?2 RETURNING letter",
+        )?
+        .query_row([endpoint, event_id], |row| row.get(0))
+        .optional()?;
+    Ok(letter
+        .map(|letter| serde_json::from_str(&letter))
+        .transpose()?)
+}
+
+pub(super) fn dead_letter(
+    conn: &Connection,
+    endpoint: &str,
+    event_id: &str,
+) -> OpResult<Option<DeadLetter>> {
+    let letter: Option<String> = conn
+        .prepare_cached("SELECT letter FROM dead_letters WHERE endpoint = ?1 AND event_id = ?2")?
+        .query_row([endpoint, event_id], |row| row.get(0))
+        .optional()?;
+    Ok(letter
+        .map(|letter| serde_json::from_str(&letter))
+        .transpose()?)
 }

@@ -129,7 +129,7 @@ CREATE TABLE IF NOT EXISTS reactions (
 ) STRICT, WITHOUT ROWID;
 ";
 
-/// The event log. AUTOINCREMENT keeps positions of purged events from being
+/// The event log and webhook delivery state. AUTOINCREMENT keeps positions of purged events from being
 /// handed out again, so a consumer's cursor never points at a different
 /// event later. `event_log_state` records the highest purged position, to
 /// tell an expired cursor from a valid one.
@@ -151,6 +151,25 @@ CREATE TABLE IF NOT EXISTS event_log_state (
 ) STRICT;
 
 INSERT OR IGNORE INTO event_log_state (id, purged_through) VALUES (1, 0);
+
+-- Delivery state of each webhook endpoint: the last event handled, and the
+-- process that delivers while its lease lasts.
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    name TEXT PRIMARY KEY,
+    cursor TEXT,
+    holder TEXT NOT NULL,
+    lease_until INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    endpoint TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    -- Position of the event in the log, for ordering.
+    position INTEGER NOT NULL,
+    -- JSON of the `DeadLetter`.
+    letter TEXT NOT NULL,
+    PRIMARY KEY (endpoint, event_id)
+) STRICT;
 ";
 
 /// Creates the tables of a new file, or checks the version of an existing one.
