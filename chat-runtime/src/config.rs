@@ -748,6 +748,18 @@ mod tests {
     }
 
     #[test]
+    fn demo_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/runtime/local.yaml");
+        let config = Config::load(&path).unwrap();
+        let chotot = config
+            .tenants
+            .iter()
+            .find(|tenant| tenant.id == "chotot")
+            .unwrap();
+        assert!(!chotot.moderation.is_empty());
+    }
+
+    #[test]
     fn invalid_moderation_rule_is_named() {
         let message = error_of(&yaml(
             "    moderation:\n      rules:\n        - name: cards\n          action: block\n          regex: '[0-9'\n",
