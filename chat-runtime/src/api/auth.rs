@@ -181,6 +181,20 @@ impl UserAuth {
                 "the token's user was deleted",
             ));
         }
+        if let Some(until) = auth_state.banned_until {
+            let message = if until == crate::store::Millis::MAX {
+                "the user is banned from this chat".to_owned()
+            } else {
+                format!(
+                    "the user is banned from this chat until {until} (milliseconds since the Unix epoch)"
+                )
+            };
+            return Err(ChatError::new(
+                StatusCode::FORBIDDEN,
+                "user_banned",
+                message,
+            ));
+        }
         let issued_at = verified.issued_at.map_or(0, |iat| iat as i64);
         if auth_state
             .tokens_not_before

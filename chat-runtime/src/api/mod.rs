@@ -5,6 +5,7 @@ mod auth;
 mod channels;
 pub mod events;
 mod messages;
+mod safety;
 mod server_api;
 
 use std::sync::Arc;
@@ -132,6 +133,11 @@ pub fn metrics_router(state: SharedState) -> Router {
 pub fn router(state: SharedState) -> Router {
     let user_api = Router::new()
         .route("/v1/me", get(channels::me))
+        .route("/v1/me/blocks", get(safety::list_blocks))
+        .route(
+            "/v1/me/blocks/{user_id}",
+            put(safety::block).delete(safety::unblock),
+        )
         .route("/v1/channels", get(channels::list))
         .route("/v1/channels/direct", post(channels::open_direct))
         .route("/v1/channels/group", post(channels::create_group))
@@ -196,7 +202,15 @@ pub fn router(state: SharedState) -> Router {
             "/v1/server/channels/{channel_id}/messages/{seq}",
             delete(server_api::delete_message),
         )
-        .route("/v1/server/events", get(events::list));
+        .route("/v1/server/events", get(events::list))
+        .route(
+            "/v1/server/users/{user_id}/restrictions",
+            get(safety::list_restrictions).post(safety::restrict),
+        )
+        .route(
+            "/v1/server/users/{user_id}/restrictions/{kind}",
+            delete(safety::lift),
+        );
 
     let mut operations = Router::new()
         .route("/healthz", get(healthz))

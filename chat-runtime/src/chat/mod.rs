@@ -7,9 +7,11 @@
 mod message_changes;
 mod moderation;
 mod receipts;
+mod safety;
 
 pub use message_changes::{delete_message, edit_message, react};
 pub use receipts::{Receipts, mark_delivered, mark_read, receipts};
+pub use safety::{lift, restrict, set_block};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,7 +22,10 @@ use axum::http::StatusCode;
 use crate::hub::{ConnectionId, Outbound};
 use crate::limits::{self, ContentError};
 use crate::metrics::Metrics;
-use crate::store::{Appended, Channel, Content, MembershipChange, NewMessage, StoreError};
+use crate::store::{
+    Appended, Channel, Content, MembershipChange, NewMessage, Restriction, RestrictionKind,
+    StoreError,
+};
 use crate::tenant::Tenant;
 use crate::ws::protocol::{ServerFrame, TypingState};
 
@@ -70,6 +75,7 @@ impl From<StoreError> for ChatError {
                 "this client_id was already used for a different message",
             ),
             StoreError::Invalid(reason) => ChatError::invalid(reason),
+            StoreError::Restricted(restriction) => restricted_error(&restriction),
             StoreError::CursorExpired => ChatError::new(
                 StatusCode::GONE,
                 "cursor_expired",
@@ -85,6 +91,28 @@ impl From<StoreError> for ChatError {
             }
         }
     }
+}
+
+/// The error a banned or muted user gets: `banned` or `muted`, with the end
+/// of the restriction when it has one.
+fn restricted_error(restriction: &Restriction) -> ChatError {
+    let scope = match &restriction.channel_id {
+        Some(_) => "in this channel",
+        None => "in this chat",
+    };
+    let until = match restriction.until {
+        Some(until) => format!(" until {until} (milliseconds since the Unix epoch)"),
+        None => String::new(),
+    };
+    let (code, verb) = match restriction.kind {
+        RestrictionKind::Ban => ("banned", "banned"),
+        RestrictionKind::Mute => ("muted", "muted"),
+    };
+    ChatError::new(
+        StatusCode::FORBIDDEN,
+        code,
+        format!("you are {verb} {scope}{until}"),
+    )
 }
 
 impl From<ContentError> for ChatError {

@@ -279,8 +279,14 @@ fn hand_to_hub(tenant: &Tenant, envelope: Envelope) {
         Action::CloseUser { user, code } => {
             // Only closes this build sends are relayed, each with its own
             // close code.
-            if code == "user_deleted" {
-                hub.close_user(&user, close::USER_DELETED, "user_deleted", frame.as_str());
+            match code.as_str() {
+                "user_deleted" => {
+                    hub.close_user(&user, close::USER_DELETED, "user_deleted", frame.as_str());
+                }
+                "user_banned" => {
+                    hub.close_user(&user, close::USER_BANNED, "user_banned", frame.as_str());
+                }
+                _ => {}
             }
         }
         Action::Resync { channels } => {

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Channel, Message, Millis, User};
+use super::{Channel, Message, Millis, Restriction, RestrictionKind, User};
 
 /// An event as the log returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,7 +118,14 @@ impl NewEvent {
         Self::new("member.added", Some(channel_id), now, data)
     }
 
-    pub fn member_removed(channel_id: &str, user_id: &str, actor: &str, now: Millis) -> Self {
+    /// `actor` is the member who removed the user, or `None` when a channel
+    /// ban through the server API did.
+    pub fn member_removed(
+        channel_id: &str,
+        user_id: &str,
+        actor: Option<&str>,
+        now: Millis,
+    ) -> Self {
         let data = json!({ "user_id": user_id, "actor": actor });
         Self::new("member.removed", Some(channel_id), now, data)
     }
@@ -170,6 +177,36 @@ impl NewEvent {
     pub fn channel_read(channel_id: &str, user_id: &str, read_seq: u64, now: Millis) -> Self {
         let data = json!({ "user_id": user_id, "read_seq": read_seq });
         Self::new("channel.read", Some(channel_id), now, data)
+    }
+
+    pub fn restricted(restriction: &Restriction) -> Self {
+        let data = json!({ "restriction": restriction });
+        Self::new(
+            "moderation.restricted",
+            restriction.channel_id.as_deref(),
+            restriction.created_at,
+            data,
+        )
+    }
+
+    pub fn restriction_lifted(
+        user_id: &str,
+        channel_id: Option<&str>,
+        kind: RestrictionKind,
+        now: Millis,
+    ) -> Self {
+        let data = json!({ "user_id": user_id, "kind": kind });
+        Self::new("moderation.lifted", channel_id, now, data)
+    }
+
+    pub fn block(blocker: &str, blocked: &str, block: bool, now: Millis) -> Self {
+        let kind = if block {
+            "user.blocked"
+        } else {
+            "user.unblocked"
+        };
+        let data = json!({ "user_id": blocker, "blocked_user_id": blocked });
+        Self::new(kind, None, now, data)
     }
 
     /// Builds a moderation decision. `seq` is the number of the stored message on

@@ -43,6 +43,9 @@ pub struct User {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserAuthState {
     pub deleted: bool,
+    /// End of the user's ban from the whole tenant, when one is in force;
+    /// `Millis::MAX` for a ban until lifted.
+    pub banned_until: Option<Millis>,
     /// Tokens issued (`iat`, in seconds) before this instant are rejected.
     /// Set when a deleted user id is created again, so the old user's
     /// tokens never come back to life.
@@ -243,8 +246,42 @@ pub struct Appended {
     /// True when the client id was seen before with the same content and
     /// the stored message is returned unchanged.
     pub duplicate: bool,
-    /// Member user ids at the moment of the write, for fan-out.
+    /// Member user ids at the moment of the write, for fan-out, without
+    /// the members who blocked the sender.
     pub members: Vec<String>,
+}
+
+/// A ban or a mute of one user, from the whole tenant or one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    pub user_id: String,
+    /// The channel, or `None` for the whole tenant.
+    pub channel_id: Option<String>,
+    pub kind: RestrictionKind,
+    /// When the restriction ends, or `None` for one that lasts until it is
+    /// lifted.
+    pub until: Option<Millis>,
+    pub reason: Option<String>,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestrictionKind {
+    /// From the tenant: no sockets, no requests. From a channel: removed,
+    /// and not added again while the ban lasts.
+    Ban,
+    /// The user reads but cannot send, in the tenant or in the channel.
+    Mute,
+}
+
+impl RestrictionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestrictionKind::Ban => "ban",
+            RestrictionKind::Mute => "mute",
+        }
+    }
 }
 
 /// Result of [`Store::mark_read`] and [`Store::mark_delivered`].
@@ -299,6 +336,9 @@ pub enum StoreError {
     /// a direct channel).
     #[error("invalid request: {0}")]
     Invalid(&'static str),
+    /// A ban or mute in force stops the request.
+    #[error("the user is restricted")]
+    Restricted(Box<Restriction>),
     /// An event log cursor points before the oldest event still kept.
     #[error("cursor is older than the retained event log")]
     CursorExpired,
@@ -531,6 +571,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes events created before `older_than`. Returns how many.
     async fn purge_events(&self, older_than: Millis) -> StoreResult<u64>;
+
+    /// Bans or mutes a user, replacing the same kind of restriction in the
+    /// same scope. A channel ban also removes the user from the channel;
+    /// the result says whether it did, with the remaining members.
+    async fn restrict(&self, restriction: Restriction) -> StoreResult<Option<MembershipChange>>;
+
+    /// Lifts a ban or mute. Returns whether one was in place.
+    async fn lift_restriction(
+        &self,
+        user_id: &str,
+        channel_id: Option<&str>,
+        kind: RestrictionKind,
+        now: Millis,
+    ) -> StoreResult<bool>;
+
+    /// Returns the user's restrictions in force at `now`.
+    async fn restrictions(&self, user_id: &str, now: Millis) -> StoreResult<Vec<Restriction>>;
+
+    /// Makes `blocker` block `blocked`, or stop blocking when `block` is
+    /// false. A block stops new direct channels between the two, and
+    /// messages of `blocked` reaching `blocker`. Returns whether anything
+    /// changed.
+    async fn set_block(
+        &self,
+        blocker: &str,
+        blocked: &str,
+        block: bool,
+        now: Millis,
+    ) -> StoreResult<bool>;
+
+    /// Returns the users `blocker` blocks, sorted.
+    async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>>;
 
     /// Returns the cursor of the newest event, from which a consumer that
     /// wants only later events starts.

@@ -24,6 +24,7 @@
 
 mod events;
 mod queries;
+mod safety;
 mod schema;
 mod writer;
 
@@ -41,8 +42,9 @@ use std::collections::BTreeMap;
 
 use super::{
     Appended, Channel, ChannelSummary, DeadLetter, Deleter, EventPage, Member, MembershipChange,
-    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions, Store,
-    StoreError, StoreResult, User, UserAuthState, WebhookClaim, keys,
+    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions,
+    Restriction, RestrictionKind, Store, StoreError, StoreResult, User, UserAuthState,
+    WebhookClaim, keys,
 };
 use queries::OpResult;
 use writer::{BoxedRequest, WRITE_QUEUE_CAPACITY};
@@ -536,6 +538,47 @@ impl Store for SqliteStore {
     async fn events(&self, after: Option<&str>, limit: u32) -> StoreResult<EventPage> {
         let after = after.map(str::to_owned);
         self.read(move |conn| events::read(conn, after.as_deref(), limit))
+            .await
+    }
+
+    async fn restrict(&self, restriction: Restriction) -> StoreResult<Option<MembershipChange>> {
+        self.write(move |conn| safety::restrict(conn, &restriction))
+            .await
+    }
+
+    async fn lift_restriction(
+        &self,
+        user_id: &str,
+        channel_id: Option<&str>,
+        kind: RestrictionKind,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let (user_id, channel_id) = (user_id.to_owned(), channel_id.map(str::to_owned));
+        self.write(move |conn| safety::lift(conn, &user_id, channel_id.as_deref(), kind, now))
+            .await
+    }
+
+    async fn restrictions(&self, user_id: &str, now: Millis) -> StoreResult<Vec<Restriction>> {
+        let user_id = user_id.to_owned();
+        self.read(move |conn| safety::active(conn, &user_id, now))
+            .await
+    }
+
+    async fn set_block(
+        &self,
+        blocker: &str,
+        blocked: &str,
+        block: bool,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let (blocker, blocked) = (blocker.to_owned(), blocked.to_owned());
+        self.write(move |conn| safety::set_block(conn, &blocker, &blocked, block, now))
+            .await
+    }
+
+    async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>> {
+        let blocker = blocker.to_owned();
+        self.read(move |conn| safety::blocked_users(conn, &blocker))
             .await
     }
 

@@ -23,6 +23,8 @@ pub mod close {
     pub const TENANT_REMOVED: u16 = 4004;
     /// The user's tokens were revoked through the server API.
     pub const TOKEN_REVOKED: u16 = 4005;
+    /// The user was banned from the tenant.
+    pub const USER_BANNED: u16 = 4006;
     /// The socket's outbound queue filled up.
     pub const SLOW_CONSUMER: u16 = 4008;
 }

@@ -198,6 +198,26 @@ impl ServerApi {
         )
     }
 
+    /// Sends a POST with a JSON body to a server API path and returns
+    /// status and body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("x-parley-tenant", &self.tenant)
+            .basic_auth(&self.key, Some(&self.secret))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     /// Sends a DELETE to a server API path and returns status and body.
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         let response = self

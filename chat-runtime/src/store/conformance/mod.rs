@@ -9,9 +9,11 @@
 
 mod events;
 mod message_changes;
+mod safety;
 
 pub(crate) use events::*;
 pub(crate) use message_changes::*;
+pub(crate) use safety::*;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +88,9 @@ macro_rules! store_conformance_tests {
             events_survive_reopen_until_purged,
             webhook_claims_exclude_each_other,
             dead_letters_keep_event_order,
+            mutes_stop_sends_until_lifted,
+            bans_remove_and_keep_out,
+            blocks_stop_direct_channels_and_delivery,
         );
     };
     (@each $fixture:expr; $($check:ident),* $(,)?) => {

@@ -18,8 +18,9 @@ use tokio::sync::{OnceCell, watch};
 use super::{ScyllaConfig, ScyllaStore};
 use crate::store::{
     Appended, Channel, ChannelSummary, DeadLetter, Deleter, EventPage, Member, MembershipChange,
-    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions, Store,
-    StoreError, StoreResult, User, UserAuthState, WebhookClaim,
+    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions,
+    Restriction, RestrictionKind, Store, StoreError, StoreResult, User, UserAuthState,
+    WebhookClaim,
 };
 
 /// Wait after the first failed attempt. Each later failure doubles it, up
@@ -282,6 +283,40 @@ impl Store for ConnectingStore {
 
     async fn purge_events(&self, older_than: Millis) -> StoreResult<u64> {
         self.open()?.purge_events(older_than).await
+    }
+
+    async fn restrict(&self, restriction: Restriction) -> StoreResult<Option<MembershipChange>> {
+        self.open()?.restrict(restriction).await
+    }
+
+    async fn lift_restriction(
+        &self,
+        user_id: &str,
+        channel_id: Option<&str>,
+        kind: RestrictionKind,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        self.open()?
+            .lift_restriction(user_id, channel_id, kind, now)
+            .await
+    }
+
+    async fn restrictions(&self, user_id: &str, now: Millis) -> StoreResult<Vec<Restriction>> {
+        self.open()?.restrictions(user_id, now).await
+    }
+
+    async fn set_block(
+        &self,
+        blocker: &str,
+        blocked: &str,
+        block: bool,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        self.open()?.set_block(blocker, blocked, block, now).await
+    }
+
+    async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>> {
+        self.open()?.blocked_users(blocker).await
     }
 
     async fn event_log_end(&self) -> StoreResult<String> {

@@ -10,7 +10,7 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
-use super::events;
+use super::{events, safety};
 use crate::store::{
     Appended, Channel, ChannelKind, ChannelSummary, Content, Deleter, MAX_REACTIONS_PER_USER,
     Member, MemberRole, MembershipChange, Message, MessageChange, MessageEdit, Millis, NewEvent,
@@ -265,7 +265,7 @@ fn active_incarnation(conn: &Connection, id: &str) -> OpResult<i64> {
     }
 }
 
-fn load_channel(conn: &Connection, id: &str) -> OpResult<Option<Channel>> {
+pub(super) fn load_channel(conn: &Connection, id: &str) -> OpResult<Option<Channel>> {
     let sql = format!("SELECT {CHANNEL_COLUMNS} FROM channels c WHERE c.id = ?1");
     let channel = conn
         .prepare_cached(&sql)?
@@ -298,7 +298,7 @@ fn channel_of_member(
 }
 
 /// Member ids of a channel, sorted. Empty for an unknown channel.
-fn list_member_ids(conn: &Connection, channel_id: &str) -> OpResult<Vec<String>> {
+pub(super) fn list_member_ids(conn: &Connection, channel_id: &str) -> OpResult<Vec<String>> {
     let mut statement =
         conn.prepare_cached("SELECT user_id FROM members WHERE channel_id = ?1 ORDER BY user_id")?;
     let ids = statement
@@ -420,11 +420,16 @@ pub(super) fn user_auth_state(conn: &Connection, id: &str) -> OpResult<Option<Us
         .query_row([id], |row| {
             Ok(UserAuthState {
                 deleted: row.get(0)?,
+                banned_until: None,
                 tokens_not_before: row.get(1)?,
             })
         })
         .optional()?;
-    Ok(state)
+    let Some(mut state) = state else {
+        return Ok(None);
+    };
+    state.banned_until = safety::tenant_ban_until(conn, id, now_millis())?;
+    Ok(Some(state))
 }
 
 // Channels and members.
@@ -458,6 +463,13 @@ pub(super) fn open_direct(
              VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![low, high, key_subject, id])?;
+    // A block stops new direct channels only. The request's savepoint
+    // rolls back the key inserted above.
+    if inserted == 1 && safety::blocked_between(conn, a, b)? {
+        return Err(OpError::Store(StoreError::Forbidden(
+            "one of the two users blocks the other",
+        )));
+    }
     if inserted == 1 {
         conn.prepare_cached(
             "INSERT INTO channels (id, kind, name, subject, created_by, created_at, last_seq, \
@@ -566,6 +578,7 @@ pub(super) fn add_member(
         )));
     }
     active_incarnation(conn, user)?;
+    safety::check_not_banned_from(conn, user, channel_id, now)?;
 
     // A new member starts with the existing history marked read, so joining
     // a long-lived group does not show its whole past as unread.
@@ -618,7 +631,7 @@ pub(super) fn remove_member(
     if removed == 1 {
         events::append(
             conn,
-            &NewEvent::member_removed(channel_id, user, actor, now),
+            &NewEvent::member_removed(channel_id, user, Some(actor), now),
         )?;
     }
     let members = list_member_ids(conn, channel_id)?;
@@ -781,6 +794,7 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         return not_found();
     }
     let incarnation = active_incarnation(conn, &sender_id)?;
+    safety::check_can_write(conn, &sender_id, &channel_id, created_at)?;
     keys::check_content(&content)?;
     let hash = keys::content_hash(&channel_id, &content, reply_to, &mentions)?;
 
@@ -858,7 +872,7 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
     )?
     .execute(params![channel_id, sender_id, seq_to_sql(seq)])?;
 
-    let members = list_member_ids(conn, &channel_id)?;
+    let members = safety::recipients(conn, &channel_id, &sender_id)?;
     let message = Message {
         channel_id,
         seq,
@@ -1012,6 +1026,7 @@ pub(super) fn edit_message(conn: &Connection, edit: MessageEdit) -> OpResult<Mes
         "only the sender can edit a message",
         "a deleted message cannot be edited",
     )?;
+    safety::check_can_write(conn, &editor, &channel_id, edited_at)?;
     keys::check_content(&content)?;
 
     if let Some(mentions) = &mentions {
@@ -1044,7 +1059,7 @@ pub(super) fn edit_message(conn: &Connection, edit: MessageEdit) -> OpResult<Mes
     }
     Ok(MessageChange {
         message,
-        members: list_member_ids(conn, &channel_id)?,
+        members: safety::recipients(conn, &channel_id, &editor)?,
         changed: true,
     })
 }
@@ -1213,6 +1228,20 @@ pub(super) fn message(
     }
 }
 
+/// Returns the SQL condition that leaves out messages of users `viewer`
+/// blocks, with `viewer` bound at `parameter`, or nothing when the viewer
+/// blocks nobody, which keeps the common query free of the extra lookup.
+fn blocked_filter(conn: &Connection, viewer: &str, parameter: &str) -> OpResult<String> {
+    if safety::blocked_users(conn, viewer)?.is_empty() {
+        // The parameter must still appear, since it is always bound.
+        return Ok(format!(" AND {parameter} IS NOT NULL"));
+    }
+    Ok(format!(
+        " AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = {parameter} \
+         AND b.blocked = m.sender_id)"
+    ))
+}
+
 pub(super) fn history(
     conn: &Connection,
     channel_id: &str,
@@ -1230,13 +1259,15 @@ pub(super) fn history(
         Page::After { after, limit } => ("m.seq > ?2", false, seq_to_sql(after), limit),
     };
     let order = if newest_first { "DESC" } else { "ASC" };
+    let blocked = blocked_filter(conn, user, "?4")?;
     let sql = format!(
-        "{MESSAGE_SELECT} WHERE m.channel_id = ?1 AND {condition} ORDER BY m.seq {order} LIMIT ?3"
+        "{MESSAGE_SELECT} WHERE m.channel_id = ?1 AND {condition}{blocked} \
+         ORDER BY m.seq {order} LIMIT ?3"
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let mut messages = statement
         .query_map(
-            params![channel_id, bound, i64::from(limit)],
+            params![channel_id, bound, i64::from(limit), user],
             message_from_row,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1254,13 +1285,15 @@ pub(super) fn messages_between(
     after: u64,
     up_to: u64,
 ) -> OpResult<Vec<Message>> {
+    let blocked = blocked_filter(conn, viewer, "?4")?;
     let sql = format!(
-        "{MESSAGE_SELECT} WHERE m.channel_id = ?1 AND m.seq > ?2 AND m.seq <= ?3 ORDER BY m.seq"
+        "{MESSAGE_SELECT} WHERE m.channel_id = ?1 AND m.seq > ?2 AND m.seq <= ?3{blocked} \
+         ORDER BY m.seq"
     );
     let mut statement = conn.prepare_cached(&sql)?;
     let mut messages = statement
         .query_map(
-            params![channel_id, seq_to_sql(after), seq_to_sql(up_to)],
+            params![channel_id, seq_to_sql(after), seq_to_sql(up_to), viewer],
             message_from_row,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -129,7 +129,7 @@ CREATE TABLE IF NOT EXISTS reactions (
 ) STRICT, WITHOUT ROWID;
 ";
 
-/// The event log and webhook delivery state. AUTOINCREMENT keeps positions of purged events from being
+/// The event log, webhook delivery state, blocks, bans and mutes. AUTOINCREMENT keeps positions of purged events from being
 /// handed out again, so a consumer's cursor never points at a different
 /// event later. `event_log_state` records the highest purged position, to
 /// tell an expired cursor from a valid one.
@@ -160,6 +160,26 @@ CREATE TABLE IF NOT EXISTS webhook_endpoints (
     holder TEXT NOT NULL,
     lease_until INTEGER NOT NULL
 ) STRICT;
+
+-- Users blocked by other users.
+CREATE TABLE IF NOT EXISTS blocks (
+    blocker TEXT NOT NULL,
+    blocked TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (blocker, blocked)
+) STRICT, WITHOUT ROWID;
+
+-- Bans and mutes. An empty channel_id stands for the whole tenant, and a
+-- NULL until for a restriction that lasts until lifted.
+CREATE TABLE IF NOT EXISTS restrictions (
+    user_id TEXT NOT NULL,
+    channel_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('ban', 'mute')),
+    until INTEGER,
+    reason TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, channel_id, kind)
+) STRICT, WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS dead_letters (
     endpoint TEXT NOT NULL,

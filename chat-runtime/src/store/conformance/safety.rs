@@ -1,0 +1,175 @@
+//! Conformance checks of blocks, bans and mutes.
+
+use super::{Fixture, NOW, add_users, group_of, message, text};
+use crate::store::{Restriction, RestrictionKind, StoreError};
+
+fn restriction(
+    user: &str,
+    channel: Option<&str>,
+    kind: RestrictionKind,
+    until: Option<i64>,
+) -> Restriction {
+    Restriction {
+        user_id: user.to_owned(),
+        channel_id: channel.map(str::to_owned),
+        kind,
+        until,
+        reason: Some("spam".to_owned()),
+        created_at: NOW,
+    }
+}
+
+fn is_restricted<T: std::fmt::Debug>(
+    result: &Result<T, StoreError>,
+    kind: RestrictionKind,
+) -> bool {
+    matches!(result, Err(StoreError::Restricted(restriction)) if restriction.kind == kind)
+}
+
+pub(crate) async fn mutes_stop_sends_until_lifted(fixture: &dyn Fixture) {
+    let store = fixture.store();
+    add_users(&*store, &["alice", "bob"]).await;
+    let first = group_of(&*store, "alice", &["bob"]).await;
+    let second = group_of(&*store, "alice", &["bob"]).await;
+
+    let mute = restriction("bob", Some(&first.id), RestrictionKind::Mute, None);
+    assert!(store.restrict(mute.clone()).await.unwrap().is_none());
+    let muted = store
+        .append_message(message(&first.id, "bob", "b1", text("hello")))
+        .await;
+    assert!(is_restricted(&muted, RestrictionKind::Mute), "{muted:?}");
+    // Another channel is not affected.
+    store
+        .append_message(message(&second.id, "bob", "b2", text("hello")))
+        .await
+        .unwrap();
+    assert_eq!(store.restrictions("bob", NOW).await.unwrap(), [mute]);
+
+    assert!(
+        store
+            .lift_restriction("bob", Some(&first.id), RestrictionKind::Mute, NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .lift_restriction("bob", Some(&first.id), RestrictionKind::Mute, NOW)
+            .await
+            .unwrap()
+    );
+    store
+        .append_message(message(&first.id, "bob", "b3", text("hello")))
+        .await
+        .unwrap();
+
+    // A mute of the tenant that ended is no longer in force.
+    let ended = restriction("bob", None, RestrictionKind::Mute, Some(NOW - 1));
+    store.restrict(ended).await.unwrap();
+    assert!(store.restrictions("bob", NOW).await.unwrap().is_empty());
+    store
+        .append_message(message(&first.id, "bob", "b4", text("hello")))
+        .await
+        .unwrap();
+    let tenant_mute = restriction("bob", None, RestrictionKind::Mute, Some(NOW + 60_000));
+    store.restrict(tenant_mute).await.unwrap();
+    let muted = store
+        .append_message(message(&second.id, "bob", "b5", text("hello")))
+        .await;
+    assert!(is_restricted(&muted, RestrictionKind::Mute), "{muted:?}");
+}
+
+pub(crate) async fn bans_remove_and_keep_out(fixture: &dyn Fixture) {
+    let store = fixture.store();
+    add_users(&*store, &["alice", "bob", "carol"]).await;
+    let group = group_of(&*store, "alice", &["bob", "carol"]).await;
+
+    let ban = restriction("bob", Some(&group.id), RestrictionKind::Ban, None);
+    let change = store.restrict(ban).await.unwrap().unwrap();
+    assert!(change.changed);
+    assert_eq!(change.members, ["alice", "carol"]);
+    let again = store.add_member(&group.id, "alice", "bob", NOW).await;
+    assert!(is_restricted(&again, RestrictionKind::Ban), "{again:?}");
+
+    let tenant_ban = restriction(
+        "carol",
+        None,
+        RestrictionKind::Ban,
+        Some(NOW + 1_000_000_000_000),
+    );
+    store.restrict(tenant_ban).await.unwrap();
+    let state = store.user_auth_state("carol").await.unwrap().unwrap();
+    assert_eq!(state.banned_until, Some(NOW + 1_000_000_000_000));
+    let state = store.user_auth_state("alice").await.unwrap().unwrap();
+    assert_eq!(state.banned_until, None);
+}
+
+pub(crate) async fn blocks_stop_direct_channels_and_delivery(fixture: &dyn Fixture) {
+    let store = fixture.store();
+    add_users(&*store, &["alice", "bob", "carol"]).await;
+    let group = group_of(&*store, "alice", &["bob", "carol"]).await;
+    let (direct, _) = store
+        .open_direct("alice", "carol", None, NOW)
+        .await
+        .unwrap();
+
+    assert!(store.set_block("bob", "alice", true, NOW).await.unwrap());
+    assert!(!store.set_block("bob", "alice", true, NOW).await.unwrap());
+    assert_eq!(store.blocked_users("bob").await.unwrap(), ["alice"]);
+    let self_block = store.set_block("bob", "bob", true, NOW).await;
+    assert!(
+        matches!(self_block, Err(StoreError::Invalid(_))),
+        "{self_block:?}"
+    );
+
+    // No new direct channel, opened by either of the two.
+    for (a, b) in [("alice", "bob"), ("bob", "alice")] {
+        let opened = store.open_direct(a, b, None, NOW).await;
+        assert!(
+            matches!(opened, Err(StoreError::Forbidden(_))),
+            "{opened:?}"
+        );
+    }
+    // Alice's messages in the group are not for Bob, Carol's are.
+    let from_alice = store
+        .append_message(message(&group.id, "alice", "a1", text("hi")))
+        .await
+        .unwrap();
+    assert_eq!(from_alice.members, ["alice", "carol"]);
+    let from_carol = store
+        .append_message(message(&group.id, "carol", "c1", text("hi")))
+        .await
+        .unwrap();
+    assert_eq!(from_carol.members, ["alice", "bob", "carol"]);
+    // Bob's history and catch-up leave Alice's message out; Carol's keep it.
+    let seqs = |messages: Vec<crate::store::Message>| -> Vec<u64> {
+        messages.iter().map(|message| message.seq).collect()
+    };
+    let latest = crate::store::Page::Latest { limit: 10 };
+    assert_eq!(
+        seqs(store.history(&group.id, "bob", latest).await.unwrap()),
+        [2]
+    );
+    assert_eq!(
+        seqs(store.history(&group.id, "carol", latest).await.unwrap()),
+        [1, 2]
+    );
+    let between = store
+        .messages_between(&group.id, "bob", 0, 2)
+        .await
+        .unwrap();
+    assert_eq!(seqs(between), [2]);
+    // A direct channel that existed before the block still opens.
+    let (again, _) = store
+        .open_direct("carol", "alice", None, NOW)
+        .await
+        .unwrap();
+    assert_eq!(again.id, direct.id);
+
+    assert!(store.set_block("bob", "alice", false, NOW).await.unwrap());
+    let from_alice = store
+        .append_message(message(&group.id, "alice", "a2", text("hi")))
+        .await
+        .unwrap();
+    assert_eq!(from_alice.members, ["alice", "bob", "carol"]);
+    store.open_direct("alice", "bob", None, NOW).await.unwrap();
+}
