@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::contacts::{ContactKind, Contacts, DEFAULT_MIN_PHONE_DIGITS};
 use super::links::{self, LinkFinder, LinkPolicy};
@@ -23,7 +23,7 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// Maximum mask text, in bytes.
 const MAX_MASK_BYTES: usize = 32;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModerationConfig {
     /// Text that replaces each masked part of a message.
@@ -43,7 +43,7 @@ impl Default for ModerationConfig {
 }
 
 /// One rule: a name, what it does on a match, and exactly one check.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Name used in metrics and logs: 1 to 63 lowercase letters, digits,
@@ -54,21 +54,21 @@ pub struct RuleConfig {
     /// so a new rule can be tried on real traffic first.
     #[serde(default)]
     pub shadow: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terms: Option<TermsConfig>,
     /// A regular expression in the syntax of the `regex` crate, matched
     /// case-insensitively against the text after NFKC normalisation, case
     /// folding and removal of invisible characters.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub links: Option<LinksConfig>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contacts: Option<ContactsConfig>,
 }
 
 /// The action a rule takes on a message it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Reject the message: nothing is stored or delivered, and the sender
@@ -90,7 +90,7 @@ impl Action {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TermsConfig {
     /// Words or phrases, matched as whole words; a trailing `*` matches any
@@ -102,19 +102,19 @@ pub struct TermsConfig {
     pub accent_insensitive: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinksConfig {
     /// When given, links to any other domain match the rule; an empty list
     /// makes every link match. Each entry covers its subdomains.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_domains: Option<Vec<String>>,
     /// Links to these domains and their subdomains match the rule.
     #[serde(default)]
     pub blocked_domains: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContactsConfig {
     /// Kinds to detect; all of them by default.

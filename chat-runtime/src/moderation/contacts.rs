@@ -22,13 +22,13 @@
 use std::ops::Range;
 
 use regex::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::fold::Folded;
 use super::links::{self, COMMON_TLDS, DOT, LinkFinder};
 
 /// A kind of contact detail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContactKind {
     Phone,

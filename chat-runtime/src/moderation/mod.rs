@@ -24,8 +24,12 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use config::{Action, ContactsConfig, LinksConfig, ModerationConfig, RuleConfig, TermsConfig};
-pub use contacts::ContactKind;
+pub use config::{
+    Action, ContactsConfig, LinksConfig, MAX_DOMAINS, MAX_RULES, MAX_TERMS, ModerationConfig,
+    RuleConfig, TermsConfig,
+};
+pub use contacts::{ContactKind, DEFAULT_MIN_PHONE_DIGITS};
+pub use terms::MAX_TERM_BYTES;
 
 use crate::store::Content;
 

@@ -203,3 +203,36 @@ fn mask_merges_overlapping_ranges() {
     assert_eq!(mask("abcdef", vec![1..3, 2..4, 5..6], "*"), "a*e*");
     assert_eq!(mask("abc", vec![], "*"), "abc");
 }
+
+#[test]
+fn written_config_reads_back_unchanged() {
+    // The operator writes the section it validated with these types, so
+    // writing and reading must not lose a setting or turn an absent list
+    // into an empty one, which for `allowed_domains` means "no domain".
+    let yaml = r#"
+mask: "[hidden]"
+rules:
+  - name: scams
+    action: block
+    shadow: true
+    terms: { list: ["lừa đảo", "scam*"], accent_insensitive: true }
+  - name: cards
+    action: flag
+    regex: '\b[0-9]{16}\b'
+  - name: blocked-links
+    action: block
+    links: { blocked_domains: [bad.example] }
+  - name: no-links
+    action: mask
+    links: { allowed_domains: [] }
+  - name: phones
+    action: mask
+    contacts: { kinds: [phone], min_phone_digits: 10 }
+"#;
+    let config: ModerationConfig = serde_yaml::from_str(yaml).unwrap();
+    let written = serde_yaml::to_string(&config).unwrap();
+    let read: ModerationConfig = serde_yaml::from_str(&written).unwrap();
+    assert_eq!(read, config, "{written}");
+    assert!(!written.contains("null"), "{written}");
+    Moderator::new(&read, "moderation").unwrap();
+}
