@@ -71,6 +71,12 @@ pub struct ChatTenantSpec {
     #[schemars(length(max = 32))]
     pub allowed_origins: Vec<String>,
 
+    /// Rules that check each message before it is stored: they may block
+    /// it, mask parts of it or flag it for review. Without them messages
+    /// are stored as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<ModerationSpec>,
+
     /// What happens to the tenant namespace and its data when this resource
     /// is deleted: `Retain` (the default) keeps them for a later ChatTenant
     /// with the same tenantId to adopt; `Delete` removes them.
@@ -195,6 +201,12 @@ pub struct TenantLimits {
     #[schemars(range(min = 1, max = 10000))]
     pub messages_per_second: Option<u32>,
 
+    /// Longest text message, in user-visible characters, so that a letter
+    /// with its tone marks or an emoji counts as one (runtime default 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_message_chars: Option<u32>,
+
     /// Largest burst of messages per user (runtime default 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
@@ -204,6 +216,141 @@ pub struct TenantLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_sockets_per_user: Option<u32>,
+}
+
+/// A tenant's moderation rules.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModerationSpec {
+    /// Text that replaces each part of a message that a `Mask` rule
+    /// matched: at most 32 bytes, no control characters (default `***`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub mask: Option<String>,
+
+    /// Rules in the order they run. A rule that blocks stops the rest, and
+    /// a rule that masks hands the masked text to the rules after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = chat_runtime::moderation::MAX_RULES))]
+    pub rules: Vec<ModerationRule>,
+}
+
+/// One rule: a name, what it does on a match, and exactly one check of
+/// `terms`, `regex`, `links` or `contacts`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "[has(self.terms), has(self.regex), has(self.links), has(self.contacts)].filter(x, x).size() == 1", "message": "set exactly one of terms, regex, links or contacts"}]))]
+pub struct ModerationRule {
+    /// Name used in metrics and logs, unique among the rules: 1 to 63
+    /// lowercase letters, digits, '-' or '_'.
+    #[schemars(regex(pattern = r"^[a-z0-9_-]{1,63}$"))]
+    pub name: String,
+
+    /// What the rule does to a message it matches.
+    pub action: ModerationAction,
+
+    /// When true the rule only records what it would do, so a new rule can
+    /// be tried on real traffic first (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<bool>,
+
+    /// Words or phrases to find.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<TermsCheck>,
+
+    /// A regular expression in the syntax of Rust's `regex` crate, matched
+    /// without regard to case against the text after Unicode
+    /// normalisation and removal of invisible characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = crate::validate::MAX_REGEX_CHARS))]
+    pub regex: Option<String>,
+
+    /// Links by their domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<LinksCheck>,
+
+    /// Phone numbers, e-mail addresses and messaging handles, also when
+    /// spelled out or split up to get past a plain pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contacts: Option<ContactsCheck>,
+}
+
+/// The action of a moderation rule.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ModerationAction {
+    /// Reject the message; the sender gets an error with a reason code.
+    Block,
+    /// Replace each matched part with the mask text, then store the message.
+    Mask,
+    /// Store and deliver the message, and record the match for review.
+    Flag,
+}
+
+/// Words or phrases, matched as whole words.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TermsCheck {
+    /// The terms, each at most 256 bytes; a trailing `*` matches any word
+    /// that starts with the term.
+    #[schemars(
+        length(min = 1, max = chat_runtime::moderation::MAX_TERMS),
+        inner(length(min = 1, max = chat_runtime::moderation::MAX_TERM_BYTES))
+    )]
+    pub list: Vec<String>,
+
+    /// When true, tone marks and other accents are ignored, so `lừa đảo`
+    /// also matches `lua dao` (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accent_insensitive: Option<bool>,
+}
+
+/// Links to match, by domain. Each domain covers its subdomains.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.allowedDomains) || (has(self.blockedDomains) && size(self.blockedDomains) > 0)", "message": "set allowedDomains, blockedDomains or both"}]))]
+pub struct LinksCheck {
+    /// When set, links to any other domain match; an empty list makes
+    /// every link match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = chat_runtime::moderation::MAX_DOMAINS),
+        inner(length(min = 1, max = 253))
+    )]
+    pub allowed_domains: Option<Vec<String>>,
+
+    /// Links to these domains match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = chat_runtime::moderation::MAX_DOMAINS),
+        inner(length(min = 1, max = 253))
+    )]
+    pub blocked_domains: Vec<String>,
+}
+
+/// Contact details to find.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactsCheck {
+    /// Kinds of contact details to find (default all three).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub kinds: Option<Vec<ContactKindSpec>>,
+
+    /// Fewest digits that make a phone number, 7 to 15 (default 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 7, max = 15))]
+    pub min_phone_digits: Option<u32>,
+}
+
+/// A kind of contact detail.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ContactKindSpec {
+    /// Phone numbers, also written with spaces, dots or number words.
+    Phone,
+    /// E-mail addresses, also with `(at)` or ` at ` for `@`.
+    Email,
+    /// Links to messaging apps and handles such as `zalo: name`.
+    Handle,
 }
 
 /// Storage of chat history: `embedded` or `scylla`, not both.
@@ -339,6 +486,10 @@ pub struct EffectiveSettings {
     pub image: String,
     pub storage_size: String,
     pub max_message_bytes: u32,
+    /// Longest text message, in user-visible characters. Missing from a
+    /// status written by an operator release older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_chars: Option<u32>,
     pub messages_per_second: u32,
     pub message_burst: u32,
     pub max_sockets_per_user: u32,
@@ -349,4 +500,31 @@ pub struct EffectiveSettings {
     /// configured for a tenant with ScyllaDB storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_without_max_message_chars_is_readable() {
+        // Written by a release that did not report the limit yet. Failing
+        // to read it would stop the operator from reconciling the tenant.
+        let status: ChatTenantStatus = serde_json::from_value(serde_json::json!({
+            "effective": {
+                "deletionPolicy": "Retain",
+                "replicas": 1,
+                "image": "ghcr.io/parley-dev/chat-runtime:0.1.0",
+                "storageSize": "1Gi",
+                "maxMessageBytes": 4096,
+                "messagesPerSecond": 10,
+                "messageBurst": 20,
+                "maxSocketsPerUser": 10
+            }
+        }))
+        .unwrap();
+        let effective = status.effective.unwrap();
+        assert_eq!(effective.max_message_chars, None);
+        assert_eq!(effective.max_message_bytes, 4096);
+    }
 }

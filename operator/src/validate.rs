@@ -9,11 +9,13 @@
 //! rejects. The immutability of `tenantId` needs the previous object and is
 //! left to the API server.
 
+mod moderation;
 mod replicas;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use chat_runtime::moderation::ModerationConfig;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -25,6 +27,7 @@ use crate::naming;
 use crate::quantity::{self, StorageSize};
 use crate::settings::OperatorSettings;
 
+pub use self::moderation::MAX_REGEX_CHARS;
 pub use self::replicas::{
     DEFAULT_MIN_REPLICAS, DEFAULT_TARGET_CPU_UTILIZATION, REDIS_PASSWORD_LABEL, RedisAddress,
     RedisPassword, ValidAutoscaling, ValidRedis, check_secret_key, parse_redis_url,
@@ -50,6 +53,7 @@ pub const OPERATOR_KEYSPACE: &str = "parley_operator";
 /// Runtime defaults of the limits, written out in the runtime's
 /// configuration and reported in `status.effective`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 4096;
+pub const DEFAULT_MAX_MESSAGE_CHARS: u32 = 2000;
 pub const DEFAULT_MESSAGES_PER_SECOND: u32 = 10;
 pub const DEFAULT_MESSAGE_BURST: u32 = 20;
 pub const DEFAULT_MAX_SOCKETS_PER_USER: u32 = 10;
@@ -102,6 +106,9 @@ pub struct ValidTenant {
     pub redis: Option<ValidRedis>,
     /// The autoscaler, which then owns the Deployment's replica count.
     pub autoscaling: Option<ValidAutoscaling>,
+    /// The runtime's `moderation` section, checked by the runtime's own
+    /// rule compiler; `None` when the spec has none.
+    pub moderation: Option<ModerationConfig>,
 }
 
 /// A tenant's checked ScyllaDB storage.
@@ -172,6 +179,11 @@ pub fn validate(
         validate_endpoint(endpoint)?;
     }
     validate_origins(&spec.allowed_origins)?;
+    let moderation = spec
+        .moderation
+        .as_ref()
+        .map(moderation::validate_moderation)
+        .transpose()?;
 
     let effective = EffectiveSettings {
         deletion_policy: spec.deletion_policy.unwrap_or_default(),
@@ -197,6 +209,7 @@ pub fn validate(
         scylla,
         redis,
         autoscaling,
+        moderation,
     })
 }
 
@@ -426,6 +439,7 @@ fn quantities(
 fn validate_limits(limits: TenantLimits) -> Result<TenantLimits, InvalidSpec> {
     let checks = [
         ("maxMessageBytes", limits.max_message_bytes, 1_048_576),
+        ("maxMessageChars", limits.max_message_chars, 1_048_576),
         ("messagesPerSecond", limits.messages_per_second, 10_000),
         ("messageBurst", limits.message_burst, 100_000),
         ("maxSocketsPerUser", limits.max_sockets_per_user, 1_000),
@@ -449,6 +463,10 @@ fn effective_limits(limits: &TenantLimits) -> EffectiveSettings {
     let or_default = |value: Option<u32>, default: u32| value.unwrap_or(default);
     EffectiveSettings {
         max_message_bytes: or_default(limits.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES),
+        max_message_chars: Some(or_default(
+            limits.max_message_chars,
+            DEFAULT_MAX_MESSAGE_CHARS,
+        )),
         messages_per_second: or_default(limits.messages_per_second, DEFAULT_MESSAGES_PER_SECOND),
         message_burst: or_default(limits.message_burst, DEFAULT_MESSAGE_BURST),
         max_sockets_per_user: or_default(limits.max_sockets_per_user, DEFAULT_MAX_SOCKETS_PER_USER),
@@ -971,12 +989,14 @@ mod tests {
         );
         assert_eq!(valid.effective.storage_size, "1Gi");
         assert_eq!(valid.effective.max_message_bytes, 4096);
+        assert_eq!(valid.effective.max_message_chars, Some(2000));
         assert_eq!(valid.effective.messages_per_second, 10);
         assert_eq!(valid.effective.message_burst, 20);
         assert_eq!(valid.effective.max_sockets_per_user, 10);
         assert_eq!(valid.storage_class, None);
         assert_eq!(valid.endpoint, None);
         assert!(valid.allowed_origins.is_empty());
+        assert_eq!(valid.moderation, None);
         assert_eq!(
             valid.resources,
             OperatorSettings::default().runtime_resources
@@ -989,6 +1009,10 @@ mod tests {
         assert_eq!(
             DEFAULT_MAX_MESSAGE_BYTES as usize,
             runtime.max_message_bytes
+        );
+        assert_eq!(
+            DEFAULT_MAX_MESSAGE_CHARS as usize,
+            runtime.max_message_chars
         );
         assert_eq!(DEFAULT_MESSAGES_PER_SECOND, runtime.messages_per_second);
         assert_eq!(DEFAULT_MESSAGE_BURST, runtime.message_burst);
@@ -1006,11 +1030,13 @@ runtime:
   resources:
     requests: {cpu: 250m, memory: 256Mi}
     limits: {cpu: '1', memory: 1Gi}
-  limits: {maxMessageBytes: 8192, messagesPerSecond: 5, messageBurst: 30, maxSocketsPerUser: 4}
+  limits: {maxMessageBytes: 8192, maxMessageChars: 1000, messagesPerSecond: 5, messageBurst: 30, maxSocketsPerUser: 4}
 storage:
   embedded: {size: 20Gi, storageClassName: fast-ssd}
 endpoint: {host: chat.chotot.example, ingressClassName: nginx, tlsSecretName: chat-tls}
 allowedOrigins: ['https://www.chotot.example', 'http://localhost:3000']
+moderation:
+  rules: [{name: phones, action: Mask, contacts: {}}]
 deletionPolicy: Delete
 ",
         )
@@ -1022,11 +1048,15 @@ deletionPolicy: Delete
         assert_eq!(valid.storage_size.as_str(), "20Gi");
         assert_eq!(valid.storage_class.as_deref(), Some("fast-ssd"));
         assert_eq!(valid.effective.max_message_bytes, 8192);
+        assert_eq!(valid.effective.max_message_chars, Some(1000));
         assert_eq!(valid.effective.messages_per_second, 5);
         assert_eq!(valid.effective.message_burst, 30);
         assert_eq!(valid.effective.max_sockets_per_user, 4);
         assert_eq!(valid.endpoint.unwrap().host, "chat.chotot.example");
         assert_eq!(valid.allowed_origins.len(), 2);
+        let moderation = valid.moderation.unwrap();
+        assert_eq!(moderation.mask, "***");
+        assert_eq!(moderation.rules[0].name, "phones");
         let requests = valid.resources.requests.unwrap();
         assert_eq!(requests["cpu"], Quantity("250m".to_owned()));
     }
@@ -1049,8 +1079,8 @@ deletionPolicy: Delete
             "{tenantId: 1-a-2}".to_owned(),
             format!("{{tenantId: a, displayName: {}}}", "ồ".repeat(256)),
             format!("{{tenantId: a, runtime: {{image: {}}}}}", "i".repeat(512)),
-            "{tenantId: a, runtime: {limits: {maxMessageBytes: 1048576, messagesPerSecond: 10000, messageBurst: 100000, maxSocketsPerUser: 1000}}}".to_owned(),
-            "{tenantId: a, runtime: {limits: {maxMessageBytes: 1, messagesPerSecond: 1, messageBurst: 1, maxSocketsPerUser: 1}}}".to_owned(),
+            "{tenantId: a, runtime: {limits: {maxMessageBytes: 1048576, maxMessageChars: 1048576, messagesPerSecond: 10000, messageBurst: 100000, maxSocketsPerUser: 1000}}}".to_owned(),
+            "{tenantId: a, runtime: {limits: {maxMessageBytes: 1, maxMessageChars: 1, messagesPerSecond: 1, messageBurst: 1, maxSocketsPerUser: 1}}}".to_owned(),
             "{tenantId: a, runtime: {resources: {requests: {cpu: 1}, limits: {cpu: 1000m}}}}".to_owned(),
             origins(32),
             "{tenantId: a, allowedOrigins: ['https://[::1]:8443', 'http://127.0.0.1:65535']}".to_owned(),
@@ -1097,6 +1127,8 @@ deletionPolicy: Delete
             // Limits, with the ranges of the runtime's configuration.
             ("{tenantId: a, runtime: {limits: {maxMessageBytes: 0}}}".into(), "spec.runtime.limits.maxMessageBytes", "between 1 and 1048576"),
             ("{tenantId: a, runtime: {limits: {maxMessageBytes: 1048577}}}".into(), "spec.runtime.limits.maxMessageBytes", "between 1 and 1048576"),
+            ("{tenantId: a, runtime: {limits: {maxMessageChars: 0}}}".into(), "spec.runtime.limits.maxMessageChars", "between 1 and 1048576"),
+            ("{tenantId: a, runtime: {limits: {maxMessageChars: 1048577}}}".into(), "spec.runtime.limits.maxMessageChars", "between 1 and 1048576"),
             ("{tenantId: a, runtime: {limits: {messagesPerSecond: 0}}}".into(), "spec.runtime.limits.messagesPerSecond", "between 1 and 10000"),
             ("{tenantId: a, runtime: {limits: {messagesPerSecond: 10001}}}".into(), "spec.runtime.limits.messagesPerSecond", "between 1 and 10000"),
             ("{tenantId: a, runtime: {limits: {messageBurst: 0}}}".into(), "spec.runtime.limits.messageBurst", "between 1 and 100000"),
@@ -1137,6 +1169,10 @@ deletionPolicy: Delete
             ("{tenantId: a, allowedOrigins: ['https://[::1']}".into(), "spec.allowedOrigins[0]", "not an origin"),
             ("{tenantId: a, allowedOrigins: ['https://app.example.com:443']}".into(), "spec.allowedOrigins[0]", "default port"),
             ("{tenantId: a, allowedOrigins: ['http://app.example.com:80']}".into(), "spec.allowedOrigins[0]", "default port"),
+            // Moderation, checked by the runtime's compiler; its own tests
+            // cover each rule.
+            ("{tenantId: a, moderation: {rules: [{name: cards, action: Block, regex: '[0-9'}]}}".into(), "spec.moderation.rules[0].regex", "unclosed"),
+            ("{tenantId: a, moderation: {rules: [{name: l, action: Block, links: {allowedDomains: [chotot.example, a_b.example]}}]}}".into(), "spec.moderation.rules[0].links.allowedDomains[1]", "lowercase domain"),
         ];
         for (spec, field, message) in cases {
             let error = check(&spec).unwrap_err();

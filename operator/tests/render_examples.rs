@@ -1,6 +1,8 @@
 //! The example tenants under `examples/tenants/` render, through the library
 //! and through the `parley-operator render` binary.
 
+use chat_runtime::moderation::{ModerationConfig, Moderator};
+use chat_runtime::store::Content;
 use parley_operator::render::render;
 use parley_operator::settings::OperatorSettings;
 use support::{EXAMPLES, documents, find, kinds, read_example, run_render};
@@ -87,8 +89,63 @@ fn marketplace_renders_every_kind() {
         .as_str()
         .unwrap();
     assert!(config.contains("display_name: Chợ Tốt"), "{config}");
+    assert!(config.contains("max_message_chars: 1000"), "{config}");
     let claim = find(&documents, "PersistentVolumeClaim");
     assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "20Gi");
+}
+
+#[test]
+fn marketplace_moderation_works_in_the_runtime() {
+    let stream = render(
+        &read_example("marketplace.yaml"),
+        &OperatorSettings::default(),
+    )
+    .unwrap();
+    let documents = documents(&stream);
+    let config: serde_yaml::Value = serde_yaml::from_str(
+        find(&documents, "ConfigMap")["data"]["config.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let section: ModerationConfig =
+        serde_yaml::from_value(config["tenants"][0]["moderation"].clone()).unwrap();
+    let moderator = Moderator::new(&section, "moderation").unwrap();
+    let text = |text: &str| Content::Text { text: text.into() };
+    let text_of = |content: &Content| match content {
+        Content::Text { text } => text.clone(),
+        other => panic!("expected text, got {other:?}"),
+    };
+
+    // A scam phrase typed without tone marks is still blocked.
+    let scam = moderator.moderate(text("Ban vua trung thuong, gui ma OTP de nhan"));
+    assert_eq!(scam.blocked().unwrap().reason, "blocked_term");
+    assert_eq!(scam.runs.len(), 1, "a block stops the rules after it");
+    assert_eq!(scam.runs[0].rule.as_ref(), "scam-phrases");
+
+    // A phone number, spaced out, and a link elsewhere are masked, and a
+    // link to the marketplace stays.
+    let moderated = moderator.moderate(text(
+        "Xe còn nhé, gọi 0912 345 678 hoặc xem https://shop.example.com/xe, tin đăng ở https://www.chotot.example/xe",
+    ));
+    assert!(moderated.blocked().is_none());
+    let masked = text_of(&moderated.content);
+    assert!(!masked.contains("345"), "{masked}");
+    assert!(!masked.contains("shop.example.com"), "{masked}");
+    assert!(masked.contains("https://www.chotot.example/xe"), "{masked}");
+    assert!(masked.contains("[đã ẩn]"), "{masked}");
+
+    // The shadow rule matches but neither blocks nor changes the message.
+    let prepay = moderator.moderate(text("Anh chuyen khoan truoc giup em nhe"));
+    assert!(prepay.blocked().is_none());
+    assert!(!prepay.masked);
+    let matched: Vec<&str> = prepay
+        .runs
+        .iter()
+        .filter(|run| run.matched.is_some_and(|decision| decision.shadow))
+        .map(|run| run.rule.as_ref())
+        .collect();
+    assert_eq!(matched, ["prepayment"]);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use chat_runtime::moderation::ModerationConfig;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Serialize;
 
@@ -46,6 +47,8 @@ struct TenantConfig<'a> {
     limits: LimitsConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     store: Option<super::scylla::StoreConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    moderation: Option<&'a ModerationConfig>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +60,7 @@ struct ApiKeyConfig<'a> {
 #[derive(Serialize)]
 struct LimitsConfig {
     max_message_bytes: u32,
+    max_message_chars: u32,
     messages_per_second: u32,
     message_burst: u32,
     max_sockets_per_user: u32,
@@ -88,11 +92,15 @@ pub fn config_yaml(
         allowed_origins: &valid.allowed_origins,
         limits: LimitsConfig {
             max_message_bytes: effective.max_message_bytes,
+            max_message_chars: effective
+                .max_message_chars
+                .unwrap_or(crate::validate::DEFAULT_MAX_MESSAGE_CHARS),
             messages_per_second: effective.messages_per_second,
             message_burst: effective.message_burst,
             max_sockets_per_user: effective.max_sockets_per_user,
         },
         store,
+        moderation: valid.moderation.as_ref(),
     };
     // NOTE: 0.0.0.0 accepts IPv4 only, so on an IPv6-only cluster the
     // runtime is unreachable.
@@ -253,7 +261,7 @@ mod tests {
             "tenantId: chotot
 displayName: \"Chợ Tốt: mua bán # 1\"
 runtime:
-  limits: {maxMessageBytes: 8192, messagesPerSecond: 5, messageBurst: 30, maxSocketsPerUser: 4}
+  limits: {maxMessageBytes: 8192, maxMessageChars: 1000, messagesPerSecond: 5, messageBurst: 30, maxSocketsPerUser: 4}
 allowedOrigins: ['https://www.chotot.example', 'http://localhost:3000']
 ",
         );
@@ -271,6 +279,7 @@ allowedOrigins: ['https://www.chotot.example', 'http://localhost:3000']
             ["https://www.chotot.example", "http://localhost:3000"]
         );
         assert_eq!(tenant.limits.max_message_bytes, 8192);
+        assert_eq!(tenant.limits.max_message_chars, 1000);
         assert_eq!(tenant.limits.messages_per_second, 5);
         assert_eq!(tenant.limits.message_burst, 30);
         assert_eq!(tenant.limits.max_sockets_per_user, 4);
@@ -336,6 +345,76 @@ allowedOrigins: ['https://www.chotot.example', 'http://localhost:3000']
         assert_eq!(redis.password.as_deref(), Some("s3cret"));
         assert_eq!(redis.channel_prefix, "parley");
         assert_eq!(redis.database, 3);
+    }
+
+    #[test]
+    fn runtime_loads_moderation_rules() {
+        let dir = TempDir::new("moderation-config");
+        let valid = valid_tenant_from(
+            r#"tenantId: chotot
+moderation:
+  mask: "[ẩn]"
+  rules:
+    - name: contacts
+      action: Mask
+      contacts: {kinds: [Phone, Email], minPhoneDigits: 10}
+    - name: scams
+      action: Block
+      shadow: true
+      terms: {list: ["lừa đảo", "chuyển khoản trước"], accentInsensitive: true}
+    - name: links
+      action: Flag
+      links: {allowedDomains: [chotot.example]}
+    - name: cards
+      action: Flag
+      regex: '\b[0-9]{16}\b'
+"#,
+        );
+        let credentials = credentials();
+        let yaml = config_yaml(&valid, &credentials, None).unwrap();
+        for line in [
+            "mask: '[ẩn]'",
+            "min_phone_digits: 10",
+            "accent_insensitive: true",
+            "allowed_domains:",
+            "shadow: true",
+        ] {
+            assert!(yaml.contains(line), "{line:?} missing from:\n{yaml}");
+        }
+        let config = parse_with_secrets(&yaml, &credentials, &dir.0);
+
+        let expected: chat_runtime::moderation::ModerationConfig = serde_yaml::from_str(
+            r#"
+mask: "[ẩn]"
+rules:
+  - {name: contacts, action: mask, contacts: {kinds: [phone, email], min_phone_digits: 10}}
+  - {name: scams, action: block, shadow: true, terms: {list: ["lừa đảo", "chuyển khoản trước"], accent_insensitive: true}}
+  - {name: links, action: flag, links: {allowed_domains: [chotot.example]}}
+  - {name: cards, action: flag, regex: '\b[0-9]{16}\b'}
+"#,
+        )
+        .unwrap();
+        let expected = chat_runtime::moderation::Moderator::new(&expected, "moderation").unwrap();
+        // Moderators compare by the section they were compiled from.
+        assert_eq!(*config.tenants[0].moderation, expected);
+        let moderated = config.tenants[0]
+            .moderation
+            .moderate(chat_runtime::store::Content::Text {
+                text: "gọi 0912 345 678 nhé".into(),
+            });
+        assert!(moderated.blocked().is_none());
+        assert!(moderated.masked);
+        let chat_runtime::store::Content::Text { text } = &moderated.content else {
+            panic!("expected text, got {:?}", moderated.content);
+        };
+        assert!(!text.contains("345") && text.contains("[ẩn]"), "{text}");
+    }
+
+    #[test]
+    fn config_without_moderation_has_no_section() {
+        let yaml = config_yaml(&valid_tenant(), &credentials(), None).unwrap();
+        assert!(!yaml.contains("moderation"), "{yaml}");
+        assert!(yaml.contains("max_message_chars: 2000"), "{yaml}");
     }
 
     #[test]
