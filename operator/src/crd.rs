@@ -201,8 +201,9 @@ pub struct TenantLimits {
     #[schemars(range(min = 1, max = 10000))]
     pub messages_per_second: Option<u32>,
 
-    /// Longest text message, in user-visible characters, so that a letter
-    /// with its tone marks or an emoji counts as one (runtime default 2000).
+    /// Maximum length of a text message, in user-visible characters, so
+    /// that a letter with its tone marks or an emoji counts as one (runtime
+    /// default 2000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1048576))]
     pub max_message_chars: Option<u32>,
@@ -246,7 +247,7 @@ pub struct ModerationRule {
     #[schemars(regex(pattern = r"^[a-z0-9_-]{1,63}$"))]
     pub name: String,
 
-    /// What the rule does to a message it matches.
+    /// Action taken on a message that the rule matches.
     pub action: ModerationAction,
 
     /// When true the rule only records what it would do, so a new rule can
@@ -278,7 +279,8 @@ pub struct ModerationRule {
 /// The action of a moderation rule.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum ModerationAction {
-    /// Reject the message; the sender gets an error with a reason code.
+    /// Reject the message, and return an error with a reason code to the
+    /// sender.
     Block,
     /// Replace each matched part with the mask text, then store the message.
     Mask,
@@ -290,7 +292,7 @@ pub enum ModerationAction {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TermsCheck {
-    /// The terms, each at most 256 bytes; a trailing `*` matches any word
+    /// The terms, each at most 256 bytes. A trailing `*` matches any word
     /// that starts with the term.
     #[schemars(
         length(min = 1, max = chat_runtime::moderation::MAX_TERMS),
@@ -309,7 +311,7 @@ pub struct TermsCheck {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{"rule": "has(self.allowedDomains) || (has(self.blockedDomains) && size(self.blockedDomains) > 0)", "message": "set allowedDomains, blockedDomains or both"}]))]
 pub struct LinksCheck {
-    /// When set, links to any other domain match; an empty list makes
+    /// When set, links to any other domain match, so an empty list makes
     /// every link match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
@@ -336,7 +338,7 @@ pub struct ContactsCheck {
     #[schemars(length(min = 1))]
     pub kinds: Option<Vec<ContactKindSpec>>,
 
-    /// Fewest digits that make a phone number, 7 to 15 (default 9).
+    /// Minimum digits of a phone number, 7 to 15 (default 9).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 7, max = 15))]
     pub min_phone_digits: Option<u32>,
@@ -486,8 +488,9 @@ pub struct EffectiveSettings {
     pub image: String,
     pub storage_size: String,
     pub max_message_bytes: u32,
-    /// Longest text message, in user-visible characters. Missing from a
-    /// status written by an operator release older than this field.
+    /// Maximum length of a text message, in user-visible characters.
+    /// Missing from a status written by an operator release older than
+    /// this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_chars: Option<u32>,
     pub messages_per_second: u32,

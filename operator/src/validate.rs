@@ -107,7 +107,7 @@ pub struct ValidTenant {
     /// The autoscaler, which then owns the Deployment's replica count.
     pub autoscaling: Option<ValidAutoscaling>,
     /// The runtime's `moderation` section, checked by the runtime's own
-    /// rule compiler; `None` when the spec has none.
+    /// rule compiler, or `None` when the spec has none.
     pub moderation: Option<ModerationConfig>,
 }
 
@@ -1169,8 +1169,8 @@ deletionPolicy: Delete
             ("{tenantId: a, allowedOrigins: ['https://[::1']}".into(), "spec.allowedOrigins[0]", "not an origin"),
             ("{tenantId: a, allowedOrigins: ['https://app.example.com:443']}".into(), "spec.allowedOrigins[0]", "default port"),
             ("{tenantId: a, allowedOrigins: ['http://app.example.com:80']}".into(), "spec.allowedOrigins[0]", "default port"),
-            // Moderation, checked by the runtime's compiler; its own tests
-            // cover each rule.
+            // Moderation rules, which the runtime's compiler checks. The
+            // tests of validate::moderation cover each rule.
             ("{tenantId: a, moderation: {rules: [{name: cards, action: Block, regex: '[0-9'}]}}".into(), "spec.moderation.rules[0].regex", "unclosed"),
             ("{tenantId: a, moderation: {rules: [{name: l, action: Block, links: {allowedDomains: [chotot.example, a_b.example]}}]}}".into(), "spec.moderation.rules[0].links.allowedDomains[1]", "lowercase domain"),
         ];

@@ -95,7 +95,7 @@ fn marketplace_renders_every_kind() {
 }
 
 #[test]
-fn marketplace_moderation_works_in_the_runtime() {
+fn marketplace_rules_moderate_messages() {
     let stream = render(
         &read_example("marketplace.yaml"),
         &OperatorSettings::default(),

@@ -1674,3 +1674,162 @@ async fn missing_redis_password_stalls_until_created() {
     .await;
     assert_eq!(replicas(&deployment), Some(2));
 }
+
+/// Returns the runtime ConfigMap's configuration once it contains `text`.
+async fn wait_for_config_containing(client: &kube::Client, namespace: &str, text: &str) -> String {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    wait_for(&format!("{text:?} in the runtime config"), || {
+        let config_maps = config_maps.clone();
+        async move {
+            let config = config_maps.get_opt("chat-runtime").await.unwrap()?;
+            let yaml = config.data?.remove("config.yaml")?;
+            yaml.contains(text).then_some(yaml)
+        }
+    })
+    .await
+}
+
+fn template_checksum(deployment: &Deployment) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get("parley.dev/config-checksum")
+        .cloned()
+}
+
+#[tokio::test]
+async fn moderation_rules_reach_config_and_roll_out() {
+    let (cluster, _stop) = start().await;
+    let client = cluster.client.clone();
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    let spec = json!({
+        "tenantId": "cho",
+        "runtime": {"limits": {"maxMessageChars": 500}},
+        "moderation": {
+            "mask": "[đã ẩn]",
+            "rules": [
+                {"name": "scams", "action": "Block",
+                 "terms": {"list": ["lừa đảo"], "accentInsensitive": true}},
+                {"name": "contacts", "action": "Mask",
+                 "contacts": {"kinds": ["Phone"], "minPhoneDigits": 10}},
+                {"name": "links", "action": "Mask",
+                 "links": {"allowedDomains": ["cho.example.vn"]}},
+            ],
+        },
+    });
+    tenants
+        .create(&PostParams::default(), &tenant("cho", spec))
+        .await
+        .unwrap();
+
+    let yaml = wait_for_config_containing(&client, "parley-cho", "moderation:").await;
+    let config: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let section = &config["tenants"][0]["moderation"];
+    let runtime: chat_runtime::moderation::ModerationConfig =
+        serde_yaml::from_value(section.clone()).unwrap();
+    let expected: chat_runtime::moderation::ModerationConfig = serde_yaml::from_str(
+        r#"
+mask: "[đã ẩn]"
+rules:
+  - {name: scams, action: block, terms: {list: ["lừa đảo"], accent_insensitive: true}}
+  - {name: contacts, action: mask, contacts: {kinds: [phone], min_phone_digits: 10}}
+  - {name: links, action: mask, links: {allowed_domains: [cho.example.vn]}}
+"#,
+    )
+    .unwrap();
+    assert_eq!(runtime, expected, "{yaml}");
+    assert_eq!(config["tenants"][0]["limits"]["max_message_chars"], 500);
+    wait_for("maxMessageChars in status.effective", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("cho").await.unwrap();
+            let effective = tenant.status?.effective?;
+            (effective.max_message_chars == Some(500)).then_some(())
+        }
+    })
+    .await;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "parley-cho");
+    let before = wait_for("the runtime Deployment", || {
+        let deployments = deployments.clone();
+        async move { deployments.get_opt("chat-runtime").await.unwrap() }
+    })
+    .await;
+    let old_checksum = template_checksum(&before).unwrap();
+
+    // A merge patch replaces the whole list, which suits rules that run in
+    // order.
+    let change = json!({"spec": {"moderation": {"rules": [
+        {"name": "scams", "action": "Block", "shadow": true,
+         "terms": {"list": ["lừa đảo", "chuyển khoản trước"], "accentInsensitive": true}},
+    ]}}});
+    tenants
+        .patch("cho", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    let yaml = wait_for_config_containing(&client, "parley-cho", "chuyển khoản trước").await;
+    assert!(yaml.contains("shadow: true"), "{yaml}");
+    assert!(!yaml.contains("contacts"), "{yaml}");
+    wait_for("a new checksum in the pod template", || {
+        let deployments = deployments.clone();
+        let old_checksum = old_checksum.clone();
+        async move {
+            let deployment = deployments.get("chat-runtime").await.unwrap();
+            (template_checksum(&deployment)? != old_checksum).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_moderation_rule_stalls_with_field_named() {
+    let (cluster, _stop) = start().await;
+    let tenants: Api<ChatTenant> = Api::all(cluster.client.clone());
+    let spec = json!({
+        "tenantId": "initech",
+        "moderation": {"rules": [
+            {"name": "cards", "action": "Block", "regex": "[0-9"},
+        ]},
+    });
+    tenants
+        .create(&PostParams::default(), &tenant("initech", spec))
+        .await
+        .unwrap();
+
+    let stalled = wait_for("Stalled=True", || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get("initech").await.unwrap();
+            full_condition(&tenant, "Stalled").filter(|condition| condition.status == "True")
+        }
+    })
+    .await;
+    assert!(
+        stalled.message.contains("spec.moderation.rules[0].regex"),
+        "{}",
+        stalled.message
+    );
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    assert!(
+        namespaces
+            .get_opt("parley-initech")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Fixing the pattern lets the tenant proceed.
+    let fix = json!({"spec": {"moderation": {"rules": [
+        {"name": "cards", "action": "Block", "regex": "[0-9]{16}"},
+    ]}}});
+    tenants
+        .patch("initech", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    wait_for_config_containing(&cluster.client, "parley-initech", "[0-9]{16}").await;
+}

@@ -14,9 +14,9 @@ use crate::crd::{
 };
 
 const FIELD: &str = "spec.moderation";
-/// Longest `regex`, in characters. The runtime bounds only the compiled
-/// size, which is hard to predict from the pattern; this bound keeps the
-/// spec readable and the schema's cost estimate small.
+/// Maximum length of a `regex`, in characters. The runtime bounds only the
+/// compiled size, which is hard to predict from the pattern, so this bound
+/// keeps patterns readable and the schema's cost estimate small.
 pub const MAX_REGEX_CHARS: usize = 4096;
 
 /// Checks `spec.moderation` and returns the runtime's section for it, with
