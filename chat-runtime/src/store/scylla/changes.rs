@@ -18,7 +18,9 @@ use super::channels::FAN_OUT;
 use super::messages::{back_off, normalise_mentions};
 use super::rows::{ChannelRecord, StoredMessage, bucket_of, inconsistent, seq_to_cql};
 use super::users::contention;
-use crate::store::{Deleter, MessageChange, MessageEdit, Millis, StoreError, StoreResult, keys};
+use crate::store::{
+    Deleter, MessageChange, MessageEdit, Millis, NewEvent, StoreError, StoreResult, keys,
+};
 
 /// Transaction attempts of one edit or delete. Another attempt is needed
 /// only when a concurrent edit of the same message won.
@@ -69,12 +71,50 @@ impl ScyllaStore {
                 let edit_count = stored.edit_count + 1;
                 self.replace_mentions(&stored, &mentions, edit_count)
                     .await?;
-                return self.message_change(&record, edit.seq, true).await;
+                let change = self.message_change(&record, edit.seq, true).await?;
+                self.log_edit(&change, &edit, mentions, edit_count).await?;
+                return Ok(change);
             }
             back_off(attempt).await;
             stored = self.message_row_serial(&record, edit.seq).await?;
         }
         Err(contention("edit a message"))
+    }
+
+    /// Logs an applied edit and its moderation decisions. The message in
+    /// the event has the content this edit wrote, even when a later edit
+    /// already changed the row that `change` was read from. Tags follow
+    /// from the edit count, which names the edit.
+    ///
+    /// NOTE: a replica that stops between the transaction and this write
+    /// loses the events.
+    async fn log_edit(
+        &self,
+        change: &MessageChange,
+        edit: &MessageEdit,
+        mentions: Vec<String>,
+        edit_count: i32,
+    ) -> StoreResult<()> {
+        let mut message = change.message.clone();
+        message.content = Some(edit.content.clone());
+        message.mentions = mentions;
+        message.edited_at = Some(edit.edited_at);
+        message.deleted_at = None;
+        let (seq, count) = (edit.seq.to_string(), edit_count.to_string());
+        let channel_id = edit.channel_id.as_str();
+        let mut entries = vec![self.place_derived(
+            NewEvent::message_edited(&message, edit.edited_at),
+            &["message.edited", channel_id, &seq, &count],
+        )];
+        for (index, record) in edit.moderation.iter().enumerate() {
+            let event = NewEvent::moderation(record, Some(edit.seq), edit.edited_at);
+            let index = index.to_string();
+            entries.push(self.place_derived(
+                event,
+                &["moderation.decision", channel_id, &seq, &count, &index],
+            ));
+        }
+        self.log(entries).await
     }
 
     /// Runs the edit transaction, and returns false when the row changed
@@ -215,6 +255,18 @@ impl ScyllaStore {
             }
             if self.apply_delete(&stored, now).await? {
                 self.clean_up_deleted(&stored, now).await?;
+                // A message is deleted once, so the tag follows from it.
+                // NOTE: a replica that stops between the transaction and
+                // this write loses the event; a retry finds the message
+                // deleted and, like the embedded store, logs nothing.
+                let deleted_by = match deleter {
+                    Deleter::Member(user) => Some(user),
+                    Deleter::Server => None,
+                };
+                let event = NewEvent::message_deleted(channel_id, seq, deleted_by, now);
+                let seq_text = seq.to_string();
+                let entry = self.place_derived(event, &["message.deleted", channel_id, &seq_text]);
+                self.log(vec![entry]).await?;
                 return self.message_change(&record, seq, true).await;
             }
             back_off(attempt).await;

@@ -6,12 +6,12 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use super::ScyllaStore;
 use super::rows::{
-    ChannelRecord, ChannelRow, channel_from_row, inconsistent, kind_to_cql, role_from_cql,
-    role_to_cql, seq_from_cql, seq_to_cql,
+    ChannelRecord, ChannelRow, StoredMessage, channel_from_row, inconsistent, kind_to_cql,
+    role_from_cql, role_to_cql, seq_from_cql, seq_to_cql,
 };
 use crate::store::{
-    Channel, ChannelKind, Member, MemberRole, MembershipChange, Millis, StoreError, StoreResult,
-    keys,
+    Channel, ChannelKind, Member, MemberRole, MembershipChange, Millis, NewEvent, StoreError,
+    StoreResult, keys,
 };
 
 /// Requests one call keeps in flight when it touches many rows (members of
@@ -32,7 +32,18 @@ impl ScyllaStore {
         let row: Option<ChannelRow> = self
             .first_row(&self.statements.select_channel, (id,), "read a channel")
             .await?;
-        row.map(channel_from_row).transpose()
+        let record = row.map(channel_from_row).transpose()?;
+        self.observe_channel(record.as_ref());
+        Ok(record)
+    }
+
+    /// Makes events this store logs from now on come after the channel's
+    /// newest message's events, whatever this replica's clock says.
+    fn observe_channel(&self, record: Option<&ChannelRecord>) {
+        let newest = record.and_then(|record| record.newest.as_ref());
+        if let Some(at) = newest.and_then(StoredMessage::last_event_at) {
+            self.event_clock.observe(at);
+        }
     }
 
     /// Reads a channel at serial consistency, which returns the outcome of
@@ -46,7 +57,9 @@ impl ScyllaStore {
                 "read a channel at serial consistency",
             )
             .await?;
-        row.map(channel_from_row).transpose()
+        let record = row.map(channel_from_row).transpose()?;
+        self.observe_channel(record.as_ref());
+        Ok(record)
     }
 
     pub(super) async fn member_role(
@@ -230,26 +243,28 @@ impl ScyllaStore {
         // The id follows from the pair and the subject, so replicas that
         // open the same channel at once insert the same row, and the
         // transaction keeps the first one's creation time and creator.
-        let record = match self.channel(&id).await? {
-            Some(record) => record,
+        let (record, created) = match self.channel(&id).await? {
+            Some(record) => (record, false),
             None => {
-                self.conditional(
-                    &self.statements.insert_channel,
-                    (
-                        &id,
-                        kind_to_cql(ChannelKind::Direct),
-                        None::<&str>,
-                        subject,
-                        a,
-                        now,
-                        now,
-                    ),
-                    "create a direct channel",
-                )
-                .await?;
-                self.channel_serial(&id).await?.ok_or_else(|| {
+                let created = self
+                    .conditional(
+                        &self.statements.insert_channel,
+                        (
+                            &id,
+                            kind_to_cql(ChannelKind::Direct),
+                            None::<&str>,
+                            subject,
+                            a,
+                            now,
+                            now,
+                        ),
+                        "create a direct channel",
+                    )
+                    .await?;
+                let record = self.channel_serial(&id).await?.ok_or_else(|| {
                     inconsistent("direct channel missing right after it was written")
-                })?
+                })?;
+                (record, created)
             }
         };
 
@@ -274,7 +289,16 @@ impl ScyllaStore {
                 .await?;
             }
         }
-        Ok((record.channel, vec![low.to_owned(), high.to_owned()]))
+        let members = vec![low.to_owned(), high.to_owned()];
+        // Only the call whose insert created the row logs the creation.
+        // NOTE: a replica that stops before this line loses the event, and
+        // the calls that complete the channel later do not know it is
+        // missing.
+        if created {
+            let event = NewEvent::channel_created(&record.channel, &members);
+            self.log(vec![self.place(event)]).await?;
+        }
+        Ok((record.channel, members))
     }
 
     pub(super) async fn create_group_channel(
@@ -343,7 +367,11 @@ impl ScyllaStore {
             .buffer_unordered(FAN_OUT)
             .try_collect::<Vec<bool>>()
             .await?;
-        let members = all_members.into_iter().map(str::to_owned).collect();
+        let members: Vec<String> = all_members.into_iter().map(str::to_owned).collect();
+        // NOTE: like the members above, the event is lost when the replica
+        // stops before it is written.
+        let event = NewEvent::channel_created(&channel, &members);
+        self.log(vec![self.place(event)]).await?;
         Ok((channel, members))
     }
 
@@ -370,6 +398,12 @@ impl ScyllaStore {
         let changed = self
             .insert_member(&channel, user, MemberRole::Member, now)
             .await?;
+        // Logged only by the call whose transaction added the member.
+        // NOTE: a replica that stops between the two loses the event.
+        if changed {
+            let event = NewEvent::member_added(channel_id, user, actor, now);
+            self.log(vec![self.place(event)]).await?;
+        }
         let members = self.list_member_ids(channel_id).await?;
         Ok(MembershipChange {
             channel,
@@ -383,6 +417,7 @@ impl ScyllaStore {
         channel_id: &str,
         actor: &str,
         user: &str,
+        now: Millis,
     ) -> StoreResult<MembershipChange> {
         let (channel, actor_role) = self.channel_of_member(channel_id, actor).await?;
         if channel.kind == ChannelKind::Direct {
@@ -417,6 +452,12 @@ impl ScyllaStore {
                 "remove a member",
             )
             .await?;
+        // NOTE: as for additions, a replica that stops between the
+        // transaction and this write loses the event.
+        if changed {
+            let event = NewEvent::member_removed(channel_id, user, Some(actor), now);
+            self.log(vec![self.place(event)]).await?;
+        }
         // The read position and activity rows stay: they are read only
         // together with a membership, and a returning member's new
         // position overwrites them.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use super::channels::FAN_OUT;
+use super::events::{self, LogEntry, Position, derived_tag};
 use super::reactions::{ReactionRow, attach_reactions};
 use super::rows::{
     ChannelRecord, MessageRow, StoredMessage, bucket_of, inconsistent, message_from_row,
@@ -14,7 +15,9 @@ use super::rows::{
 use super::schema::BUCKET_SIZE;
 use super::users::contention;
 use super::{ScyllaStore, failed};
-use crate::store::{Appended, Message, Millis, NewMessage, Page, StoreError, StoreResult, keys};
+use crate::store::{
+    Appended, Message, Millis, NewEvent, NewMessage, Page, StoreError, StoreResult, keys,
+};
 
 /// Attempts at writing a claimed message's rows before the append fails.
 const COMPLETE_ATTEMPTS: u32 = 3;
@@ -89,6 +92,18 @@ impl ScyllaStore {
                 references_checked = true;
             }
 
+            // One past the channel's newest events, so `message.new` events
+            // follow sequence numbers even when replicas' clocks disagree.
+            // The claim stores the position, so it holds only if the claim
+            // wins against the newest message read here.
+            let after_newest = record
+                .newest
+                .as_ref()
+                .and_then(StoredMessage::last_event_at)
+                .map_or(0, |at| at.saturating_add(1));
+            let event_at = self
+                .event_clock
+                .next(after_newest.max(events::micros(new.created_at)));
             let message = StoredMessage {
                 channel_id: new.channel_id.clone(),
                 seq: record.channel.last_seq + 1,
@@ -102,12 +117,17 @@ impl ScyllaStore {
                 claim_id,
                 reply_to: new.reply_to,
                 mentions: new.mentions.clone(),
+                event_at: Some(event_at),
+                moderation: new.moderation.clone(),
                 edited_at: None,
                 deleted_at: None,
                 edit_count: 0,
             };
             match self.claim(&record, &message).await {
                 Ok(true) => {
+                    if let Some(at) = message.last_event_at() {
+                        self.event_clock.observe(at);
+                    }
                     let members = self.complete(&message).await?;
                     return Ok(Appended {
                         message: message.into_message(false),
@@ -228,8 +248,8 @@ impl ScyllaStore {
     }
 
     /// Writes the rows of a message whose number is claimed in the channel
-    /// row, and returns the channel's members. The `messages` row goes last,
-    /// so once it exists the others do too. Every write here is idempotent,
+    /// row, its events among them, and returns the channel's members. The
+    /// `messages` row goes last, so once it exists the others do too. Every write here is idempotent,
     /// so a replica that finds the message unfinished may run this again.
     ///
     /// The driver does not retry write timeouts, so each attempt that fails
@@ -281,7 +301,8 @@ impl ScyllaStore {
         let activity = futures_util::stream::iter(activity_writes)
             .buffer_unordered(FAN_OUT)
             .try_collect::<Vec<()>>();
-        futures_util::try_join!(client_id, sender_read, mentions, activity)?;
+        let events = self.log(message_events(message));
+        futures_util::try_join!(client_id, sender_read, mentions, activity, events)?;
 
         let content = message
             .content
@@ -637,6 +658,43 @@ impl ScyllaStore {
             .await?;
         Ok(old.len() as u64)
     }
+}
+
+/// The events of an append: `message.new` and the moderation decisions,
+/// at positions stored in the claim and with tags derived from the message,
+/// so that every replica that completes the message writes the same rows
+/// and a duplicate send adds none. Claims from before the event log have no
+/// position and log nothing.
+///
+/// NOTE: a message whose writer stopped after the claim gets its events
+/// only when the next append, edit, delete or retry completes it. Readers
+/// that passed its position meanwhile never see them.
+fn message_events(message: &StoredMessage) -> Vec<LogEntry> {
+    let Some(at) = message.event_at else {
+        return Vec::new();
+    };
+    let channel_id = message.channel_id.as_str();
+    let seq = message.seq.to_string();
+    let new = NewEvent::message_new(&message.clone().into_message(false));
+    let mut entries = vec![LogEntry {
+        position: Position {
+            at,
+            tag: derived_tag(&["message.new", channel_id, &seq]),
+        },
+        event: new,
+    }];
+    for (index, record) in message.moderation.iter().enumerate() {
+        let offset = i64::try_from(index).unwrap_or(i64::MAX).saturating_add(1);
+        let event = NewEvent::moderation(record, Some(message.seq), message.created_at);
+        entries.push(LogEntry {
+            position: Position {
+                at: at.saturating_add(offset),
+                tag: derived_tag(&["moderation.decision", channel_id, &seq, &index.to_string()]),
+            },
+            event,
+        });
+    }
+    entries
 }
 
 /// `channel_id, seq, content_hash` of a `client_ids` row.

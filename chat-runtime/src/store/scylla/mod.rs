@@ -90,6 +90,7 @@ mod changes;
 mod channels;
 mod config;
 mod connecting;
+mod events;
 mod messages;
 mod positions;
 mod reactions;
@@ -115,6 +116,7 @@ use scylla::value::{CqlValue, Row};
 
 pub use config::{ConnectError, ConsistencyLevel, ScyllaConfig, ScyllaTlsConfig, tls_from_pem};
 pub use connecting::ConnectingStore;
+pub use events::DEFAULT_READ_LAG;
 pub use schema::{
     MIGRATIONS, Migration, REQUIRED_VERSION, SchemaError, Step, apply_migrations,
     check_keyspace_name, check_schema,
@@ -180,6 +182,10 @@ pub struct ScyllaStore {
     reads: AtomicU64,
     channel_locks: Vec<tokio::sync::Mutex<()>>,
     lock_hasher: std::collections::hash_map::RandomState,
+    event_clock: events::EventClock,
+    /// The `events` partition this store last listed in `event_buckets`.
+    registered_bucket: std::sync::atomic::AtomicI64,
+    event_read_lag: std::time::Duration,
 }
 
 impl ScyllaStore {
@@ -219,7 +225,18 @@ impl ScyllaStore {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             lock_hasher: std::collections::hash_map::RandomState::new(),
+            event_clock: events::EventClock::default(),
+            registered_bucket: std::sync::atomic::AtomicI64::new(i64::MIN),
+            event_read_lag: DEFAULT_READ_LAG,
         })
+    }
+
+    /// Sets how far behind the clock event readers stay (see
+    /// [`DEFAULT_READ_LAG`]). Tests whose writes have all returned before
+    /// they read can use zero.
+    pub fn with_event_read_lag(mut self, lag: std::time::Duration) -> Self {
+        self.event_read_lag = lag;
+        self
     }
 
     pub fn keyspace(&self) -> &str {
@@ -362,11 +379,6 @@ impl ScyllaStore {
     }
 }
 
-// TODO: the ScyllaDB store has no event log and no webhook delivery state
-// yet. Changes are stored without their events, reading the log fails, and
-// webhooks of a ScyllaDB tenant deliver nothing.
-const EVENT_LOG_MISSING: &str = "the ScyllaDB store has no event log yet";
-
 // TODO: the ScyllaDB store keeps no blocks, bans or mutes yet. Setting one
 // fails, and sends are not checked against them.
 const SAFETY_MISSING: &str = "the ScyllaDB store has no blocks, bans or mutes yet";
@@ -447,10 +459,10 @@ impl Store for ScyllaStore {
         channel_id: &str,
         actor: &str,
         user: &str,
-        _now: Millis,
+        now: Millis,
     ) -> StoreResult<MembershipChange> {
         self.check_open()?;
-        self.remove_group_member(channel_id, actor, user).await
+        self.remove_group_member(channel_id, actor, user, now).await
     }
 
     async fn channel_for_member(
@@ -578,16 +590,19 @@ impl Store for ScyllaStore {
         self.delete_client_ids_before(older_than).await
     }
 
-    async fn append_events(&self, _events: Vec<NewEvent>) -> StoreResult<()> {
-        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<()> {
+        self.check_open()?;
+        self.append_new_events(events).await
     }
 
-    async fn events(&self, _after: Option<&str>, _limit: u32) -> StoreResult<EventPage> {
-        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    async fn events(&self, after: Option<&str>, limit: u32) -> StoreResult<EventPage> {
+        self.start_read()?;
+        self.read_events(after, limit).await
     }
 
-    async fn purge_events(&self, _older_than: Millis) -> StoreResult<u64> {
-        Ok(0)
+    async fn purge_events(&self, older_than: Millis) -> StoreResult<u64> {
+        self.check_open()?;
+        self.purge_events_before(older_than).await
     }
 
     async fn restrict(&self, _restriction: Restriction) -> StoreResult<Option<MembershipChange>> {
@@ -623,51 +638,56 @@ impl Store for ScyllaStore {
     }
 
     async fn event_log_end(&self) -> StoreResult<String> {
-        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+        self.start_read()?;
+        self.log_end().await
     }
 
     async fn claim_webhook(
         &self,
-        _endpoint: &str,
-        _holder: &str,
-        _now: Millis,
-        _lease_until: Millis,
+        endpoint: &str,
+        holder: &str,
+        now: Millis,
+        lease_until: Millis,
     ) -> StoreResult<Option<WebhookClaim>> {
-        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+        self.check_open()?;
+        self.claim_endpoint(endpoint, holder, now, lease_until)
+            .await
     }
 
     async fn save_webhook_cursor(
         &self,
-        _endpoint: &str,
-        _holder: &str,
-        _cursor: &str,
-        _lease_until: Millis,
+        endpoint: &str,
+        holder: &str,
+        cursor: &str,
+        lease_until: Millis,
     ) -> StoreResult<bool> {
-        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+        self.check_open()?;
+        self.save_endpoint_cursor(endpoint, holder, cursor, lease_until)
+            .await
     }
 
-    async fn add_dead_letter(&self, _endpoint: &str, _letter: DeadLetter) -> StoreResult<()> {
-        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    async fn add_dead_letter(&self, endpoint: &str, letter: DeadLetter) -> StoreResult<()> {
+        self.check_open()?;
+        self.insert_dead_letter(endpoint, &letter).await
     }
 
-    async fn dead_letters(&self, _endpoint: &str, _limit: u32) -> StoreResult<Vec<DeadLetter>> {
-        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    async fn dead_letters(&self, endpoint: &str, limit: u32) -> StoreResult<Vec<DeadLetter>> {
+        self.start_read()?;
+        self.list_dead_letters(endpoint, limit).await
     }
 
-    async fn dead_letter(
-        &self,
-        _endpoint: &str,
-        _event_id: &str,
-    ) -> StoreResult<Option<DeadLetter>> {
-        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+    async fn dead_letter(&self, endpoint: &str, event_id: &str) -> StoreResult<Option<DeadLetter>> {
+        self.start_read()?;
+        self.find_dead_letter(endpoint, event_id).await
     }
 
     async fn remove_dead_letter(
         &self,
-        _endpoint: &str,
-        _event_id: &str,
+        endpoint: &str,
+        event_id: &str,
     ) -> StoreResult<Option<DeadLetter>> {
-        Err(StoreError::Unavailable(EVENT_LOG_MISSING.into()))
+        self.check_open()?;
+        self.take_dead_letter(endpoint, event_id).await
     }
 
     /// Marks the store closed. Requests already running finish, because

@@ -8,7 +8,7 @@
 
 use super::ScyllaStore;
 use super::rows::{seq_from_cql, seq_to_cql};
-use crate::store::{Positions, StoreError, StoreResult};
+use crate::store::{NewEvent, Positions, StoreError, StoreResult};
 
 /// Position that a call moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,17 @@ impl ScyllaStore {
             Ok::<_, StoreError>(())
         };
         futures_util::try_join!(write_read, write_delivered)?;
+        // Only reads are logged, as in the embedded store: delivered
+        // positions move with every device. The position is read before it
+        // is written (see above), so two replicas that move it to the same
+        // place at once both log the move.
+        // NOTE: a replica that stops between the position write and this
+        // one loses the event; a retry finds the position moved already.
+        if moved.write_read {
+            let event =
+                NewEvent::channel_read(channel_id, user, moved.read_seq, crate::chat::now_millis());
+            self.log(vec![self.place(event)]).await?;
+        }
         Ok(Positions {
             read_seq: moved.read_seq,
             delivered_seq: moved.delivered_seq,

@@ -10,7 +10,7 @@ use super::messages::back_off;
 use super::rows::{bucket_of, seq_from_cql, seq_to_cql};
 use super::users::contention;
 use crate::store::{
-    MAX_REACTIONS_PER_USER, Message, MessageChange, Millis, StoreError, StoreResult,
+    MAX_REACTIONS_PER_USER, Message, MessageChange, Millis, NewEvent, StoreError, StoreResult,
 };
 
 /// `seq, user_id, reactions` of a `message_reactions` row.
@@ -149,6 +149,14 @@ impl ScyllaStore {
         let Some(changed) = changed else {
             return Err(contention("change a reaction"));
         };
+        // The same reaction can come and go many times, so nothing names
+        // one change and the event gets a random tag.
+        // NOTE: a replica that stops between the transaction and this write
+        // loses the event.
+        if changed {
+            let event = NewEvent::reaction(channel_id, seq, user, reaction, add, now);
+            self.log(vec![self.place(event)]).await?;
+        }
         self.message_change(&record, seq, changed).await
     }
 

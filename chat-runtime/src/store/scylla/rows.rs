@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::schema::BUCKET_SIZE;
-use crate::store::{Channel, ChannelKind, Content, MemberRole, Message, StoreError, User};
+use crate::store::{
+    Channel, ChannelKind, Content, MemberRole, Message, ModerationRecord, StoreError, User,
+};
 
 /// Builds the `Unavailable` error for stored rows that break an invariant
 /// of this store.
@@ -76,6 +78,15 @@ pub(super) struct StoredMessage {
     /// Sorted user ids without repeats.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<String>,
+    /// Log position time of the message's `message.new` event, chosen
+    /// before the claim so that every replica that completes the message
+    /// writes the event to the same row. `None` in claims written before
+    /// the event log existed, whose events are not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_at: Option<i64>,
+    /// Moderation decisions on the message, logged right after its event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moderation: Vec<ModerationRecord>,
     /// Set by edits and deletes, which only change the `messages` row, so
     /// the channel row never carries these three.
     #[serde(skip)]
@@ -87,6 +98,13 @@ pub(super) struct StoredMessage {
 }
 
 impl StoredMessage {
+    /// Log position time of the last event the append writes: the
+    /// message's, then one per moderation decision.
+    pub(super) fn last_event_at(&self) -> Option<i64> {
+        let decisions = i64::try_from(self.moderation.len()).unwrap_or(i64::MAX);
+        self.event_at.map(|at| at.saturating_add(decisions))
+    }
+
     /// Converts to the API message, without reactions. A deleted message
     /// shows no content and no mentions, whatever a racing write left in
     /// its row.
@@ -168,6 +186,8 @@ pub(super) fn message_from_row(row: MessageRow) -> Result<StoredMessage, StoreEr
         claim_id: 0,
         reply_to,
         mentions: mentions.unwrap_or_default(),
+        event_at: None,
+        moderation: Vec::new(),
         edited_at,
         deleted_at,
         edit_count: edit_count.unwrap_or(0),
@@ -309,10 +329,21 @@ mod tests {
             claim_id: 7,
             reply_to: Some(41),
             mentions: vec!["bob".to_owned()],
+            event_at: Some(1_700_000_000_000_003),
+            moderation: vec![ModerationRecord {
+                rule: "contacts".to_owned(),
+                action: "mask".to_owned(),
+                shadow: false,
+                reason: "contact_details".to_owned(),
+                user_id: "ann".to_owned(),
+                channel_id: "g_1".to_owned(),
+                client_id: Some("c-1".to_owned()),
+            }],
             edited_at: None,
             deleted_at: None,
             edit_count: 0,
         };
+        assert_eq!(stored.last_event_at(), Some(1_700_000_000_000_004));
         let row: ChannelRow = (
             "g_1".to_owned(),
             Some("group".to_owned()),
@@ -328,6 +359,17 @@ mod tests {
         assert_eq!(record.channel.last_seq, 42);
         assert_eq!(record.channel.kind, ChannelKind::Group);
         assert_eq!(record.newest, Some(stored));
+    }
+
+    #[test]
+    fn claims_from_before_the_event_log_still_read() {
+        let old = r#"{"channel_id":"g_1","seq":3,"sender_id":"ann","sender_incarnation":1,
+            "client_id":"c","content":{"kind":"text","text":"hi"},"created_at":5,
+            "content_hash":"ab"}"#;
+        let stored: StoredMessage = serde_json::from_str(old).unwrap();
+        assert_eq!(stored.event_at, None);
+        assert!(stored.moderation.is_empty());
+        assert_eq!(stored.last_event_at(), None);
     }
 
     #[test]

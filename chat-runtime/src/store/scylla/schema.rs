@@ -10,7 +10,7 @@
 use scylla::client::session::Session;
 
 /// Schema version this build reads and writes.
-pub const REQUIRED_VERSION: i32 = 2;
+pub const REQUIRED_VERSION: i32 = 3;
 
 /// Messages per partition of the `messages` table (see the module docs of
 /// the store).
@@ -139,6 +139,11 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "replies, mentions, edits, deletes, reactions and delivered positions",
         steps: MIGRATION_2_STEPS,
     },
+    Migration {
+        version: 3,
+        description: "event log and webhook delivery state",
+        steps: MIGRATION_3_STEPS,
+    },
 ];
 
 const MIGRATION_2_STEPS: &[Step] = &[
@@ -214,6 +219,67 @@ const MIGRATION_2_STEPS: &[Step] = &[
             user_id text,
             delivered_seq bigint,
             PRIMARY KEY ((channel_id), user_id)
+        )",
+    ),
+];
+
+/// Hours of event log per `events` partition (see `events.rs`). Fixed
+/// forever: cursors and the bucket list depend on it.
+pub(super) const EVENT_BUCKET_MICROS: i64 = 3_600 * 1_000_000;
+
+const MIGRATION_3_STEPS: &[Step] = &[
+    // One partition per hour of log time, so a reader at the head of the
+    // log touches one or two partitions and retention drops whole
+    // partitions. `at` is the event's position in microseconds, `tag`
+    // tells apart events at the same microsecond; together they are the
+    // cursor.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.events (
+            bucket bigint,
+            at bigint,
+            tag text,
+            kind text,
+            channel_id text,
+            created_at bigint,
+            data text,
+            PRIMARY KEY ((bucket), at, tag)
+        ) WITH CLUSTERING ORDER BY (at ASC, tag ASC)",
+    ),
+    // The hours that have events, in one small partition (`log` is always
+    // 0), so a reader whose cursor is days old skips the empty hours with
+    // one read instead of one read per hour.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.event_buckets (
+            log int,
+            bucket bigint,
+            PRIMARY KEY ((log), bucket)
+        )",
+    ),
+    // The position of the newest purged event. Written with the position
+    // as the write timestamp, so concurrent purges leave the furthest one.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.event_log_state (
+            log int PRIMARY KEY,
+            purged_at bigint,
+            purged_tag text
+        )",
+    ),
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.webhook_endpoints (
+            endpoint text PRIMARY KEY,
+            holder text,
+            lease_until bigint,
+            cursor text
+        )",
+    ),
+    // Clustered by the event's position, so letters list in event order.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.dead_letters (
+            endpoint text,
+            at bigint,
+            tag text,
+            letter text,
+            PRIMARY KEY ((endpoint), at, tag)
         )",
     ),
 ];
@@ -527,6 +593,23 @@ mod tests {
                 "edit_count"
             ]
         );
+    }
+
+    #[test]
+    fn migration_3_only_creates_tables() {
+        let third = &MIGRATIONS[2];
+        assert_eq!(third.version, 3);
+        for step in third.steps {
+            let Step::Cql(statement) = step else {
+                panic!("migration 3 only creates tables: {step:?}");
+            };
+            assert!(
+                statement
+                    .trim_start()
+                    .starts_with("CREATE TABLE IF NOT EXISTS"),
+                "{statement}"
+            );
+        }
     }
 
     #[test]

@@ -84,6 +84,27 @@ pub(super) struct Statements {
     pub scan_client_ids: PreparedStatement,
     pub delete_client_id: PreparedStatement,
 
+    pub insert_event: PreparedStatement,
+    pub select_events_after: PreparedStatement,
+    pub select_newest_event_before: PreparedStatement,
+    pub count_events_before: PreparedStatement,
+    pub delete_events_before: PreparedStatement,
+    pub delete_event_bucket: PreparedStatement,
+    pub insert_event_bucket: PreparedStatement,
+    pub select_event_buckets: PreparedStatement,
+    pub remove_event_bucket: PreparedStatement,
+    pub select_purged_position: PreparedStatement,
+    pub write_purged_position: PreparedStatement,
+
+    pub select_webhook_serial: PreparedStatement,
+    pub insert_webhook: PreparedStatement,
+    pub take_webhook: PreparedStatement,
+    pub save_webhook_cursor: PreparedStatement,
+    pub insert_dead_letter: PreparedStatement,
+    pub select_dead_letters: PreparedStatement,
+    pub select_dead_letter: PreparedStatement,
+    pub delete_dead_letter: PreparedStatement,
+
     pub ping: PreparedStatement,
 }
 
@@ -493,6 +514,136 @@ impl Statements {
                 .prepare(
                     Kind::IdempotentWrite,
                     "DELETE FROM {ks}.client_ids WHERE sender_id = ? AND client_id = ?",
+                )
+                .await?,
+
+            insert_event: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.events \
+                     (bucket, at, tag, kind, channel_id, created_at, data) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .await?,
+            // Both clustering columns in one slice, so a page resumes right
+            // after the cursor's event even among events of one microsecond.
+            select_events_after: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT at, tag, kind, channel_id, created_at, data FROM {ks}.events \
+                     WHERE bucket = ? AND (at, tag) > (?, ?) LIMIT ?",
+                )
+                .await?,
+            select_newest_event_before: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT at, tag FROM {ks}.events WHERE bucket = ? AND at < ? \
+                     ORDER BY at DESC, tag DESC LIMIT 1",
+                )
+                .await?,
+            count_events_before: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT COUNT(*) FROM {ks}.events WHERE bucket = ? AND at < ?",
+                )
+                .await?,
+            delete_events_before: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "DELETE FROM {ks}.events WHERE bucket = ? AND at < ?",
+                )
+                .await?,
+            delete_event_bucket: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "DELETE FROM {ks}.events WHERE bucket = ?",
+                )
+                .await?,
+            insert_event_bucket: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.event_buckets (log, bucket) VALUES (0, ?)",
+                )
+                .await?,
+            select_event_buckets: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT bucket FROM {ks}.event_buckets \
+                     WHERE log = 0 AND bucket >= ? AND bucket <= ?",
+                )
+                .await?,
+            remove_event_bucket: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "DELETE FROM {ks}.event_buckets WHERE log = 0 AND bucket = ?",
+                )
+                .await?,
+            select_purged_position: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT purged_at, purged_tag FROM {ks}.event_log_state WHERE log = 0",
+                )
+                .await?,
+            write_purged_position: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.event_log_state (log, purged_at, purged_tag) \
+                     VALUES (0, ?, ?) USING TIMESTAMP ?",
+                )
+                .await?,
+
+            select_webhook_serial: preparer
+                .prepare_serial_read(
+                    "SELECT holder, lease_until, cursor FROM {ks}.webhook_endpoints \
+                     WHERE endpoint = ?",
+                )
+                .await?,
+            insert_webhook: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "INSERT INTO {ks}.webhook_endpoints (endpoint, holder, lease_until) \
+                     VALUES (?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            take_webhook: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.webhook_endpoints SET holder = ?, lease_until = ? \
+                     WHERE endpoint = ? IF holder = ? AND lease_until = ?",
+                )
+                .await?,
+            save_webhook_cursor: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.webhook_endpoints SET cursor = ?, lease_until = ? \
+                     WHERE endpoint = ? IF holder = ?",
+                )
+                .await?,
+            insert_dead_letter: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.dead_letters (endpoint, at, tag, letter) \
+                     VALUES (?, ?, ?, ?)",
+                )
+                .await?,
+            select_dead_letters: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT letter FROM {ks}.dead_letters WHERE endpoint = ? LIMIT ?",
+                )
+                .await?,
+            select_dead_letter: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT letter FROM {ks}.dead_letters \
+                     WHERE endpoint = ? AND at = ? AND tag = ?",
+                )
+                .await?,
+            delete_dead_letter: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "DELETE FROM {ks}.dead_letters WHERE endpoint = ? AND at = ? AND tag = ? \
+                     IF EXISTS",
                 )
                 .await?,
 

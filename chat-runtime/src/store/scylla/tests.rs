@@ -86,7 +86,8 @@ impl Fixture for ScyllaFixture {
         let session = self.cluster.session().await;
         let store = ScyllaStore::with_session(session, &self.keyspace, ConsistencyLevel::default())
             .await
-            .unwrap();
+            .unwrap()
+            .with_event_read_lag(std::time::Duration::ZERO);
         Arc::new(store)
     }
 
@@ -118,10 +119,13 @@ async fn scylla_fixture() -> Option<ScyllaFixture> {
     };
     let session = cluster.session().await;
     let keyspace = cluster.new_keyspace(&session).await;
+    // Every check reads the log after its writes returned, so no write can
+    // land behind a reader and the lag would only hide events.
     let store =
         ScyllaStore::with_session(Arc::clone(&session), &keyspace, ConsistencyLevel::default())
             .await
-            .unwrap();
+            .unwrap()
+            .with_event_read_lag(std::time::Duration::ZERO);
     Some(ScyllaFixture {
         cluster,
         session,
@@ -294,6 +298,8 @@ async fn unfinished_message_is_completed() {
         claim_id: 1,
         reply_to: None,
         mentions: Vec::new(),
+        event_at: None,
+        moderation: Vec::new(),
         edited_at: None,
         deleted_at: None,
         edit_count: 0,

@@ -5,7 +5,7 @@
 
 use super::rows::{UserRecord, UserRow, user_from_row};
 use super::{ScyllaStore, failed};
-use crate::store::{Millis, StoreError, StoreResult, User};
+use crate::store::{Millis, NewEvent, StoreError, StoreResult, User};
 
 /// Attempts of one user write before giving up. Another attempt is needed
 /// only when a concurrent write to the same user won the transaction.
@@ -74,12 +74,17 @@ impl ScyllaStore {
                 }
             };
             if applied {
-                return match self.user(id).await? {
-                    Some(record) => Ok(record.user),
-                    None => Err(super::rows::inconsistent(
+                let Some(record) = self.user(id).await? else {
+                    return Err(super::rows::inconsistent(
                         "user row missing right after it was written",
-                    )),
+                    ));
                 };
+                // NOTE: user changes have no version to derive an event
+                // from, so the event is written once after the transaction,
+                // and a replica that stops in between loses it.
+                let event = NewEvent::user_upserted(&record.user, now);
+                self.log(vec![self.place(event)]).await?;
+                return Ok(record.user);
             }
         }
         Err(contention("upsert a user"))
@@ -96,7 +101,8 @@ impl ScyllaStore {
                 )
                 .await?;
             if applied {
-                return Ok(());
+                let event = NewEvent::user_deleted(id, now);
+                return self.log(vec![self.place(event)]).await;
             }
         }
         Err(contention("delete a user"))
@@ -125,6 +131,8 @@ impl ScyllaStore {
                 )
                 .await?;
             if applied {
+                let event = NewEvent::tokens_revoked(id, bound, now);
+                self.log(vec![self.place(event)]).await?;
                 return Ok(bound);
             }
         }
