@@ -257,7 +257,7 @@ impl ScyllaStore {
                 self.clean_up_deleted(&stored, now).await?;
                 // A message is deleted once, so the tag follows from it.
                 // NOTE: a replica that stops between the transaction and
-                // this write loses the event; a retry finds the message
+                // this write loses the event. A retry finds the message
                 // deleted and, like the embedded store, logs nothing.
                 let deleted_by = match deleter {
                     Deleter::Member(user) => Some(user),

@@ -37,8 +37,9 @@ impl ScyllaStore {
         Ok(record)
     }
 
-    /// Makes events this store logs from now on come after the channel's
-    /// newest message's events, whatever this replica's clock says.
+    /// Makes events this store logs from now on come after the events of
+    /// the channel's newest message, even when this replica's clock is
+    /// behind.
     fn observe_channel(&self, record: Option<&ChannelRecord>) {
         let newest = record.and_then(|record| record.newest.as_ref());
         if let Some(at) = newest.and_then(StoredMessage::last_event_at) {

@@ -3,9 +3,9 @@
 //! # Positions
 //!
 //! ScyllaDB has no counter that every replica can take the next number
-//! from without a transaction per event, so an event's place in the log is
-//! a position `(at, tag)`: `at` in microseconds, `tag` 16 hex digits that
-//! tell apart events at the same microsecond. The cursor and the event id
+//! from without a transaction per event. So an event's place in the log is
+//! a position `(at, tag)`. `at` is in microseconds, and `tag` is 16 hex
+//! digits that separate events at the same microsecond. The cursor and the event id
 //! are both `"{at}-{tag}"`. `events` is partitioned by the hour of `at`,
 //! so a reader at the head of the log reads one or two partitions, and
 //! `event_buckets` lists the hours that have events, so an old cursor skips
@@ -67,7 +67,7 @@ use crate::store::{
 
 /// How far behind the clock readers stay. A position is chosen from the
 /// time the caller gave the change, so the lag covers the request up to
-/// the event write: the default request timeout is 5 s, and an append
+/// the event write. The default request timeout is 5 s, and an append
 /// completes its rows in up to three attempts.
 pub const DEFAULT_READ_LAG: Duration = Duration::from_secs(30);
 
@@ -86,7 +86,7 @@ pub(super) struct Position {
 }
 
 impl Position {
-    /// The position before every event.
+    /// Returns the position before every event.
     fn start() -> Position {
         Position {
             at: 0,
@@ -142,7 +142,7 @@ pub(super) fn derived_tag(parts: &[&str]) -> String {
     crate::store::keys::hex(&digest[..TAG_DIGITS / 2])
 }
 
-/// A tag for an event written once, right after its change.
+/// Generates the tag of an event written once, right after its change.
 pub(super) fn random_tag() -> String {
     let bytes: [u8; TAG_DIGITS / 2] = rand::random();
     crate::store::keys::hex(&bytes)
@@ -339,7 +339,8 @@ impl ScyllaStore {
         self.log(entries).await
     }
 
-    /// The position of the newest purged event, `None` before any purge.
+    /// Reads the position of the newest purged event, `None` before any
+    /// purge.
     async fn purged_position(&self) -> StoreResult<Option<Position>> {
         let row: Option<(Option<i64>, Option<String>)> = self
             .first_row(
@@ -372,7 +373,7 @@ impl ScyllaStore {
         Ok(rows.into_iter().map(|(bucket,)| bucket).collect())
     }
 
-    /// The newest event of `bucket` before position time `before`.
+    /// Finds the newest event of `bucket` before position time `before`.
     async fn newest_before(&self, bucket: i64, before: i64) -> StoreResult<Option<Position>> {
         let row: Option<(i64, String)> = self
             .first_row(
@@ -384,8 +385,8 @@ impl ScyllaStore {
         Ok(row.map(|(at, tag)| Position { at, tag }))
     }
 
-    /// The newest event in the listed buckets up to `last_bucket` before
-    /// position time `before`.
+    /// Finds the newest event in the listed buckets up to `last_bucket`
+    /// before position time `before`.
     async fn newest_event_before(
         &self,
         last_bucket: i64,
@@ -483,6 +484,7 @@ impl ScyllaStore {
             return Ok(0);
         };
         let buckets = self.buckets_between(i64::MIN, last_bucket).await?;
+
         let mut purged = 0_u64;
         for bucket in &buckets {
             let row: Option<(i64,)> = self
@@ -504,6 +506,7 @@ impl ScyllaStore {
             "record the purged end of the event log",
         )
         .await?;
+
         for bucket in buckets {
             if bucket_end(bucket) <= cutoff {
                 // A whole hour: one partition tombstone instead of rows.

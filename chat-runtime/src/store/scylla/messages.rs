@@ -660,10 +660,10 @@ impl ScyllaStore {
     }
 }
 
-/// The events of an append: `message.new` and the moderation decisions,
-/// at positions stored in the claim and with tags derived from the message,
-/// so that every replica that completes the message writes the same rows
-/// and a duplicate send adds none. Claims from before the event log have no
+/// Builds the events of an append: `message.new` and the moderation
+/// decisions. Positions come from the claim and tags from the message, so
+/// every replica that completes the message writes the same rows and a
+/// duplicate send adds none. Claims from before the event log have no
 /// position and log nothing.
 ///
 /// NOTE: a message whose writer stopped after the claim gets its events

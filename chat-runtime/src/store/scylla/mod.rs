@@ -26,6 +26,10 @@
 //!   so unread mentions and deleted unread messages are range counts.
 //! - `client_ids` is keyed by sender and client message id, which makes
 //!   dedupe hold across replicas and restarts.
+//! - `events` is the tenant's event log, one partition per hour, listed in
+//!   `event_buckets`; `event_log_state` marks how far it was purged.
+//!   `webhook_endpoints` and `dead_letters` keep webhook delivery state.
+//!   `events.rs` explains positions, ordering and what a crash can lose.
 //!
 //! # Contiguous sequence numbers across replicas
 //!

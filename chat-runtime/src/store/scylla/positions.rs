@@ -92,7 +92,7 @@ impl ScyllaStore {
         // is written (see above), so two replicas that move it to the same
         // place at once both log the move.
         // NOTE: a replica that stops between the position write and this
-        // one loses the event; a retry finds the position moved already.
+        // one loses the event. A retry finds the position moved already.
         if moved.write_read {
             let event =
                 NewEvent::channel_read(channel_id, user, moved.read_seq, crate::chat::now_millis());

@@ -230,8 +230,8 @@ pub(super) const EVENT_BUCKET_MICROS: i64 = 3_600 * 1_000_000;
 const MIGRATION_3_STEPS: &[Step] = &[
     // One partition per hour of log time, so a reader at the head of the
     // log touches one or two partitions and retention drops whole
-    // partitions. `at` is the event's position in microseconds, `tag`
-    // tells apart events at the same microsecond; together they are the
+    // partitions. `at` is the event's position in microseconds, and `tag`
+    // separates events at the same microsecond. Together they are the
     // cursor.
     Step::Cql(
         "CREATE TABLE IF NOT EXISTS {keyspace}.events (
