@@ -359,7 +359,7 @@ async fn half_open_socket_is_closed() {
 async fn stalled_reader_is_closed_under_traffic() {
     // Large messages fill the kernel buffers between the server and a client
     // that stopped reading, so the server's writes to that socket block.
-    let limits = "    limits:\n      messages_per_second: 10000\n      message_burst: 100000\n      max_message_bytes: 65536\n";
+    let limits = "    limits:\n      messages_per_second: 10000\n      message_burst: 100000\n      max_message_bytes: 65536\n      max_message_chars: 65536\n";
     let dir = tempfile::tempdir().unwrap();
     let runtime = Runtime::start(dir.path(), &config_yaml(limits));
     let acme = runtime.api("acme");

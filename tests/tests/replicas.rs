@@ -295,10 +295,11 @@ async fn stalled_subscriber_dropped_by_redis_recovers() {
 
     let pid = replicas.b.pid().to_string();
     signal("-STOP", &pid);
-    // About 12 MB of envelopes for B, sent by four concurrent clients: far
+    // About 9 MB of envelopes for B, sent by four concurrent clients: far
     // past the 64 KiB limit and what the kernel's socket buffers absorb on
-    // loopback (2.5 MB were absorbed whole in a trial).
-    let text = "chợ ".repeat(650);
+    // loopback (2.5 MB were absorbed whole in a trial). 500 repeats are
+    // 2,000 characters, the default limit.
+    let text = "chợ ".repeat(500);
     let send_all = |worker: usize| {
         let (alice, channel, text) = (alice.clone(), channel.clone(), text.clone());
         async move {

@@ -76,6 +76,12 @@ pub(crate) async fn mutes_stop_sends_until_lifted(fixture: &dyn Fixture) {
         .append_message(message(&second.id, "bob", "b5", text("hello")))
         .await;
     assert!(is_restricted(&muted, RestrictionKind::Mute), "{muted:?}");
+    // A retry of a message stored before the mute still gets that message.
+    let retry = store
+        .append_message(message(&second.id, "bob", "b2", text("hello")))
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
 }
 
 pub(crate) async fn bans_remove_and_keep_out(fixture: &dyn Fixture) {
@@ -89,6 +95,24 @@ pub(crate) async fn bans_remove_and_keep_out(fixture: &dyn Fixture) {
     assert_eq!(change.members, ["alice", "carol"]);
     let again = store.add_member(&group.id, "alice", "bob", NOW).await;
     assert!(is_restricted(&again, RestrictionKind::Ban), "{again:?}");
+
+    // Members of a direct channel never change, so a ban from one is
+    // refused, and a channel must exist.
+    let (direct, _) = store
+        .open_direct("alice", "carol", None, NOW)
+        .await
+        .unwrap();
+    let direct_ban = restriction("carol", Some(&direct.id), RestrictionKind::Ban, None);
+    let refused = store.restrict(direct_ban).await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(_))),
+        "{refused:?}"
+    );
+    let direct_mute = restriction("carol", Some(&direct.id), RestrictionKind::Mute, None);
+    store.restrict(direct_mute).await.unwrap();
+    let unknown = restriction("carol", Some("g_unknown"), RestrictionKind::Mute, None);
+    let missing = store.restrict(unknown).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 
     let tenant_ban = restriction(
         "carol",
@@ -158,6 +182,19 @@ pub(crate) async fn blocks_stop_direct_channels_and_delivery(fixture: &dyn Fixtu
         .await
         .unwrap();
     assert_eq!(seqs(between), [2]);
+    let hidden = store.message(&group.id, 1, "bob").await;
+    assert!(matches!(hidden, Err(StoreError::NotFound)), "{hidden:?}");
+    // Alice cannot pull Bob into a group.
+    let forced = store
+        .create_group("alice", "spam", &["bob".to_owned()], NOW)
+        .await;
+    assert!(
+        matches!(forced, Err(StoreError::Forbidden(_))),
+        "{forced:?}"
+    );
+    let other = group_of(&*store, "alice", &["carol"]).await;
+    let added = store.add_member(&other.id, "alice", "bob", NOW).await;
+    assert!(matches!(added, Err(StoreError::Forbidden(_))), "{added:?}");
     // A direct channel that existed before the block still opens.
     let (again, _) = store
         .open_direct("carol", "alice", None, NOW)

@@ -535,6 +535,11 @@ pub(super) fn create_group(
     all_members.insert(creator);
     for user in &all_members {
         active_incarnation(conn, user)?;
+        if *user != creator && safety::blocks(conn, user, creator)? {
+            return Err(OpError::Store(StoreError::Forbidden(
+                "a member blocks you, so you cannot add them to a group",
+            )));
+        }
     }
 
     conn.prepare_cached(
@@ -579,6 +584,11 @@ pub(super) fn add_member(
     }
     active_incarnation(conn, user)?;
     safety::check_not_banned_from(conn, user, channel_id, now)?;
+    if safety::blocks(conn, user, actor)? {
+        return Err(OpError::Store(StoreError::Forbidden(
+            "the user blocks you, so you cannot add them",
+        )));
+    }
 
     // A new member starts with the existing history marked read, so joining
     // a long-lived group does not show its whole past as unread.
@@ -794,7 +804,6 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         return not_found();
     }
     let incarnation = active_incarnation(conn, &sender_id)?;
-    safety::check_can_write(conn, &sender_id, &channel_id, created_at)?;
     keys::check_content(&content)?;
     let hash = keys::content_hash(&channel_id, &content, reply_to, &mentions)?;
 
@@ -821,6 +830,9 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         });
     }
 
+    // Checked after the dedupe lookup, so a retry of a message stored
+    // before a mute still gets the stored message.
+    safety::check_can_write(conn, &sender_id, &channel_id, created_at)?;
     if let Some(reply_to) = reply_to {
         check_reply_target(conn, &channel_id, reply_to)?;
     }
@@ -1084,7 +1096,7 @@ pub(super) fn delete_message(
         }
         Deleter::Server => existing_message(conn, channel_id, seq)?,
     };
-    let members = list_member_ids(conn, channel_id)?;
+    let members = safety::recipients(conn, channel_id, &message.sender_id)?;
     if message.deleted_at.is_some() {
         return Ok(MessageChange {
             message,
@@ -1151,7 +1163,7 @@ pub(super) fn react(
 
     Ok(MessageChange {
         message: existing_message(conn, channel_id, seq)?,
-        members: list_member_ids(conn, channel_id)?,
+        members: safety::recipients(conn, channel_id, user)?,
         changed,
     })
 }
@@ -1223,6 +1235,9 @@ pub(super) fn message(
 ) -> OpResult<Message> {
     channel_of_member(conn, channel_id, user)?;
     match load_message(conn, channel_id, seq, Some(user))? {
+        // Messages of a blocked user are hidden from the blocker, as in
+        // history.
+        Some(message) if safety::blocks(conn, user, &message.sender_id)? => not_found(),
         Some(message) => Ok(message),
         None => not_found(),
     }

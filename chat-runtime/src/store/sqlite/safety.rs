@@ -6,7 +6,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::events;
 use super::queries::{OpError, OpResult, list_member_ids, load_channel};
-use crate::store::{MembershipChange, Millis, NewEvent, Restriction, RestrictionKind, StoreError};
+use crate::store::{
+    ChannelKind, MembershipChange, Millis, NewEvent, Restriction, RestrictionKind, StoreError,
+};
 
 fn kind_from_sql(kind: &str) -> RestrictionKind {
     if kind == "ban" {
@@ -34,6 +36,23 @@ pub(super) fn restrict(
     restriction: &Restriction,
 ) -> OpResult<Option<MembershipChange>> {
     let channel_key = restriction.channel_id.as_deref().unwrap_or("");
+    let channel = match &restriction.channel_id {
+        Some(channel_id) => match load_channel(conn, channel_id)? {
+            Some(channel) => Some(channel),
+            None => return Err(OpError::Store(StoreError::NotFound)),
+        },
+        None => None,
+    };
+    if let Some(channel) = &channel
+        && channel.kind == ChannelKind::Direct
+        && restriction.kind == RestrictionKind::Ban
+    {
+        // Members of a direct channel never change, so a banned user could
+        // not come back once the ban ended.
+        return Err(OpError::Store(StoreError::Invalid(
+            "a direct channel's members cannot change, so a user cannot be banned from one; mute the user in it or ban the user from the tenant",
+        )));
+    }
     conn.prepare_cached(
         "INSERT OR REPLACE INTO restrictions (user_id, channel_id, kind, until, reason, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -48,13 +67,11 @@ pub(super) fn restrict(
     ])?;
     events::append(conn, &NewEvent::restricted(restriction))?;
 
-    let (Some(channel_id), RestrictionKind::Ban) = (&restriction.channel_id, restriction.kind)
-    else {
+    let (Some(channel), RestrictionKind::Ban) = (channel, restriction.kind) else {
         return Ok(None);
     };
-    let Some(channel) = load_channel(conn, channel_id)? else {
-        return Err(OpError::Store(StoreError::NotFound));
-    };
+    let channel_id = channel.id.clone();
+    let channel_id = channel_id.as_str();
     let removed = conn
         .prepare_cached("DELETE FROM members WHERE channel_id = ?1 AND user_id = ?2")?
         .execute([channel_id, &restriction.user_id])?;
@@ -208,6 +225,15 @@ pub(super) fn blocked_users(conn: &Connection, blocker: &str) -> OpResult<Vec<St
         conn.prepare_cached("SELECT blocked FROM blocks WHERE blocker = ?1 ORDER BY blocked")?;
     let rows = statement.query_map([blocker], |row| row.get(0))?;
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
+/// True when `blocker` blocks `blocked`.
+pub(super) fn blocks(conn: &Connection, blocker: &str, blocked: &str) -> OpResult<bool> {
+    let found: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM blocks WHERE blocker = ?1 AND blocked = ?2")?
+        .query_row([blocker, blocked], |row| row.get(0))
+        .optional()?;
+    Ok(found.is_some())
 }
 
 /// True when either user blocks the other.
