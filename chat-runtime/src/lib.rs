@@ -13,6 +13,8 @@
 //!   to the sockets of other processes, through Redis; [`presence`]: who
 //!   is online, across processes.
 //! - [`store`]: durable storage, one [`store::Store`] per tenant.
+//! - [`signature`]: the signature header of requests this runtime sends
+//!   to a tenant's servers, such as the moderation hook's.
 
 pub mod api;
 pub mod attachments;
@@ -27,6 +29,7 @@ pub mod moderation;
 pub mod presence;
 pub mod relay;
 pub mod server;
+pub mod signature;
 pub mod store;
 pub mod tenant;
 pub mod ws;
