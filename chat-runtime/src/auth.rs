@@ -181,6 +181,7 @@ mod tests {
             attachment_hosts: vec![],
             moderation: Default::default(),
             events: Default::default(),
+            hook: None,
             store: StoreSettings::Embedded,
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::moderation::{ModerationConfig, Moderator};
+use crate::moderation::{Hook, HookConfig, ModerationConfig, Moderator};
 use crate::relay::{RedisConfig, RelaySettings};
 use crate::store::scylla::{ConnectError, ScyllaConfig};
 
@@ -280,6 +280,8 @@ pub struct TenantSettings {
     pub store: StoreSettings,
     pub moderation: Arc<Moderator>,
     pub events: EventsConfig,
+    /// The pre-send hook of `moderation.hook`, with its secret loaded.
+    pub hook: Option<Arc<Hook>>,
 }
 
 impl TenantSettings {
@@ -461,6 +463,13 @@ fn validate_tenant(
     }
     let moderation = Moderator::new(&tenant.moderation, &format!("{field}.moderation"))
         .map_err(|(field, reason)| invalid(field, reason))?;
+    let hook = tenant
+        .moderation
+        .hook
+        .as_ref()
+        .map(|hook| load_hook(hook, &format!("{field}.moderation.hook"), base))
+        .transpose()?
+        .map(Arc::new);
 
     Ok(TenantSettings {
         id: tenant.id.clone(),
@@ -472,6 +481,7 @@ fn validate_tenant(
         store,
         moderation: Arc::new(moderation),
         events: tenant.events,
+        hook,
     })
 }
 
@@ -489,40 +499,15 @@ fn load_api_key(key: &ApiKeyConfig, field: &str, base: &Path) -> Result<ApiKey, 
         ));
     }
 
-    let sources = [
-        key.secret.is_some(),
-        key.secret_file.is_some(),
-        key.secret_env.is_some(),
-    ];
-    if sources.iter().filter(|set| **set).count() != 1 {
-        return Err(invalid(
-            field,
-            "set exactly one of secret, secret_file or secret_env",
-        ));
-    }
-
-    let secret = if let Some(secret) = &key.secret {
-        secret.clone()
-    } else if let Some(path) = &key.secret_file {
-        let path = base.join(path);
-        let text = std::fs::read_to_string(&path).map_err(|error| {
-            invalid(
-                format!("{field}.secret_file"),
-                format!("failed to read {}: {error}", path.display()),
-            )
-        })?;
-        text.trim_end_matches(['\r', '\n']).to_owned()
-    } else if let Some(name) = &key.secret_env {
-        std::env::var(name).map_err(|_| {
-            invalid(
-                format!("{field}.secret_env"),
-                format!("environment variable {name} is not set or not UTF-8"),
-            )
-        })?
-    } else {
-        String::new()
-    };
-
+    let secret = load_secret(
+        SecretSource {
+            inline: key.secret.as_deref(),
+            file: key.secret_file.as_deref(),
+            env: key.secret_env.as_deref(),
+        },
+        field,
+        base,
+    )?;
     if secret.len() < MIN_SECRET_BYTES {
         return Err(invalid(
             field,
@@ -533,6 +518,55 @@ fn load_api_key(key: &ApiKeyConfig, field: &str, base: &Path) -> Result<ApiKey, 
         id: key.id.clone(),
         secret: secret.into_bytes(),
     })
+}
+
+/// Sources of a section's secret, of which exactly one must be set.
+struct SecretSource<'a> {
+    inline: Option<&'a str>,
+    file: Option<&'a Path>,
+    env: Option<&'a str>,
+}
+
+/// Loads the secret of the section at `field`; a file path is relative to
+/// `base` and loses its trailing newline.
+fn load_secret(source: SecretSource<'_>, field: &str, base: &Path) -> Result<String, ConfigError> {
+    match (source.inline, source.file, source.env) {
+        (Some(secret), None, None) => Ok(secret.to_owned()),
+        (None, Some(path), None) => {
+            let path = base.join(path);
+            let text = std::fs::read_to_string(&path).map_err(|error| {
+                invalid(
+                    format!("{field}.secret_file"),
+                    format!("failed to read {}: {error}", path.display()),
+                )
+            })?;
+            Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+        }
+        (None, None, Some(name)) => std::env::var(name).map_err(|_| {
+            invalid(
+                format!("{field}.secret_env"),
+                format!("environment variable {name} is not set or not UTF-8"),
+            )
+        }),
+        _ => Err(invalid(
+            field,
+            "set exactly one of secret, secret_file or secret_env",
+        )),
+    }
+}
+
+/// Validates a tenant's `moderation.hook` section and loads its secret.
+fn load_hook(config: &HookConfig, field: &str, base: &Path) -> Result<Hook, ConfigError> {
+    let secret = load_secret(
+        SecretSource {
+            inline: config.secret.as_deref(),
+            file: config.secret_file.as_deref(),
+            env: config.secret_env.as_deref(),
+        },
+        field,
+        base,
+    )?;
+    Hook::new(config, secret, field).map_err(|(field, reason)| invalid(field, reason))
 }
 
 fn validate_origin(origin: &str, field: &str) -> Result<(), ConfigError> {
@@ -773,6 +807,103 @@ mod tests {
             "    moderation:\n      rules:\n        - name: x\n          action: ban\n          regex: a\n",
         ));
         assert!(message.contains("unknown variant `ban`"), "{message}");
+    }
+
+    const HOOK_SECRET: &str = "hook-secret-0123456789abcdef0123456789";
+
+    fn hook_yaml(lines: &str) -> String {
+        yaml(&format!(
+            "    moderation:\n      hook:\n        url: http://127.0.0.1:9000/parley/pre-send\n{lines}"
+        ))
+    }
+
+    #[test]
+    fn hook_is_loaded_with_defaults() {
+        let text = hook_yaml(&format!(
+            "        on_failure: open\n        secret: {HOOK_SECRET}\n"
+        ));
+        let config = Config::parse(&text, Path::new("/srv")).unwrap();
+        let hook = config.tenants[0].hook.as_ref().unwrap();
+        assert_eq!(hook.timeout, Duration::from_millis(300));
+        assert_eq!(hook.on_failure, crate::moderation::OnFailure::Open);
+        assert_eq!(hook.url.as_str(), "http://127.0.0.1:9000/parley/pre-send");
+        assert!(
+            Config::parse(&yaml(""), Path::new("/srv")).unwrap().tenants[0]
+                .hook
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn invalid_hook_names_its_field() {
+        let timeout = error_of(&hook_yaml(&format!(
+            "        timeout_ms: 5\n        on_failure: open\n        secret: {HOOK_SECRET}\n"
+        )));
+        assert!(
+            timeout.contains("tenants[0].moderation.hook.timeout_ms"),
+            "{timeout}"
+        );
+        let url = error_of(
+            &hook_yaml(&format!(
+                "        on_failure: open\n        secret: {HOOK_SECRET}\n"
+            ))
+            .replace("http://127.0.0.1", "ftp://127.0.0.1"),
+        );
+        assert!(url.contains("tenants[0].moderation.hook.url"), "{url}");
+        let short = error_of(&hook_yaml(
+            "        on_failure: closed\n        secret: short\n",
+        ));
+        assert!(short.contains("tenants[0].moderation.hook"), "{short}");
+        assert!(short.contains("at least 32 bytes"), "{short}");
+        let unset = error_of(&hook_yaml(
+            "        on_failure: closed\n        secret_env: PARLEY_TEST_UNSET_HOOK_SECRET\n",
+        ));
+        assert!(
+            unset.contains("tenants[0].moderation.hook.secret_env"),
+            "{unset}"
+        );
+        let none = error_of(&hook_yaml("        on_failure: closed\n"));
+        assert!(none.contains("exactly one"), "{none}");
+        let no_policy = error_of(&hook_yaml(&format!("        secret: {HOOK_SECRET}\n")));
+        assert!(no_policy.contains("on_failure"), "{no_policy}");
+        let bad_policy = error_of(&hook_yaml(&format!(
+            "        on_failure: maybe\n        secret: {HOOK_SECRET}\n"
+        )));
+        assert!(
+            bad_policy.contains("unknown variant `maybe`"),
+            "{bad_policy}"
+        );
+    }
+
+    #[test]
+    fn hook_secret_file_is_read_and_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hook"), format!("{HOOK_SECRET}\n")).unwrap();
+        let text = hook_yaml("        on_failure: open\n        secret_file: hook\n");
+        let config = Config::parse(&text, dir.path()).unwrap();
+        assert!(config.tenants[0].hook.is_some());
+        let inline = hook_yaml(&format!(
+            "        on_failure: open\n        secret: {HOOK_SECRET}\n"
+        ));
+        let raw: RuntimeConfig = serde_yaml::from_str(&inline).unwrap();
+        for printed in [
+            format!("{config:?}"),
+            format!("{:?}", Config::parse(&inline, dir.path()).unwrap()),
+            format!("{raw:?}"),
+        ] {
+            assert!(!printed.contains(HOOK_SECRET), "{printed}");
+        }
+    }
+
+    #[test]
+    fn rule_may_not_take_the_hook_name() {
+        let message = error_of(&yaml(
+            "    moderation:\n      rules:\n        - name: hook\n          action: block\n          regex: a\n",
+        ));
+        assert!(
+            message.contains("tenants[0].moderation.rules[0].name"),
+            "{message}"
+        );
     }
 
     #[test]

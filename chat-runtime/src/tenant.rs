@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
+use tokio::sync::Semaphore;
 
 use crate::chat::now_millis;
 use crate::config::{Config, StoreSettings, TenantSettings};
 use crate::hub::{ConnectionId, Hub, Outbound};
 use crate::limits::RateLimiter;
+use crate::moderation;
 use crate::presence::{Change, Presence};
 use crate::relay::{Action, Relay, TenantLink};
 use crate::store::scylla::ConnectingStore;
@@ -26,6 +28,10 @@ pub struct Tenant {
     pub hub: Hub,
     pub presence: Presence,
     pub rate: RateLimiter,
+    /// Bounds the calls to the tenant's moderation hook under way in this
+    /// process; see [`moderation::hook::MAX_CONCURRENT_CALLS`]. It outlives
+    /// reloads, so changing the hook does not reset the count.
+    pub hook_calls: Semaphore,
     /// Publishes events to the tenant's other replicas, when a Redis relay
     /// is configured.
     relay: Option<TenantLink>,
@@ -420,6 +426,7 @@ async fn open_tenant(
         hub: Hub::default(),
         presence: Presence::default(),
         rate: RateLimiter::default(),
+        hook_calls: Semaphore::new(moderation::hook::MAX_CONCURRENT_CALLS),
         relay,
     }))
 }

@@ -1,14 +1,19 @@
-//! The tenant's moderation rules applied to a message before it is stored.
-//! Every decision is counted in metrics, and every match is logged and
-//! written to the event log: with the message when it is stored, on its own
-//! when a rule blocked it.
+//! The tenant's moderation rules, then its pre-send hook, applied to a
+//! message before it is stored. Every decision is counted in metrics, and
+//! every match, rejection and failed call is logged. Decisions that matched
+//! are written to the event log: with the message when it is stored, on
+//! their own when the message was rejected.
+
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 
 use crate::chat::{ChatError, now_millis};
+use crate::config::{TenantSettings, max_frame_bytes};
 use crate::limits;
 use crate::metrics::{DecisionLabels, Metrics, RuleLabels};
-use crate::moderation::Moderated;
+use crate::moderation::hook::{Change, HookRequest, Verdict, same_kind};
+use crate::moderation::{HOOK_RULE_NAME, Hook, Moderated, OnFailure};
 use crate::store::{Content, ModerationRecord, NewEvent};
 use crate::tenant::Tenant;
 
@@ -22,15 +27,37 @@ pub(crate) struct Subject<'a> {
     pub seq: Option<u64>,
 }
 
+impl Subject<'_> {
+    fn change(&self) -> Change {
+        match self.seq {
+            Some(seq) => Change::Edit { seq },
+            None => Change::Send,
+        }
+    }
+
+    fn record(&self, rule: &str, action: &str, reason: &str) -> ModerationRecord {
+        ModerationRecord {
+            rule: rule.to_owned(),
+            action: action.to_owned(),
+            shadow: false,
+            reason: reason.to_owned(),
+            user_id: self.sender.to_owned(),
+            channel_id: self.channel_id.to_owned(),
+            client_id: self.client_id.map(str::to_owned),
+        }
+    }
+}
+
 /// Content that moderation let through, and the decisions to store with it.
 pub(crate) struct Checked {
     pub content: Content,
     pub records: Vec<ModerationRecord>,
 }
 
-/// Runs the rules over `content`, which passed the tenant's limits, and
-/// returns what to store: the content, masked where a rule asked. A
-/// blocking rule returns its reason code as the error code.
+/// Runs the rules, then the hook, over `content`, which passed the
+/// tenant's limits, and returns what to store: the content, masked where a
+/// rule asked and rewritten where the hook asked. A blocking rule returns
+/// its reason code as the error code.
 pub(crate) async fn moderate(
     tenant: &Tenant,
     metrics: &Metrics,
@@ -38,23 +65,46 @@ pub(crate) async fn moderate(
     content: Content,
 ) -> Result<Checked, ChatError> {
     let settings = tenant.settings();
+    let mut records = Vec::new();
+    let checked = apply_rules(tenant, &settings, metrics, &subject, content, &mut records);
+    let content = match checked {
+        Ok(content) => content,
+        Err(error) => return Err(reject(tenant, &subject, &records, error).await),
+    };
+    let Some(hook) = &settings.hook else {
+        return Ok(Checked { content, records });
+    };
+    let call = Call {
+        tenant,
+        settings: &settings,
+        metrics,
+        subject: &subject,
+    };
+    match call.run(hook, content, &mut records).await {
+        Ok(content) => Ok(Checked { content, records }),
+        Err(error) => Err(reject(tenant, &subject, &records, error).await),
+    }
+}
+
+fn apply_rules(
+    tenant: &Tenant,
+    settings: &TenantSettings,
+    metrics: &Metrics,
+    subject: &Subject<'_>,
+    content: Content,
+    records: &mut Vec<ModerationRecord>,
+) -> Result<Content, ChatError> {
     if settings.moderation.is_empty() {
-        return Ok(Checked {
-            content,
-            records: Vec::new(),
-        });
+        return Ok(content);
     }
     let moderated = settings.moderation.moderate(content);
-    record_metrics(tenant, metrics, &subject, &moderated);
-    let records = records_of(&subject, &moderated);
-
+    record_metrics(tenant, metrics, subject, &moderated);
+    records.extend(records_of(subject, &moderated));
     if let Some(blocked) = moderated.blocked() {
-        let reason = blocked.reason;
-        record_block(tenant, &subject, &records).await;
         return Err(ChatError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            reason,
-            rejection_message(reason),
+            blocked.reason,
+            rejection_message(blocked.reason),
         ));
     }
     if moderated.masked {
@@ -65,10 +115,44 @@ pub(crate) async fn moderate(
             &settings.attachment_hosts,
         )?;
     }
-    Ok(Checked {
-        content: moderated.content,
-        records,
-    })
+    Ok(moderated.content)
+}
+
+/// Returns the error for a rejected message, after writing its decisions to
+/// the event log. A sender that is not a member of the channel gets
+/// `not_found` instead and nothing is written, so no one can add events for
+/// channels they are not in.
+async fn reject(
+    tenant: &Tenant,
+    subject: &Subject<'_>,
+    records: &[ModerationRecord],
+    error: ChatError,
+) -> ChatError {
+    let member = tenant
+        .store
+        .member_ids(subject.channel_id)
+        .await
+        .is_ok_and(|members| members.iter().any(|member| member == subject.sender));
+    if !member {
+        return ChatError::not_found();
+    }
+    if records.is_empty() {
+        return error;
+    }
+    let now = now_millis();
+    let events = records
+        .iter()
+        .map(|record| NewEvent::moderation(record, subject.seq, now))
+        .collect();
+    if let Err(failure) = tenant.store.append_events(events).await {
+        tracing::error!(
+            tenant = %tenant.id,
+            channel = subject.channel_id,
+            error = %crate::server::error_chain(&failure),
+            "Failed to record a moderation decision in the event log"
+        );
+    }
+    error
 }
 
 /// Builds one record per rule that matched, shadow rules included.
@@ -90,22 +174,165 @@ fn records_of(subject: &Subject<'_>, moderated: &Moderated) -> Vec<ModerationRec
         .collect()
 }
 
-/// Writes the decisions on a blocked message to the event log. The sender
-/// gets the rejection even when this write fails, so the failure is logged.
-async fn record_block(tenant: &Tenant, subject: &Subject<'_>, records: &[ModerationRecord]) {
-    let now = now_millis();
-    let events = records
-        .iter()
-        .map(|record| NewEvent::moderation(record, subject.seq, now))
-        .collect();
-    if let Err(error) = tenant.store.append_events(events).await {
-        tracing::error!(
-            tenant = %tenant.id,
-            channel = subject.channel_id,
-            error = %crate::server::error_chain(&error),
-            "Failed to record a moderation decision in the event log"
+/// One message on its way to the hook.
+struct Call<'a> {
+    tenant: &'a Tenant,
+    settings: &'a TenantSettings,
+    metrics: &'a Metrics,
+    subject: &'a Subject<'a>,
+}
+
+impl Call<'_> {
+    /// Calls the hook and returns what to store. A decision that rejects
+    /// or rewrites the message is added to `records`.
+    async fn run(
+        &self,
+        hook: &Hook,
+        content: Content,
+        records: &mut Vec<ModerationRecord>,
+    ) -> Result<Content, ChatError> {
+        let request = HookRequest::new(
+            &self.tenant.id,
+            self.subject.change(),
+            self.subject.channel_id,
+            self.subject.sender,
+            &content,
+        );
+        let started = Instant::now();
+        // A reply carries at most one message, which a WebSocket frame of
+        // the tenant could carry too.
+        let result = hook
+            .call(
+                &self.tenant.hook_calls,
+                &request,
+                max_frame_bytes(&self.settings.limits),
+            )
+            .await;
+        let elapsed = started.elapsed();
+        let (decision, outcome) = match result {
+            Ok(Verdict::Allow) => ("allow", Ok(content)),
+            Ok(Verdict::Reject { reason }) => {
+                self.log_decision("Moderation hook rejected a message", reason.as_deref());
+                records.push(
+                    self.subject
+                        .record(HOOK_RULE_NAME, "block", "rejected_by_hook"),
+                );
+                ("reject", Err(rejected(reason.as_deref())))
+            }
+            Ok(Verdict::Rewrite(rewritten)) => match self.check_rewrite(&content, &rewritten) {
+                Ok(()) => {
+                    self.log_decision("Moderation hook rewrote a message", None);
+                    records.push(self.subject.record(
+                        HOOK_RULE_NAME,
+                        "rewrite",
+                        "rewritten_by_hook",
+                    ));
+                    ("rewrite", Ok(rewritten))
+                }
+                Err(problem) => {
+                    tracing::warn!(
+                        tenant = %self.tenant.id,
+                        channel = self.subject.channel_id,
+                        problem,
+                        "Moderation hook rewrote a message into content that cannot be stored; the message was rejected"
+                    );
+                    ("rewrite_invalid", Err(invalid_rewrite()))
+                }
+            },
+            Err(error) => {
+                let open = hook.on_failure == OnFailure::Open;
+                tracing::warn!(
+                    tenant = %self.tenant.id,
+                    channel = self.subject.channel_id,
+                    kind = error.kind(),
+                    error = %error,
+                    on_failure = if open { "open" } else { "closed" },
+                    "Moderation hook call failed"
+                );
+                if open {
+                    ("failed_open", Ok(content))
+                } else {
+                    ("failed_closed", Err(unavailable()))
+                }
+            }
+        };
+        self.count(decision, elapsed);
+        outcome
+    }
+
+    /// Returns why `rewritten` may not replace `original`, as a short code.
+    fn check_rewrite(&self, original: &Content, rewritten: &Content) -> Result<(), &'static str> {
+        if self.subject.seq.is_some() && !same_kind(original, rewritten) {
+            return Err("edit_kind_changed");
+        }
+        limits::check_content(
+            rewritten,
+            &self.settings.limits,
+            &self.settings.attachment_hosts,
+        )
+        .map_err(|error| error.code)
+    }
+
+    fn log_decision(&self, event: &'static str, reason: Option<&str>) {
+        tracing::info!(
+            tenant = %self.tenant.id,
+            user = self.subject.sender,
+            channel = self.subject.channel_id,
+            rule = HOOK_RULE_NAME,
+            reason,
+            "{event}"
         );
     }
+
+    fn count(&self, decision: &'static str, elapsed: Duration) {
+        let rule = HOOK_RULE_NAME.to_owned();
+        self.metrics
+            .moderation_seconds
+            .get_or_create(&RuleLabels {
+                tenant: self.tenant.id.clone(),
+                rule: rule.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.metrics
+            .moderation_decisions
+            .get_or_create(&DecisionLabels {
+                tenant: self.tenant.id.clone(),
+                rule,
+                decision,
+                shadow: false,
+            })
+            .inc();
+    }
+}
+
+fn rejected(reason: Option<&str>) -> ChatError {
+    let message = match reason {
+        Some(reason) => format!("the message was rejected by this chat's moderation ({reason})"),
+        None => "the message was rejected by this chat's moderation".to_owned(),
+    };
+    ChatError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "rejected_by_hook",
+        message,
+    )
+}
+
+fn invalid_rewrite() -> ChatError {
+    ChatError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "rejected_by_hook",
+        "the message was rejected by this chat's moderation, which changed it into content this chat does not accept",
+    )
+}
+
+fn unavailable() -> ChatError {
+    let mut error = ChatError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "moderation_unavailable",
+        "this chat's moderation could not check the message; retry later",
+    );
+    error.retry_after = Some(Duration::from_secs(1));
+    error
 }
 
 fn record_metrics(

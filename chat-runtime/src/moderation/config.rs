@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::HOOK_RULE_NAME;
 use super::contacts::{ContactKind, Contacts, DEFAULT_MIN_PHONE_DIGITS};
+use super::hook::HookConfig;
 use super::links::{self, LinkFinder, LinkPolicy};
 use super::terms::Terms;
 use super::{Check, Rule};
@@ -31,6 +33,10 @@ pub struct ModerationConfig {
     /// Rules in the order they run. A rule that blocks stops the rest, and
     /// a rule that masks hands the masked text to the rules after it.
     pub rules: Vec<RuleConfig>,
+    /// An HTTP endpoint of the tenant that checks each message the rules
+    /// let through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookConfig>,
 }
 
 impl Default for ModerationConfig {
@@ -38,6 +44,7 @@ impl Default for ModerationConfig {
         Self {
             mask: "***".to_owned(),
             rules: Vec::new(),
+            hook: None,
         }
     }
 }
@@ -159,6 +166,12 @@ pub(super) fn compile(
             return Err((
                 format!("{rule_field}.name"),
                 "must be 1 to 63 lowercase letters, digits, '-' or '_'".to_owned(),
+            ));
+        }
+        if rule.name == HOOK_RULE_NAME {
+            return Err((
+                format!("{rule_field}.name"),
+                format!("{HOOK_RULE_NAME:?} is reserved for the pre-send hook's metrics"),
             ));
         }
         if !names.insert(rule.name.as_str()) {

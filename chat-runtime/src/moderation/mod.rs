@@ -10,12 +10,17 @@
 //! The text checked is a text message's `text`, a location's `label` and an
 //! attachment's `name`.
 //!
-//! NOTE: `custom` messages are not moderated: their JSON is the tenant's own
-//! format, and rules cannot tell which of its strings users see.
+//! A tenant may add a [`hook`]: its own HTTP endpoint, called after the
+//! rules let a message through, which allows, rejects or rewrites it.
+//!
+//! NOTE: rules do not check `custom` messages: their JSON is the tenant's
+//! own format, and rules cannot tell which of its strings users see. The
+//! hook receives them like any other message.
 
 mod config;
 mod contacts;
 mod fold;
+pub mod hook;
 mod links;
 mod terms;
 
@@ -29,7 +34,12 @@ pub use config::{
     RuleConfig, TermsConfig,
 };
 pub use contacts::{ContactKind, DEFAULT_MIN_PHONE_DIGITS};
+pub use hook::{Hook, HookConfig, OnFailure};
 pub use terms::MAX_TERM_BYTES;
+
+/// Rule name under which the hook's decisions and latency are counted, so
+/// no rule may take it.
+pub const HOOK_RULE_NAME: &str = "hook";
 
 use crate::store::Content;
 

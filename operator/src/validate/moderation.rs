@@ -73,6 +73,9 @@ pub fn runtime_config(spec: &ModerationSpec) -> ModerationConfig {
             .clone()
             .unwrap_or_else(|| ModerationConfig::default().mask),
         rules: spec.rules.iter().map(rule_config).collect(),
+        // NOTE: a ChatTenant cannot set a pre-send hook yet; its secret
+        // would need a Secret reference mounted into the runtime pod.
+        hook: None,
     }
 }
 
