@@ -182,6 +182,7 @@ mod tests {
             moderation: Default::default(),
             events: Default::default(),
             hook: None,
+            webhooks: Vec::new(),
             store: StoreSettings::Embedded,
         }
     }

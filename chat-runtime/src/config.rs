@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::moderation::{Hook, HookConfig, ModerationConfig, Moderator};
 use crate::relay::{RedisConfig, RelaySettings};
 use crate::store::scylla::{ConnectError, ScyllaConfig};
+use crate::webhooks::{self, WebhookConfig, WebhookSettings};
 
 /// Longest event retention: one year.
 const MAX_EVENT_RETENTION_HOURS: u32 = 366 * 24;
@@ -133,6 +134,9 @@ pub struct TenantConfig {
     pub moderation: ModerationConfig,
     #[serde(default)]
     pub events: EventsConfig,
+    /// Endpoints that receive the tenant's event log.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// A tenant's `events` section: how long the event log keeps events.
@@ -282,6 +286,7 @@ pub struct TenantSettings {
     pub events: EventsConfig,
     /// The pre-send hook of `moderation.hook`, with its secret loaded.
     pub hook: Option<Arc<Hook>>,
+    pub webhooks: Vec<WebhookSettings>,
 }
 
 impl TenantSettings {
@@ -470,6 +475,7 @@ fn validate_tenant(
         .map(|hook| load_hook(hook, &format!("{field}.moderation.hook"), base))
         .transpose()?
         .map(Arc::new);
+    let webhooks = load_webhooks(&tenant.webhooks, &format!("{field}.webhooks"), base)?;
 
     Ok(TenantSettings {
         id: tenant.id.clone(),
@@ -482,6 +488,7 @@ fn validate_tenant(
         moderation: Arc::new(moderation),
         events: tenant.events,
         hook,
+        webhooks,
     })
 }
 
@@ -567,6 +574,46 @@ fn load_hook(config: &HookConfig, field: &str, base: &Path) -> Result<Hook, Conf
         base,
     )?;
     Hook::new(config, secret, field).map_err(|(field, reason)| invalid(field, reason))
+}
+
+/// Validates a tenant's `webhooks` section and loads the secrets.
+fn load_webhooks(
+    configs: &[WebhookConfig],
+    field: &str,
+    base: &Path,
+) -> Result<Vec<WebhookSettings>, ConfigError> {
+    if configs.len() > webhooks::MAX_ENDPOINTS {
+        return Err(invalid(
+            field,
+            format!("at most {} endpoints are allowed", webhooks::MAX_ENDPOINTS),
+        ));
+    }
+    let mut loaded: Vec<WebhookSettings> = Vec::with_capacity(configs.len());
+    for (index, config) in configs.iter().enumerate() {
+        let endpoint_field = format!("{field}[{index}]");
+        let source = SecretSource {
+            inline: config.secret.as_deref(),
+            file: config.secret_file.as_deref(),
+            env: config.secret_env.as_deref(),
+        };
+        let secret = load_secret(source, &endpoint_field, base)?;
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(invalid(
+                endpoint_field,
+                format!("secret must be at least {MIN_SECRET_BYTES} bytes long"),
+            ));
+        }
+        let settings = webhooks::validate(config, secret.into_bytes())
+            .map_err(|(name, reason)| invalid(format!("{endpoint_field}.{name}"), reason))?;
+        if loaded.iter().any(|other| other.name == settings.name) {
+            return Err(invalid(
+                format!("{endpoint_field}.name"),
+                format!("duplicate endpoint name {:?}", settings.name),
+            ));
+        }
+        loaded.push(settings);
+    }
+    Ok(loaded)
 }
 
 fn validate_origin(origin: &str, field: &str) -> Result<(), ConfigError> {

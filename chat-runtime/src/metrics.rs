@@ -44,6 +44,15 @@ pub struct RuleLabels {
     pub rule: String,
 }
 
+/// Labels of webhook attempts. `outcome` is `delivered`, `failed` (one
+/// failed attempt) or `dead_lettered`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub tenant: String,
+    pub endpoint: String,
+    pub outcome: &'static str,
+}
+
 type LatencyFamily = Family<TenantLabel, Histogram, fn() -> Histogram>;
 type RuleLatencyFamily = Family<RuleLabels, Histogram, fn() -> Histogram>;
 
@@ -60,6 +69,7 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub moderation_decisions: Family<DecisionLabels, Counter>,
     pub moderation_seconds: RuleLatencyFamily,
+    pub webhook_deliveries: Family<WebhookLabels, Counter>,
     pub relay: RelayMetrics,
 }
 
@@ -84,6 +94,7 @@ impl Default for Metrics {
         let delivery_seconds: LatencyFamily = Family::new_with_constructor(latency_histogram);
         let errors = Family::<ErrorLabels, Counter>::default();
         let moderation_decisions = Family::<DecisionLabels, Counter>::default();
+        let webhook_deliveries = Family::<WebhookLabels, Counter>::default();
         let moderation_seconds: RuleLatencyFamily = Family::new_with_constructor(rule_histogram);
 
         registry.register(
@@ -128,6 +139,12 @@ impl Default for Metrics {
             moderation_seconds.clone(),
         );
 
+        registry.register(
+            "webhook_deliveries",
+            "Webhook requests by outcome, and events put on a dead-letter list",
+            webhook_deliveries.clone(),
+        );
+
         let relay = register_relay(&mut registry);
         Self {
             registry,
@@ -140,6 +157,7 @@ impl Default for Metrics {
             errors,
             moderation_decisions,
             moderation_seconds,
+            webhook_deliveries,
         }
     }
 }

@@ -140,6 +140,11 @@ pub async fn run(
         Arc::clone(&state),
     ));
     tokio::spawn(purge_expired(Arc::clone(&state)));
+    let webhook_starts = crate::webhooks::starting_cursors(&state).await;
+    tokio::spawn(crate::webhooks::supervise(
+        Arc::clone(&state),
+        webhook_starts,
+    ));
 
     let tenant_ids: Vec<&str> = config
         .tenants

@@ -152,6 +152,14 @@ async fn blocked_message_leaves_only_its_decision() {
     let channel = alice.direct_with("bob", None).await;
     let (_, start) = events_after(&api, None).await;
 
+    // A user outside the channel gets 404 and writes no event.
+    let mallory = api.user("mallory").await;
+    let (_, start) = events_after(&api, Some(&start)).await;
+    let (status, body) = mallory.send_text(&channel, "x-1", "lua dao day").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = mallory.send_text("d_nonexistent", "x-2", "lua dao").await;
+    assert_eq!(status, 404);
+
     let (status, _) = alice.send_text(&channel, "m-1", "lua dao day").await;
     assert_eq!(status, 422);
     let (status, _) = alice.send_text(&channel, "m-2", "gọi 0912345678").await;

@@ -7,6 +7,7 @@ pub mod events;
 mod messages;
 mod safety;
 mod server_api;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,6 +211,18 @@ pub fn router(state: SharedState) -> Router {
         .route(
             "/v1/server/users/{user_id}/restrictions/{kind}",
             delete(safety::lift),
+        )
+        .route(
+            "/v1/server/webhooks/{name}/dead-letters",
+            get(webhooks::list),
+        )
+        .route(
+            "/v1/server/webhooks/{name}/dead-letters/{event_id}",
+            delete(webhooks::remove),
+        )
+        .route(
+            "/v1/server/webhooks/{name}/dead-letters/{event_id}/replay",
+            post(webhooks::replay),
         );
 
     let mut operations = Router::new()
