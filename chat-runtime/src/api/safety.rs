@@ -81,6 +81,12 @@ pub async fn restrict(
         ))
         .into());
     }
+    if request.channel_id.as_deref() == Some("") {
+        return Err(ChatError::invalid(
+            "channel_id must name a channel; leave it out to restrict the user in the whole tenant",
+        )
+        .into());
+    }
     if let Some(reason) = &request.reason
         && (reason.len() > MAX_REASON_BYTES || limits::has_control_char(reason))
     {
@@ -119,6 +125,9 @@ pub async fn list_restrictions(
     auth: ServerAuth,
     PathParams(user_id): PathParams<String>,
 ) -> ApiResult<Json<RestrictionsResponse>> {
+    if auth.tenant.store.user_auth_state(&user_id).await?.is_none() {
+        return Err(ChatError::not_found().into());
+    }
     let restrictions = auth
         .tenant
         .store

@@ -2,11 +2,12 @@
 //! after its last attempt, which the tenant can read, send again or drop.
 
 use axum::Json;
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::channels::{PathParams, QueryParams};
-use super::{ApiResult, ServerAuth};
+use super::{ApiResult, ServerAuth, SharedState};
 use crate::chat::{ChatError, now_millis};
 use crate::store::DeadLetter;
 use crate::tenant::Tenant;
@@ -68,6 +69,7 @@ pub async fn list(
 /// is removed; on failure it stays, with the new attempt counted, and the
 /// response is 502 with the reason.
 pub async fn replay(
+    State(state): State<SharedState>,
     auth: ServerAuth,
     PathParams((name, event_id)): PathParams<(String, String)>,
 ) -> ApiResult<Json<ReplayResponse>> {
@@ -89,6 +91,19 @@ pub async fn replay(
         )
     })?;
     let outcome = webhooks::attempt_once(client, &settings, &letter.event, &body).await;
+    let outcome_label = match outcome {
+        Attempt::Delivered => "delivered",
+        Attempt::Failed(_) => "failed",
+    };
+    state
+        .metrics
+        .webhook_deliveries
+        .get_or_create(&crate::metrics::WebhookLabels {
+            tenant: auth.tenant.id.clone(),
+            endpoint: name.clone(),
+            outcome: outcome_label,
+        })
+        .inc();
     match outcome {
         Attempt::Delivered => {
             store.remove_dead_letter(&name, &event_id).await?;

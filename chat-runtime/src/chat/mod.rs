@@ -93,8 +93,8 @@ impl From<StoreError> for ChatError {
     }
 }
 
-/// The error a banned or muted user gets: `banned` or `muted`, with the end
-/// of the restriction when it has one.
+/// The error for a request that a ban or mute stops: `banned` or `muted`,
+/// with the end of the restriction when it has one.
 fn restricted_error(restriction: &Restriction) -> ChatError {
     let scope = match &restriction.channel_id {
         Some(_) => "in this channel",
@@ -111,7 +111,7 @@ fn restricted_error(restriction: &Restriction) -> ChatError {
     ChatError::new(
         StatusCode::FORBIDDEN,
         code,
-        format!("you are {verb} {scope}{until}"),
+        format!("user {} is {verb} {scope}{until}", restriction.user_id),
     )
 }
 

@@ -22,6 +22,8 @@ pub const MAX_DOMAINS: usize = 1_000;
 /// time linear in the text, so a pattern cannot stall a send, but a large
 /// pattern costs memory in every process.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Maximum length of a `regex` rule's pattern, in characters.
+pub const MAX_REGEX_CHARS: usize = 4096;
 /// Maximum mask text, in bytes.
 const MAX_MASK_BYTES: usize = 32;
 
@@ -146,10 +148,18 @@ pub(super) fn compile(
     config: &ModerationConfig,
     field: &str,
 ) -> Result<Vec<Rule>, (String, String)> {
-    if config.mask.len() > MAX_MASK_BYTES || config.mask.chars().any(char::is_control) {
+    let mask_valid = config.mask.len() <= MAX_MASK_BYTES
+        && crate::limits::has_visible_char(&config.mask)
+        && !config
+            .mask
+            .chars()
+            .any(|c| c.is_control() || crate::limits::is_invisible(c));
+    if !mask_valid {
         return Err((
             format!("{field}.mask"),
-            format!("must be at most {MAX_MASK_BYTES} bytes without control characters"),
+            format!(
+                "must be 1 to {MAX_MASK_BYTES} bytes with a visible character and no control or invisible characters"
+            ),
         ));
     }
     if config.rules.len() > MAX_RULES {
@@ -215,6 +225,13 @@ fn compile_check(rule: &RuleConfig) -> Result<Check, (String, String)> {
         return compile_terms(terms);
     }
     if let Some(pattern) = &rule.regex {
+        // An empty pattern would match every message.
+        if pattern.is_empty() || pattern.chars().count() > MAX_REGEX_CHARS {
+            return Err((
+                "regex".to_owned(),
+                format!("must be 1 to {MAX_REGEX_CHARS} characters"),
+            ));
+        }
         let regex = regex::RegexBuilder::new(pattern)
             .case_insensitive(true)
             .size_limit(REGEX_SIZE_LIMIT)

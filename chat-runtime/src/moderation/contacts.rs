@@ -41,7 +41,7 @@ pub enum ContactKind {
 pub const DEFAULT_MIN_PHONE_DIGITS: usize = 9;
 
 /// Maximum separator characters between two groups of one phone number.
-const MAX_GAP: usize = 3;
+const MAX_GAP: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct Contacts {
@@ -119,7 +119,8 @@ fn digits_of(word: &str) -> Option<String> {
             .chars()
             .map(|c| match c {
                 '0'..='9' => Some(c),
-                'o' => Some('0'),
+                // Latin, Cyrillic and Greek small o.
+                'o' | 'о' | 'ο' => Some('0'),
                 'l' | 'i' => Some('1'),
                 _ => None,
             })
@@ -142,7 +143,10 @@ fn digits_of(word: &str) -> Option<String> {
 }
 
 fn is_separator(c: char) -> bool {
-    matches!(c, ' ' | '.' | '-' | '(' | ')' | '/' | '_' | ',' | '+' | '*')
+    matches!(
+        c,
+        ' ' | '.' | '-' | '(' | ')' | '/' | '_' | ',' | '+' | '*' | '|' | ':' | '~' | '·' | '•'
+    )
 }
 
 /// Words after a number that make it an amount of money.
@@ -171,7 +175,12 @@ fn phones(text: &str, min_digits: usize) -> Vec<Range<usize>> {
             .iter()
             .map(|run| run.digits.as_ref().map_or(0, String::len))
             .sum();
-        if digits >= min_digits && !is_amount(text, group, runs.get(index + 1)) {
+        let phone_like = starts_like_phone(text, group);
+        // A number in several groups is a phone number only when it starts
+        // as one, so sizes (`36 37 38 39 40`), dates and price ranges are not.
+        let grouped_ok = group.len() == 1 || phone_like;
+        let amount = !phone_like && is_amount(text, group, runs.get(index + 1));
+        if digits >= min_digits && grouped_ok && !amount {
             found.push(group[0].range.start..group[group.len() - 1].range.end);
         }
         index += 1;
@@ -188,6 +197,14 @@ fn joins(gap: &str) -> bool {
 /// True when a group of digit runs reads as an amount: thousands separated
 /// by one `.` or `,` each (`1.200.000.000`), or a number followed by a
 /// currency word or preceded by `$`.
+/// True when a group of digit runs starts as a phone number does: with a
+/// 0 (a national number), with 84 (Vietnam's country code) or after a `+`.
+fn starts_like_phone(text: &str, group: &[Run]) -> bool {
+    let start = group[0].range.start;
+    let digits = group[0].digits.as_deref().unwrap_or_default();
+    digits.starts_with('0') || digits.starts_with("84") || text[..start].trim_end().ends_with('+')
+}
+
 fn is_amount(text: &str, group: &[Run], next: Option<&Run>) -> bool {
     let start = group[0].range.start;
     let end = group[group.len() - 1].range.end;
@@ -221,8 +238,14 @@ fn email_pattern() -> String {
 
 fn app_handle_pattern() -> String {
     let apps = "zalo|zl|telegram|tele|tg|whatsapp|wa|viber|skype|facebook|fb|messenger|insta|instagram|ig|line|wechat|signal|kakaotalk|kakao|snapchat|snap|discord";
-    format!(r"\b(?:{apps})\b\s*(?P<sep>[:=]\s*@?|@|\s)\s*(?P<handle>[a-z0-9][a-z0-9._-]{{2,}})")
+    format!(
+        r"\b(?P<app>{apps})\b\s*(?P<sep>[:=]\s*@?|@|\s)\s*(?P<handle>[a-z0-9][a-z0-9._-]{{2,}})"
+    )
 }
+
+/// App names that are also common English words (`line: busy`, `signal:
+/// weak`), after which a `:` alone does not announce a handle.
+const WORD_APPS: &[&str] = &["line", "signal", "snap", "tele", "wa", "ig", "fb"];
 
 impl Contacts {
     fn emails(&self, text: &str) -> Vec<Range<usize>> {
@@ -249,10 +272,12 @@ impl Contacts {
             .map(|link| link.range)
             .collect();
         for captures in self.app_handle.captures_iter(text.text()) {
-            let explicit = !captures["sep"].trim().is_empty();
+            let separator = captures["sep"].trim();
+            let word_app = WORD_APPS.contains(&&captures["app"]);
+            let explicit = separator.contains('@') || (!separator.is_empty() && !word_app);
             let handle = captures["handle"].trim_end_matches(['.', '_', '-']);
-            // Without `:` or `@`, only a handle that could not be an
-            // ordinary word counts: one with a digit, `_` or `.` inside.
+            // Otherwise only a handle that could not be an ordinary word
+            // counts: one with a digit, `_` or `.` inside.
             let looks_like_handle =
                 handle.contains(|c: char| c.is_ascii_digit() || c == '_' || c == '.');
             if explicit || looks_like_handle {
@@ -348,6 +373,36 @@ mod tests {
     }
 
     #[test]
+    fn separators_and_look_alikes_in_numbers() {
+        for text in [
+            "0912|345|678",
+            "0912:345:678",
+            "0912~345~678",
+            "0912·345·678",
+            "0912 -- 345 -- 678",
+            "\u{041E}912345678",
+        ] {
+            assert_eq!(detect(text).len(), 1, "{text}");
+        }
+        // A currency word does not make a phone number an amount.
+        assert_eq!(detect("sđt 0912345678 k"), ["0912345678"]);
+        assert_eq!(detect("$0912345678"), ["0912345678"]);
+    }
+
+    #[test]
+    fn marketplace_numbers_are_not_phones() {
+        for text in [
+            "Giá 1.200.000 - 1.500.000 tùy màu",
+            "Còn size 36 37 38 39 40 nhé",
+            "Cho thuê từ 12/05/2024 - 15/05/2024",
+            "Kích thước 1200 * 600 * 750 mm",
+            "Xe đời 2018 2019 2020 đều có",
+        ] {
+            assert!(detect(text).is_empty(), "{text}: {:?}", detect(text));
+        }
+    }
+
+    #[test]
     fn amounts_and_short_numbers_are_not_phones() {
         assert!(detect("giá 1.200.000.000 đ").is_empty());
         assert!(detect("giá 1,500,000,000").is_empty());
@@ -385,6 +440,9 @@ mod tests {
         assert_eq!(detect("add zalo minh_tran99"), ["zalo minh_tran99"]);
         assert_eq!(detect("Zalo: minhtran"), ["Zalo: minhtran"]);
         assert!(detect("line is busy today").is_empty());
+        assert!(detect("Signal: excellent, battery: 95%").is_empty());
+        assert!(detect("Product line: premium").is_empty());
+        assert_eq!(detect("line: @shop_xe"), ["line: @shop_xe"]);
         assert!(detect("facebook marketplace ok").is_empty());
     }
 }

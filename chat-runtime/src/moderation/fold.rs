@@ -152,6 +152,11 @@ fn push_folded(pieces: &mut Vec<Piece>, c: char, source: &Range<usize>, strip_ac
         }
         return;
     }
+    // `Ð` (eth) and `Ɖ` (African D) are drawn like the Vietnamese `Đ`.
+    let c = match c {
+        'ð' | 'ɖ' => 'đ',
+        _ => c,
+    };
     if strip_accents {
         if is_combining_mark(c) {
             extend_last(pieces, source);
@@ -281,6 +286,9 @@ mod tests {
         let combining = "Lu\u{031B}\u{0300}a \u{0111}a\u{0309}o";
         assert_eq!(fold(precomposed), fold(combining));
         assert_eq!(fold_plain(precomposed), "lua dao");
+        // Look-alikes of Đ.
+        assert_eq!(fold("LỪA ÐẢO"), fold("lừa đảo"));
+        assert_eq!(fold_plain("lừa ƉẢO"), "lua dao");
     }
 
     #[test]

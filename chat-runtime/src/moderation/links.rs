@@ -26,7 +26,7 @@ pub struct Link {
 }
 
 pub(super) const DOT: &str =
-    r"(?:\.|\s*[\(\[\{]\s*(?:\.|dot|chấm|cham)\s*[\)\]\}]\s*|\s+(?:dot|chấm|cham)\s+)";
+    r"(?:\.|。|\s*[\(\[\{]\s*(?:\.|dot|chấm|cham)\s*[\)\]\}]\s*|\s+(?:dot|chấm|cham)\s+)";
 const LABEL: &str = r"[\p{L}\p{N}](?:[\p{L}\p{N}-]{0,61}[\p{L}\p{N}])?";
 
 /// The patterns that find links, compiled once per rule.
@@ -38,7 +38,9 @@ pub struct LinkFinder {
 
 impl LinkFinder {
     pub fn new() -> Result<LinkFinder, regex::Error> {
-        let with_scheme = r"(?:https?|ftp)://(?:[^\s/?#@]*@)?(?P<host>[^\s/?#:]+)\S*";
+        // Browsers read `\` as `/` in these URLs, so a backslash ends the
+        // host: `https://evil.example\@good.example` opens evil.example.
+        let with_scheme = r"(?:https?|ftp)://(?:[^\s/?#@\\]*@)?(?P<host>[^\s/?#:\\]+)\S*";
         let bare =
             format!(r"\b(?P<bare>(?:{LABEL}{DOT})+(?P<tld>[a-z]{{2,24}}))\b(?::\d+)?(?:[/?#]\S*)?");
         Ok(LinkFinder {
@@ -64,6 +66,13 @@ impl LinkFinder {
                 if !COMMON_TLDS.contains(&tld) {
                     continue;
                 }
+                // `Works fine.It has` is a missing space, not a link: a bare
+                // name under a top-level domain that is also a common word
+                // counts only with a path after it.
+                let bare_end = captures.name("bare").map_or(0, |bare| bare.end());
+                if WORD_TLDS.contains(&tld) && whole.end() == bare_end {
+                    continue;
+                }
                 let bare = captures.name("bare").map_or("", |bare| bare.as_str());
                 self.dot.split(bare).collect::<Vec<_>>().join(".")
             };
@@ -75,6 +84,10 @@ impl LinkFinder {
         links
     }
 }
+
+/// Top-level domains that are also common words, so that a missing space
+/// after a full stop makes them look like a domain.
+const WORD_TLDS: &[&str] = &["be", "in", "it", "la", "me", "my", "no", "so", "to", "us"];
 
 /// Top-level domains that make a bare `name.tld` count as a link.
 pub(super) const COMMON_TLDS: &[&str] = &[
@@ -132,7 +145,11 @@ impl LinkPolicy {
 /// Checks an entry of `allowed_domains` or `blocked_domains`: a lowercase
 /// host name such as `example.com`, which also covers its subdomains.
 pub fn is_domain_entry(entry: &str) -> bool {
-    !entry.is_empty()
+    // Message text is folded before links are found, so an entry that
+    // folding changes (full-width letters, for one) could never match.
+    let folded = Folded::new(entry, false).composed();
+    folded.text() == entry
+        && !entry.is_empty()
         && entry.len() <= 253
         && entry.split('.').all(|label| {
             !label.is_empty()
@@ -178,6 +195,8 @@ mod tests {
         assert!(hosts("v.v. và Mr.Bean, file.txt, giá 1.5tr, 3.5km").is_empty());
         assert!(hosts("Xin chào. Com ơi").is_empty());
         assert!(hosts("mail an@example.com").is_empty());
+        assert!(hosts("Great condition.No scratches, works fine.It has a case").is_empty());
+        assert_eq!(hosts("t.me/shop và shop.me"), ["t.me"]);
     }
 
     #[test]
@@ -188,6 +207,9 @@ mod tests {
         assert_eq!(hosts("shopxyz chấm vn"), ["shopxyz.vn"]);
         assert_eq!(hosts("bit\u{200B}.ly/x"), ["bit.ly"]);
         assert_eq!(hosts("ＥＸＡＭＰＬＥ．ＣＯＭ"), ["example.com"]);
+        assert_eq!(hosts("vào evil。com nhé"), ["evil.com"]);
+        assert_eq!(hosts("https://evil.com\\@good.vn/x"), ["evil.com"]);
+        assert_eq!(hosts("https://evil.com\\.good.vn/x"), ["evil.com"]);
     }
 
     #[test]
@@ -229,5 +251,6 @@ mod tests {
         assert!(!is_domain_entry("*.example.com"));
         assert!(!is_domain_entry("example..com"));
         assert!(!is_domain_entry(""));
+        assert!(!is_domain_entry("ｅｖｉｌ.com"));
     }
 }

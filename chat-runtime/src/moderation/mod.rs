@@ -270,8 +270,21 @@ fn texts_of(content: &mut Content) -> Vec<&mut String> {
 }
 
 /// Replaces each of `ranges` (byte ranges of `text` on character
-/// boundaries, possibly overlapping) with `mask`.
+/// boundaries, possibly overlapping) with `mask`. Each range first grows
+/// over the combining marks, joiners and selectors after it, so none of
+/// them is left to attach to the mask.
 fn mask(text: &str, mut ranges: Vec<Range<usize>>, mask: &str) -> String {
+    for range in &mut ranges {
+        let attached: usize = text[range.end..]
+            .chars()
+            .take_while(|c| {
+                unicode_normalization::char::is_combining_mark(*c)
+                    || matches!(c, '\u{200D}' | '\u{FE00}'..='\u{FE0F}' | '\u{20E3}')
+            })
+            .map(char::len_utf8)
+            .sum();
+        range.end += attached;
+    }
     ranges.sort_by_key(|range| range.start);
     let mut masked = String::with_capacity(text.len());
     let mut copied = 0;

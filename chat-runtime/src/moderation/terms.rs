@@ -34,6 +34,11 @@ impl Terms {
                 Some(body) => (body, true),
                 None => (term.as_str(), false),
             };
+            if body.contains('*') {
+                return Err(format!(
+                    "term {term:?} has a `*` other than one at its end, which is the only place it means a prefix"
+                ));
+            }
             let folded = Folded::new(body, strip_accents);
             let folded = folded.text().trim();
             if folded.is_empty() {

@@ -202,6 +202,23 @@ fn invalid_rules_name_their_field() {
 fn mask_merges_overlapping_ranges() {
     assert_eq!(mask("abcdef", vec![1..3, 2..4, 5..6], "*"), "a*e*");
     assert_eq!(mask("abc", vec![], "*"), "abc");
+    // Marks after a masked digit go with it.
+    assert_eq!(
+        mask(
+            "call 1\u{FE0F}\u{20E3} now",
+            std::iter::once(5..6).collect(),
+            "#"
+        ),
+        "call # now"
+    );
+    assert_eq!(
+        mask(
+            "x 5\u{0323}\u{0301} y",
+            std::iter::once(2..3).collect(),
+            "#"
+        ),
+        "x # y"
+    );
 }
 
 #[test]

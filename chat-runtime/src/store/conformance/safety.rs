@@ -66,6 +66,14 @@ pub(crate) async fn mutes_stop_sends_until_lifted(fixture: &dyn Fixture) {
     let ended = restriction("bob", None, RestrictionKind::Mute, Some(NOW - 1));
     store.restrict(ended).await.unwrap();
     assert!(store.restrictions("bob", NOW).await.unwrap().is_empty());
+    // Lifting a restriction that already ended changes nothing.
+    let lifted = store
+        .lift_restriction("bob", None, RestrictionKind::Mute, NOW)
+        .await
+        .unwrap();
+    assert!(!lifted);
+    let ended = restriction("bob", None, RestrictionKind::Mute, Some(NOW - 1));
+    store.restrict(ended).await.unwrap();
     store
         .append_message(message(&first.id, "bob", "b4", text("hello")))
         .await

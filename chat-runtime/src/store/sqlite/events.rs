@@ -28,11 +28,12 @@ pub(super) fn append_all(conn: &Connection, events: &[NewEvent]) -> OpResult<()>
     events.iter().try_for_each(|event| append(conn, event))
 }
 
-/// Parses a cursor: the decimal position of the last event read.
+/// Parses a cursor: the decimal position of the last event read, written
+/// as this store writes it, so `007` is not taken for `7`.
 fn parse_cursor(cursor: &str) -> OpResult<i64> {
     let digits_only = !cursor.is_empty() && cursor.bytes().all(|byte| byte.is_ascii_digit());
     match cursor.parse::<i64>() {
-        Ok(position) if digits_only => Ok(position),
+        Ok(position) if digits_only && position.to_string() == cursor => Ok(position),
         _ => Err(OpError::Store(StoreError::Invalid(
             "invalid cursor: pass a cursor this API returned",
         ))),
@@ -54,6 +55,14 @@ pub(super) fn read(conn: &Connection, after: Option<&str>, limit: u32) -> OpResu
     };
     if after < purged {
         return Err(OpError::Store(StoreError::CursorExpired));
+    }
+    // A cursor past the end was never issued by this log, for example one
+    // of another tenant. Accepting it would skip every event up to it.
+    let end: i64 = log_end(conn)?.parse().unwrap_or(i64::MAX);
+    if after > end {
+        return Err(OpError::Store(StoreError::Invalid(
+            "invalid cursor: it is past the end of this tenant's event log",
+        )));
     }
 
     let mut statement = conn.prepare_cached(

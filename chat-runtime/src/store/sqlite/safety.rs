@@ -98,16 +98,27 @@ pub(super) fn lift(
     kind: RestrictionKind,
     now: Millis,
 ) -> OpResult<bool> {
-    let removed = conn
+    // A restriction that already ended is removed too, but lifting it
+    // changes nothing, so it is reported as not in place.
+    let until: Option<Option<Millis>> = conn
         .prepare_cached(
-            "DELETE FROM restrictions WHERE user_id = ?1 AND channel_id = ?2 AND kind = ?3",
+            "DELETE FROM restrictions WHERE user_id = ?1 AND channel_id = ?2 AND kind = ?3 \
+             RETURNING until",
         )?
-        .execute(params![user_id, channel_id.unwrap_or(""), kind.as_str()])?;
-    if removed == 1 {
+        .query_row(
+            params![user_id, channel_id.unwrap_or(""), kind.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let removed = match until {
+        Some(until) => until.is_none_or(|until| until > now),
+        None => false,
+    };
+    if removed {
         let event = NewEvent::restriction_lifted(user_id, channel_id, kind, now);
         events::append(conn, &event)?;
     }
-    Ok(removed == 1)
+    Ok(removed)
 }
 
 pub(super) fn active(conn: &Connection, user_id: &str, now: Millis) -> OpResult<Vec<Restriction>> {
