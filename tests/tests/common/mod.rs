@@ -180,60 +180,40 @@ impl ServerApi {
         response.status().as_u16()
     }
 
-    /// Sends a GET to a server API path and returns status and body.
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
+    /// Sends a request with the tenant's API key to a server API path and
+    /// returns status and body, parsed as JSON when it is JSON.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
             .http
-            .get(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .header("x-parley-tenant", &self.tenant)
-            .basic_auth(&self.key, Some(&self.secret))
-            .send()
-            .await
-            .unwrap();
+            .basic_auth(&self.key, Some(&self.secret));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         (
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// Sends a GET to a server API path and returns status and body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     /// Sends a POST with a JSON body to a server API path and returns
     /// status and body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("x-parley-tenant", &self.tenant)
-            .basic_auth(&self.key, Some(&self.secret))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     /// Sends a DELETE to a server API path and returns status and body.
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .delete(format!("{}{path}", self.base))
-            .header("x-parley-tenant", &self.tenant)
-            .basic_auth(&self.key, Some(&self.secret))
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        self.call(reqwest::Method::DELETE, path, None).await
     }
 
     pub async fn token(&self, user: &str) -> String {
