@@ -648,3 +648,46 @@ async fn reload_changes_the_hook() {
     assert_eq!(send_status("bốn").await, 201);
     assert_eq!(rejecting.calls().len(), calls);
 }
+
+/// Messages the store would refuse (from a non-member, an edit of someone
+/// else's message, a muted sender) never reach the hook, and keep their
+/// own error codes.
+#[tokio::test]
+async fn refused_messages_never_reach_the_hook() {
+    let chat = start(|_| Answer::Allow, |hook| hook.section(PATIENT, "closed")).await;
+    let api = chat.runtime.api("acme");
+    let carol = api.user("carol").await;
+
+    let (status, body) = carol.send_text(&chat.channel, "c-1", "xin chào").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = carol.send_text("d_nonexistent", "c-2", "xin chào").await;
+    assert_eq!(status, 404);
+
+    let (status, body) = chat.alice.send_text(&chat.channel, "a-1", "xe còn").await;
+    assert_eq!(status, 201, "{body}");
+    let path = format!("/v1/channels/{}/messages/1", chat.channel);
+    let (status, body) = chat
+        .bob
+        .patch(
+            &path,
+            json!({ "content": { "kind": "text", "text": "của tôi" } }),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    let (status, _) = api
+        .post(
+            "/v1/server/users/bob/restrictions",
+            json!({ "kind": "mute" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = chat.bob.send_text(&chat.channel, "b-1", "mua").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(error_code(&body), "muted");
+
+    // Only Alice's message reached the hook.
+    let calls = chat.hook.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(text_of(&calls[0]), "xe còn");
+}

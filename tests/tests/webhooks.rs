@@ -222,6 +222,26 @@ async fn events_arrive_signed_and_in_order() {
 }
 
 #[tokio::test]
+async fn blockers_are_not_offline_recipients() {
+    let (address, script) = receiver(Script::default()).await;
+    let setup = start(address, "        events: [message.new]\n").await;
+    let (status, _) = setup.bob.put("/v1/me/blocks/alice").await;
+    assert_eq!(status, 204);
+    send(&setup.alice, &setup.channel, "m-1").await;
+    send(&setup.bob, &setup.channel, "m-2").await;
+
+    wait_for(&script, "both messages", |received| {
+        message_seqs(received).len() >= 2
+    })
+    .await;
+    let received = script.lock().unwrap().received.clone();
+    // Bob blocks Alice, so her message is no push for him. Alice does not
+    // block Bob, so his is one for her.
+    assert_eq!(received[0].json["offline_recipients"], json!([]));
+    assert_eq!(received[1].json["offline_recipients"], json!(["alice"]));
+}
+
+#[tokio::test]
 async fn failed_attempts_are_retried() {
     let script = Script {
         fail_first: 2,

@@ -113,7 +113,10 @@ pub async fn replay(
             letter.attempts += 1;
             letter.last_error = reason.clone();
             letter.failed_at = now_millis();
-            store.add_dead_letter(&name, letter).await?;
+            // A letter dropped while the attempt ran stays dropped.
+            if store.dead_letter(&name, &event_id).await?.is_some() {
+                store.add_dead_letter(&name, letter).await?;
+            }
             Err(ChatError::new(
                 StatusCode::BAD_GATEWAY,
                 "webhook_failed",

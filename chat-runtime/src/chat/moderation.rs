@@ -74,6 +74,9 @@ pub(crate) async fn moderate(
     let Some(hook) = &settings.hook else {
         return Ok(Checked { content, records });
     };
+    // The store checks these again when it writes; checking them here
+    // keeps messages that would be refused away from the tenant's hook.
+    check_may_write(tenant, &subject).await?;
     let call = Call {
         tenant,
         settings: &settings,
@@ -116,6 +119,42 @@ fn apply_rules(
         )?;
     }
     Ok(moderated.content)
+}
+
+/// Fails as the store would for a sender who is not a member of the
+/// channel, edits another member's message, or is banned or muted.
+async fn check_may_write(tenant: &Tenant, subject: &Subject<'_>) -> Result<(), ChatError> {
+    let store = &tenant.store;
+    let members = store.member_ids(subject.channel_id).await?;
+    if !members.iter().any(|member| member == subject.sender) {
+        return Err(ChatError::not_found());
+    }
+    if let Some(seq) = subject.seq {
+        let message = store
+            .message(subject.channel_id, seq, subject.sender)
+            .await?;
+        if message.sender_id != subject.sender {
+            return Err(ChatError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only the sender can edit a message",
+            ));
+        }
+    }
+    // A store that keeps no restrictions (ScyllaDB so far) fails this read;
+    // the write that follows applies whatever the store keeps.
+    let restrictions = store
+        .restrictions(subject.sender, now_millis())
+        .await
+        .unwrap_or_default();
+    let stopping = restrictions.iter().find(|restriction| {
+        restriction.channel_id.is_none()
+            || restriction.channel_id.as_deref() == Some(subject.channel_id)
+    });
+    match stopping {
+        Some(restriction) => Err(super::restricted_error(restriction)),
+        None => Ok(()),
+    }
 }
 
 /// Returns the error for a rejected message, after writing its decisions to
@@ -230,6 +269,10 @@ impl Call<'_> {
                     ("rewrite", Ok(rewritten))
                 }
                 Err(problem) => {
+                    records.push(
+                        self.subject
+                            .record(HOOK_RULE_NAME, "block", "rejected_by_hook"),
+                    );
                     tracing::warn!(
                         tenant = %self.tenant.id,
                         channel = self.subject.channel_id,

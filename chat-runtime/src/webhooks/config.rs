@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Maximum time of one attempt, in milliseconds: less than the lease of
+/// the replica that delivers.
+pub const MAX_TIMEOUT_MS: u64 = 8_000;
+
 /// Maximum webhook endpoints per tenant: each has a delivery task.
 pub const MAX_ENDPOINTS: usize = 16;
 
@@ -35,7 +39,8 @@ pub struct WebhookConfig {
     /// doubles, up to a minute.
     #[serde(default = "default_retry_initial_ms")]
     pub retry_initial_ms: u64,
-    /// Time allowed for one attempt, in milliseconds.
+    /// Time allowed for one attempt, in milliseconds, at most
+    /// [`MAX_TIMEOUT_MS`].
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
 }
@@ -152,8 +157,13 @@ pub fn validate(
             "must be between 10 and 600000".to_owned(),
         ));
     }
-    if !(100..=60_000).contains(&config.timeout_ms) {
-        return Err(("timeout_ms", "must be between 100 and 60000".to_owned()));
+    // One attempt must end before the delivering replica's lease, which
+    // is renewed before each attempt, runs out.
+    if !(100..=MAX_TIMEOUT_MS).contains(&config.timeout_ms) {
+        return Err((
+            "timeout_ms",
+            format!("must be between 100 and {MAX_TIMEOUT_MS}"),
+        ));
     }
     Ok(WebhookSettings {
         name: config.name.clone(),

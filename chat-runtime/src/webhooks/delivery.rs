@@ -39,10 +39,21 @@ pub async fn payload(tenant: &Tenant, event: &Event) -> Vec<u8> {
             .member_ids(channel_id)
             .await
             .unwrap_or_default();
-        let offline: Vec<String> = members
-            .into_iter()
-            .filter(|member| member != sender && !tenant.presence.state(member).online)
-            .collect();
+        let mut offline = Vec::new();
+        for member in members {
+            if member == sender || tenant.presence.state(&member).online {
+                continue;
+            }
+            // A user who blocks the sender gets no push for the message.
+            let blocked = tenant
+                .store
+                .blocked_users(&member)
+                .await
+                .unwrap_or_default();
+            if !blocked.iter().any(|user| user == sender) {
+                offline.push(member);
+            }
+        }
         body["offline_recipients"] = Value::from(offline);
     }
     serde_json::to_vec(&body).unwrap_or_default()

@@ -30,8 +30,8 @@ use crate::tenant::Tenant;
 
 /// How long a claim on an endpoint lasts without renewal. A replica that
 /// dies, or a restarted process, takes over the endpoints after this time.
-/// The holder renews with every page of events, at least every
-/// [`IDLE_WAIT`].
+/// The holder renews before every attempt, during retry waits and with
+/// every page of events.
 const LEASE: Duration = Duration::from_secs(10);
 /// Pause between claim attempts on an endpoint another replica holds, and
 /// between reads of a log with nothing new.
@@ -238,12 +238,16 @@ impl Endpoint {
         let mut wait = self.settings.retry_initial;
         let mut last_error = String::new();
         for attempt in 1..=self.settings.max_attempts {
+            if attempt > 1 && !self.wait_holding(wait, cursor).await {
+                return false;
+            }
             if attempt > 1 {
-                tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(MAX_RETRY_WAIT);
-                if !self.renew(cursor).await {
-                    return false;
-                }
+            }
+            // Renewed before every attempt, which lasts less than the
+            // lease, so no other replica takes over while this one sends.
+            if !self.renew(cursor).await {
+                return false;
             }
             match attempt_once(&self.client, &self.settings, event, &body).await {
                 Attempt::Delivered => {
@@ -283,9 +287,37 @@ impl Endpoint {
         }
     }
 
+    /// Sleeps for `wait`, renewing the lease at least every third of it.
+    /// Returns false when the lease was lost.
+    async fn wait_holding(&self, wait: Duration, cursor: Option<&str>) -> bool {
+        let step = LEASE / 3;
+        let mut left = wait;
+        while !left.is_zero() {
+            let pause = left.min(step);
+            tokio::time::sleep(pause).await;
+            left -= pause;
+            if !self.renew(cursor).await {
+                return false;
+            }
+        }
+        true
+    }
+
     async fn renew(&self, cursor: Option<&str>) -> bool {
         let Some(cursor) = cursor else {
-            return true;
+            // Without a cursor nothing can be saved, so the claim is taken
+            // again. That fails when another replica has the lease.
+            let claim = self
+                .tenant
+                .store
+                .claim_webhook(
+                    &self.settings.name,
+                    &self.holder,
+                    now_millis(),
+                    self.lease_until(),
+                )
+                .await;
+            return matches!(claim, Ok(Some(_)));
         };
         let saved = self
             .tenant
