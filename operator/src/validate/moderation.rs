@@ -261,8 +261,8 @@ rules:
             .collect::<Vec<_>>()
             .join(", ");
         let cases: Vec<(String, &str, &str)> = vec![
-            ("{mask: '0123456789012345678901234567890123'}".into(), "spec.moderation.mask", "at most 32 bytes"),
-            ("{mask: \"a\\tb\"}".into(), "spec.moderation.mask", "control characters"),
+            ("{mask: '0123456789012345678901234567890123'}".into(), "spec.moderation.mask", "1 to 32 bytes"),
+            ("{mask: \"a\\tb\"}".into(), "spec.moderation.mask", "no control or invisible characters"),
             (format!("{{rules: [{many_rules}]}}"), "spec.moderation.rules", "at most 64 rules"),
             ("{rules: [{name: Scams, action: Block, regex: a}]}".into(), "spec.moderation.rules[0].name", "lowercase"),
             ("{rules: [{name: a, action: Block, regex: a}, {name: a, action: Flag, regex: b}]}".into(), "spec.moderation.rules[1].name", "duplicate rule name"),
