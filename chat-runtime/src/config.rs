@@ -17,7 +17,7 @@ use crate::relay::{RedisConfig, RelaySettings};
 use crate::store::scylla::{ConnectError, ScyllaConfig};
 use crate::webhooks::{self, WebhookConfig, WebhookSettings};
 
-/// Longest event retention: one year.
+/// Maximum event retention: one year.
 const MAX_EVENT_RETENTION_HOURS: u32 = 366 * 24;
 
 /// Shortest accepted API secret: HS256 keys shorter than the hash output
@@ -222,7 +222,7 @@ impl std::fmt::Debug for ApiKeyConfig {
 pub struct Limits {
     /// Largest text message, in bytes of UTF-8.
     pub max_message_bytes: usize,
-    /// Longest text message, in user-visible characters (extended grapheme
+    /// Maximum text message length, in user-visible characters (extended grapheme
     /// clusters): a family emoji or a letter with its tone marks is one.
     pub max_message_chars: usize,
     /// Largest `custom` message payload, in bytes of compact JSON.

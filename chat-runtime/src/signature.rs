@@ -20,7 +20,7 @@ pub const HEADER: &str = "Parley-Signature";
 /// requests useless soon.
 pub const DEFAULT_TOLERANCE_SECONDS: u64 = 300;
 
-/// Why a signature was refused.
+/// Reason a signature was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     #[error("the signature header is not of the form t=<unix seconds>,v1=<hex>")]

@@ -93,7 +93,7 @@ impl From<StoreError> for ChatError {
     }
 }
 
-/// The error for a request that a ban or mute stops: `banned` or `muted`,
+/// Builds the error for a request that a ban or mute stops: `banned` or `muted`,
 /// with the end of the restriction when it has one.
 pub(crate) fn restricted_error(restriction: &Restriction) -> ChatError {
     let scope = match &restriction.channel_id {

@@ -31,7 +31,7 @@ pub const MAX_CONCURRENT_CALLS: usize = 256;
 /// Maximum length of the reason code a rejection passes on to the sender.
 const MAX_REASON_BYTES: usize = 64;
 
-/// What happens to a message when the hook could not decide on it.
+/// The handling of a message when the hook could not decide on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {

@@ -42,7 +42,7 @@ pub struct EventPage {
 pub struct DeadLetter {
     pub event: Event,
     pub attempts: u32,
-    /// Why the last attempt failed, such as `HTTP 500` or `timed out`.
+    /// Reason the last attempt failed, such as `HTTP 500` or `timed out`.
     pub last_error: String,
     pub failed_at: Millis,
 }

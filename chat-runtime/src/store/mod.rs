@@ -574,7 +574,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bans or mutes a user, replacing the same kind of restriction in the
     /// same scope. A channel ban also removes the user from the channel;
-    /// the result says whether it did, with the remaining members.
+    /// the result reports whether it did, with the remaining members.
     async fn restrict(&self, restriction: Restriction) -> StoreResult<Option<MembershipChange>>;
 
     /// Lifts a ban or mute. Returns whether one was in place.

@@ -54,7 +54,7 @@ impl From<OpError> for StoreError {
     }
 }
 
-/// The current time. Positions carry no time of their own, so their events
+/// Returns the current time. Positions carry no time of their own, so their events
 /// are stamped when written.
 fn now_millis() -> Millis {
     std::time::SystemTime::now()
