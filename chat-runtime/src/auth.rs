@@ -183,6 +183,8 @@ mod tests {
             events: Default::default(),
             hook: None,
             webhooks: Vec::new(),
+            templates: Vec::new(),
+            extensions: Default::default(),
             store: StoreSettings::Embedded,
         }
     }

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::extensions::ExtensionsConfig;
 use crate::moderation::{Hook, HookConfig, ModerationConfig, Moderator};
 use crate::relay::{RedisConfig, RelaySettings};
 use crate::store::scylla::{ConnectError, ScyllaConfig};
+use crate::templates::{MAX_TENANT_TEMPLATES, Template};
 use crate::webhooks::{self, WebhookConfig, WebhookSettings};
 
 /// Maximum event retention: one year.
@@ -137,6 +139,12 @@ pub struct TenantConfig {
     /// Endpoints that receive the tenant's event log.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// Quick replies every user of the tenant can send.
+    #[serde(default)]
+    pub templates: Vec<Template>,
+    /// Features that react to the event log, each off unless configured.
+    #[serde(default)]
+    pub extensions: ExtensionsConfig,
 }
 
 /// A tenant's `events` section: how long the event log keeps events.
@@ -287,6 +295,8 @@ pub struct TenantSettings {
     /// The pre-send hook of `moderation.hook`, with its secret loaded.
     pub hook: Option<Arc<Hook>>,
     pub webhooks: Vec<WebhookSettings>,
+    pub templates: Vec<Template>,
+    pub extensions: ExtensionsConfig,
 }
 
 impl TenantSettings {
@@ -476,6 +486,11 @@ fn validate_tenant(
         .transpose()?
         .map(Arc::new);
     let webhooks = load_webhooks(&tenant.webhooks, &format!("{field}.webhooks"), base)?;
+    validate_templates(&tenant.templates, &format!("{field}.templates"))?;
+    tenant
+        .extensions
+        .validate()
+        .map_err(|(name, reason)| invalid(format!("{field}.extensions.{name}"), reason))?;
 
     Ok(TenantSettings {
         id: tenant.id.clone(),
@@ -489,7 +504,33 @@ fn validate_tenant(
         events: tenant.events,
         hook,
         webhooks,
+        templates: tenant.templates.clone(),
+        extensions: tenant.extensions.clone(),
     })
+}
+
+fn validate_templates(templates: &[Template], field: &str) -> Result<(), ConfigError> {
+    if templates.len() > MAX_TENANT_TEMPLATES {
+        return Err(invalid(
+            field,
+            format!("at most {MAX_TENANT_TEMPLATES} templates"),
+        ));
+    }
+    for (index, template) in templates.iter().enumerate() {
+        if let Err((name, reason)) = crate::templates::validate(template) {
+            return Err(invalid(format!("{field}[{index}].{name}"), reason));
+        }
+        if templates[..index]
+            .iter()
+            .any(|earlier| earlier.id == template.id)
+        {
+            return Err(invalid(
+                format!("{field}[{index}].id"),
+                format!("duplicate template id {:?}", template.id),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn load_api_key(key: &ApiKeyConfig, field: &str, base: &Path) -> Result<ApiKey, ConfigError> {
@@ -811,6 +852,49 @@ mod tests {
         let message = error_of(&yaml("    limits:\n      max_mesage_bytes: 10\n"));
         assert!(message.contains("max_mesage_bytes"), "{message}");
         assert!(message.contains("tenants[0].limits"), "{message}");
+    }
+
+    #[test]
+    fn templates_and_extensions_are_loaded() {
+        let config = Config::parse(
+            &yaml(
+                "    templates:\n      - id: hi\n        text: \"Chào {{ten}}\"\n    extensions:\n      auto_reply: {}\n",
+            ),
+            Path::new("/srv"),
+        )
+        .unwrap();
+        let tenant = &config.tenants[0];
+        assert_eq!(tenant.templates[0].text, "Chào {{ten}}");
+        let auto_reply = tenant.extensions.auto_reply.unwrap();
+        assert_eq!(auto_reply.offline_after_seconds, 300);
+        assert_eq!(auto_reply.period_seconds, 86_400);
+    }
+
+    #[test]
+    fn invalid_templates_and_extensions_are_named() {
+        let cases = [
+            (
+                "    templates:\n      - id: Hi\n        text: x\n",
+                "tenants[0].templates[0].id",
+            ),
+            (
+                "    templates:\n      - id: hi\n        text: \"{{ten\"\n",
+                "tenants[0].templates[0].text",
+            ),
+            (
+                "    templates:\n      - id: hi\n        text: a\n      - id: hi\n        text: b\n",
+                "tenants[0].templates[1].id",
+            ),
+            (
+                "    extensions:\n      auto_reply: {period_seconds: 0}\n",
+                "tenants[0].extensions.auto_reply.period_seconds",
+            ),
+            ("    extensions:\n      away: {}\n", "away"),
+        ];
+        for (extra, field) in cases {
+            let message = error_of(&yaml(extra));
+            assert!(message.contains(field), "{extra}: {message}");
+        }
     }
 
     #[test]

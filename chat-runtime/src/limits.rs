@@ -18,7 +18,7 @@ pub struct ContentError {
 }
 
 impl ContentError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -75,39 +75,14 @@ pub fn check_content(
             };
             attachments::check(&attachment, attachment_hosts)?;
         }
-        Content::Text { text } => {
-            if !has_visible_char(text) {
-                return Err(ContentError::new(
-                    "empty_message",
-                    "text must contain a visible character",
-                ));
-            }
-            if has_control_char(text) {
-                return Err(ContentError::new(
-                    "invalid_text",
-                    "text must not contain control characters other than tab and line breaks",
-                ));
-            }
-            if text.len() > limits.max_message_bytes {
-                return Err(ContentError::new(
-                    "message_too_large",
-                    format!(
-                        "text is {} bytes of UTF-8; the limit is {} bytes",
-                        text.len(),
-                        limits.max_message_bytes
-                    ),
-                ));
-            }
-            let chars = text.graphemes(true).count();
-            if chars > limits.max_message_chars {
-                return Err(ContentError::new(
-                    "message_too_long",
-                    format!(
-                        "text is {chars} characters; the limit is {} characters, counting each emoji and each letter with its marks as one",
-                        limits.max_message_chars
-                    ),
-                ));
-            }
+        Content::Text { text } | Content::Automated { text, .. } => check_text(text, limits)?,
+        Content::Template {
+            template_id,
+            values,
+            text,
+        } => {
+            crate::templates::check_values(template_id, values)?;
+            check_text(text, limits)?;
         }
         Content::Location {
             latitude,
@@ -144,6 +119,44 @@ pub fn check_content(
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks the text of a message: visible, without control characters, and
+/// within the byte and character limits.
+fn check_text(text: &str, limits: &Limits) -> Result<(), ContentError> {
+    if !has_visible_char(text) {
+        return Err(ContentError::new(
+            "empty_message",
+            "text must contain a visible character",
+        ));
+    }
+    if has_control_char(text) {
+        return Err(ContentError::new(
+            "invalid_text",
+            "text must not contain control characters other than tab and line breaks",
+        ));
+    }
+    if text.len() > limits.max_message_bytes {
+        return Err(ContentError::new(
+            "message_too_large",
+            format!(
+                "text is {} bytes of UTF-8; the limit is {} bytes",
+                text.len(),
+                limits.max_message_bytes
+            ),
+        ));
+    }
+    let chars = text.graphemes(true).count();
+    if chars > limits.max_message_chars {
+        return Err(ContentError::new(
+            "message_too_long",
+            format!(
+                "text is {chars} characters; the limit is {} characters, counting each emoji and each letter with its marks as one",
+                limits.max_message_chars
+            ),
+        ));
     }
     Ok(())
 }

@@ -53,6 +53,14 @@ pub struct WebhookLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExtensionLabels {
+    pub tenant: String,
+    pub extension: &'static str,
+    /// `handled` or `failed`.
+    pub outcome: &'static str,
+}
+
 type LatencyFamily = Family<TenantLabel, Histogram, fn() -> Histogram>;
 type RuleLatencyFamily = Family<RuleLabels, Histogram, fn() -> Histogram>;
 
@@ -70,6 +78,7 @@ pub struct Metrics {
     pub moderation_decisions: Family<DecisionLabels, Counter>,
     pub moderation_seconds: RuleLatencyFamily,
     pub webhook_deliveries: Family<WebhookLabels, Counter>,
+    pub extension_events: Family<ExtensionLabels, Counter>,
     pub relay: RelayMetrics,
 }
 
@@ -95,6 +104,7 @@ impl Default for Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let moderation_decisions = Family::<DecisionLabels, Counter>::default();
         let webhook_deliveries = Family::<WebhookLabels, Counter>::default();
+        let extension_events = Family::<ExtensionLabels, Counter>::default();
         let moderation_seconds: RuleLatencyFamily = Family::new_with_constructor(rule_histogram);
 
         registry.register(
@@ -144,6 +154,11 @@ impl Default for Metrics {
             "Webhook requests by outcome, and events put on a dead-letter list",
             webhook_deliveries.clone(),
         );
+        registry.register(
+            "extension_events",
+            "Events handed to extensions, by outcome",
+            extension_events.clone(),
+        );
 
         let relay = register_relay(&mut registry);
         Self {
@@ -158,6 +173,7 @@ impl Default for Metrics {
             moderation_decisions,
             moderation_seconds,
             webhook_deliveries,
+            extension_events,
         }
     }
 }

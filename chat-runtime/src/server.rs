@@ -145,6 +145,11 @@ pub async fn run(
         Arc::clone(&state),
         webhook_starts,
     ));
+    let extension_starts = crate::extensions::starting_cursors(&state).await;
+    tokio::spawn(crate::extensions::supervise(
+        Arc::clone(&state),
+        extension_starts,
+    ));
 
     let tenant_ids: Vec<&str> = config
         .tenants

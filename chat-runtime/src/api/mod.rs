@@ -5,8 +5,10 @@ mod auth;
 mod channels;
 pub mod events;
 mod messages;
+mod moderation;
 mod safety;
 mod server_api;
+mod templates;
 mod webhooks;
 
 use std::sync::Arc;
@@ -139,6 +141,18 @@ pub fn router(state: SharedState) -> Router {
             "/v1/me/blocks/{user_id}",
             put(safety::block).delete(safety::unblock),
         )
+        .route("/v1/me/templates", get(templates::list))
+        .route(
+            "/v1/me/templates/{template_id}",
+            put(templates::put).delete(templates::delete),
+        )
+        .route(
+            "/v1/me/away-message",
+            get(templates::get_away_message)
+                .put(templates::put_away_message)
+                .delete(templates::delete_away_message),
+        )
+        .route("/v1/reports", post(moderation::file))
         .route("/v1/channels", get(channels::list))
         .route("/v1/channels/direct", post(channels::open_direct))
         .route("/v1/channels/group", post(channels::create_group))
@@ -173,6 +187,10 @@ pub fn router(state: SharedState) -> Router {
             "/v1/channels/{channel_id}/messages/{seq}/receipts",
             get(messages::receipts),
         )
+        .route(
+            "/v1/channels/{channel_id}/slow-mode",
+            put(moderation::set_slow_mode),
+        )
         .route("/v1/channels/{channel_id}/read", post(channels::mark_read))
         .route(
             "/v1/channels/{channel_id}/delivered",
@@ -202,6 +220,16 @@ pub fn router(state: SharedState) -> Router {
         .route(
             "/v1/server/channels/{channel_id}/messages/{seq}",
             delete(server_api::delete_message),
+        )
+        .route(
+            "/v1/server/channels/{channel_id}/slow-mode",
+            put(moderation::server_set_slow_mode),
+        )
+        .route("/v1/server/reports", get(moderation::list))
+        .route("/v1/server/reports/{report_id}", get(moderation::get_one))
+        .route(
+            "/v1/server/reports/{report_id}/resolve",
+            post(moderation::resolve),
         )
         .route("/v1/server/events", get(events::list))
         .route(

@@ -7,7 +7,7 @@
 //! through history, but resume replays new messages only, so a client that
 //! keeps messages in memory shows the old version until it reloads them.
 
-use crate::chat::{ChatError, moderation, now_millis, take_rate};
+use crate::chat::{ChatError, moderation, now_millis, take_rate, templates};
 use crate::hub::Outbound;
 use crate::limits;
 use crate::metrics::Metrics;
@@ -28,6 +28,7 @@ pub async fn edit_message(
 ) -> Result<MessageChange, ChatError> {
     check_seq(seq)?;
     let settings = tenant.settings();
+    let content = templates::prepare(tenant, editor, content).await?;
     limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
     let mentions = mentions.map(limits::check_mentions).transpose()?;
     take_rate(tenant, editor)?;

@@ -7,10 +7,13 @@
 mod message_changes;
 mod moderation;
 mod receipts;
+mod reports;
 mod safety;
+pub mod templates;
 
 pub use message_changes::{delete_message, edit_message, react};
 pub use receipts::{Receipts, mark_delivered, mark_read, receipts};
+pub use reports::{file_report, resolve_report, set_slow_mode};
 pub use safety::{lift, restrict, set_block};
 
 use std::collections::HashSet;
@@ -81,6 +84,18 @@ impl From<StoreError> for ChatError {
                 "cursor_expired",
                 "events after this cursor were deleted by retention; read again without `after` to start from the oldest event kept",
             ),
+            StoreError::SlowMode { retry_after_ms } => {
+                let mut error = ChatError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "slow_mode",
+                    format!(
+                        "this channel is in slow mode; send again in {} s",
+                        retry_after_ms.div_ceil(1000)
+                    ),
+                );
+                error.retry_after = Some(Duration::from_millis(retry_after_ms));
+                error
+            }
             StoreError::Unavailable(source) => {
                 tracing::error!(error = %source, "Store failed");
                 ChatError::new(
@@ -175,7 +190,8 @@ pub async fn send_message(
 ) -> Result<Appended, ChatError> {
     let settings = tenant.settings();
     limits::check_client_id(&draft.client_id)?;
-    limits::check_content(&draft.content, &settings.limits, &settings.attachment_hosts)?;
+    let content = templates::prepare(tenant, sender, draft.content).await?;
+    limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
     let mentions = limits::check_mentions(draft.mentions)?;
     if draft.reply_to == Some(0) {
         return Err(ChatError::invalid(
@@ -189,7 +205,7 @@ pub async fn send_message(
         client_id: Some(&draft.client_id),
         seq: None,
     };
-    let checked = moderation::moderate(tenant, metrics, subject, draft.content).await?;
+    let checked = moderation::moderate(tenant, metrics, subject, content).await?;
 
     let appended = tenant
         .store
@@ -202,6 +218,57 @@ pub async fn send_message(
             mentions,
             created_at: now_millis(),
             moderation: checked.records,
+        })
+        .await?;
+    if !appended.duplicate {
+        metrics
+            .messages_stored
+            .get_or_create(&Metrics::tenant(&tenant.id))
+            .inc();
+        publish_message(tenant, &appended);
+    }
+    Ok(appended)
+}
+
+/// A message that an extension sends on a user's behalf.
+pub struct Automated<'a> {
+    pub sender: &'a str,
+    pub channel_id: &'a str,
+    /// Derived from the event the extension handles, so handling the event
+    /// again after a restart returns the stored message instead of sending
+    /// a second one.
+    pub client_id: String,
+    pub extension: &'static str,
+    pub text: String,
+}
+
+/// Stores and delivers an `automated` message. It skips the sender's rate
+/// limit, which counts what the user does, and the moderation rules, which
+/// checked the text when the user saved it. Bans, mutes and membership
+/// still apply, in the store.
+pub async fn send_automated(
+    tenant: &Tenant,
+    metrics: &Metrics,
+    automated: Automated<'_>,
+) -> Result<Appended, ChatError> {
+    let settings = tenant.settings();
+    let content = Content::Automated {
+        extension: automated.extension.to_owned(),
+        text: automated.text,
+    };
+    limits::check_client_id(&automated.client_id)?;
+    limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
+    let appended = tenant
+        .store
+        .append_message(NewMessage {
+            channel_id: automated.channel_id.to_owned(),
+            sender_id: automated.sender.to_owned(),
+            client_id: automated.client_id,
+            content,
+            reply_to: None,
+            mentions: Vec::new(),
+            created_at: now_millis(),
+            moderation: Vec::new(),
         })
         .await?;
     if !appended.duplicate {

@@ -266,6 +266,14 @@ fn texts_of(content: &mut Content) -> Vec<&mut String> {
         Content::Location { label, .. } => label.iter_mut().collect(),
         Content::Attachment { name, .. } => name.iter_mut().collect(),
         Content::Custom { .. } => Vec::new(),
+        // The values are checked as well as the text they were rendered
+        // into, because clients may show either.
+        Content::Template { values, text, .. } => {
+            let mut texts = vec![text];
+            texts.extend(values.values_mut());
+            texts
+        }
+        Content::Automated { text, .. } => vec![text],
     }
 }
 

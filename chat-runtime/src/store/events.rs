@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Channel, Message, Millis, Restriction, RestrictionKind, User};
+use super::{Channel, Message, Millis, Report, Restriction, RestrictionKind, User};
 
 /// An event as the log returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,6 +207,28 @@ impl NewEvent {
         };
         let data = json!({ "user_id": blocker, "blocked_user_id": blocked });
         Self::new(kind, None, now, data)
+    }
+
+    /// `actor` is the owner who changed the channel's settings, or `None`
+    /// when the server API did.
+    pub fn channel_updated(channel: &Channel, actor: Option<&str>, now: Millis) -> Self {
+        let data = json!({ "channel": channel, "actor": actor });
+        Self::new("channel.updated", Some(&channel.id), now, data)
+    }
+
+    pub fn report_filed(report: &Report) -> Self {
+        let data = json!({ "report": report });
+        Self::new(
+            "report.filed",
+            report.channel_id.as_deref(),
+            report.created_at,
+            data,
+        )
+    }
+
+    pub fn report_resolved(report: &Report, now: Millis) -> Self {
+        let data = json!({ "report": report });
+        Self::new("report.resolved", report.channel_id.as_deref(), now, data)
     }
 
     /// Builds a moderation decision. `seq` is the number of the stored message on

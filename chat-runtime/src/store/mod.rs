@@ -13,10 +13,14 @@
 pub(crate) mod conformance;
 pub mod events;
 pub(crate) mod keys;
+pub mod reports;
 pub mod scylla;
 pub mod sqlite;
 
 pub use events::{DeadLetter, Event, EventPage, ModerationRecord, NewEvent, WebhookClaim};
+pub use reports::{
+    NewReport, Report, ReportChange, ReportStatus, ReportTarget, Resolution, ResolutionOutcome,
+};
 
 use std::collections::BTreeMap;
 
@@ -81,7 +85,18 @@ pub struct Channel {
     pub last_seq: u64,
     /// Time of the newest message, or of creation when there is none.
     pub last_activity: Millis,
+    /// Minimum time between two messages of one member, in seconds; 0 when
+    /// slow mode is off. The group's owner is exempt.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slow_mode_seconds: u32,
 }
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+/// Maximum slow mode interval: one day.
+pub const MAX_SLOW_MODE_SECONDS: u32 = 86_400;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
@@ -108,8 +123,9 @@ pub struct ChannelSummary {
 }
 
 /// Message content. The JSON form is `{"kind": "text", "text": ...}`,
-/// `{"kind": "location", "latitude": ..., "longitude": ..., "label": ...}` or
-/// `{"kind": "custom", "data": {...}}`.
+/// `{"kind": "location", "latitude": ..., "longitude": ..., "label": ...}`,
+/// `{"kind": "custom", "data": {...}}`, or one of the kinds below with their
+/// fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Content {
@@ -139,6 +155,22 @@ pub enum Content {
         height: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         thumbnail_url: Option<String>,
+    },
+    /// A quick reply made from a template. Clients send `template_id` and
+    /// `values`; the server renders the template into `text`, so clients
+    /// that do not know the template still show the message.
+    Template {
+        template_id: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        values: BTreeMap<String, String>,
+        #[serde(default)]
+        text: String,
+    },
+    /// A message that an extension sent on a user's behalf, such as an away
+    /// message. Clients cannot send this kind.
+    Automated {
+        extension: String,
+        text: String,
     },
 }
 
@@ -342,6 +374,10 @@ pub enum StoreError {
     /// An event log cursor points before the oldest event still kept.
     #[error("cursor is older than the retained event log")]
     CursorExpired,
+    /// The channel's slow mode stops the member's message; the member may
+    /// send again after `retry_after_ms` milliseconds.
+    #[error("slow mode: wait {retry_after_ms} ms")]
+    SlowMode { retry_after_ms: u64 },
     /// The database failed or is being shut down; the write did not happen.
     #[error("store unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -603,6 +639,66 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns the users `blocker` blocks, sorted.
     async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>>;
+
+    /// Sets the channel's slow mode, 0 to turn it off. `actor` is the
+    /// member who sets it, who must be the group's owner (`Forbidden`
+    /// otherwise, `NotFound` for non-members), or `None` for the server API.
+    /// Direct channels give `Invalid`. Returns the channel and whether the
+    /// setting changed.
+    async fn set_slow_mode(
+        &self,
+        channel_id: &str,
+        actor: Option<&str>,
+        seconds: u32,
+        now: Millis,
+    ) -> StoreResult<(Channel, bool)>;
+
+    /// Files a report. A message report needs the reporter to be a member
+    /// of the channel and the message to exist (`NotFound` otherwise), and
+    /// keeps a copy of its content. A user report needs the user to exist.
+    /// A reporter who already has an open report on the same target gets
+    /// that report back with `changed: false`.
+    async fn file_report(&self, report: NewReport) -> StoreResult<ReportChange>;
+
+    /// Returns up to `limit` reports with `status` (any when `None`),
+    /// oldest first, after the report with id `after`.
+    async fn reports(
+        &self,
+        status: Option<ReportStatus>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Report>>;
+
+    async fn report(&self, id: &str) -> StoreResult<Option<Report>>;
+
+    /// Resolves an open report (`NotFound` for an unknown id). A resolved
+    /// report is returned unchanged with `changed: false`.
+    async fn resolve_report(&self, id: &str, resolution: Resolution) -> StoreResult<ReportChange>;
+
+    /// Stores `value` as the user's setting `key`, or removes the setting
+    /// when `value` is `None`. The user must exist and not be deleted
+    /// (`NotFound`). Returns whether anything changed.
+    async fn put_user_setting(
+        &self,
+        user_id: &str,
+        key: &str,
+        value: Option<serde_json::Value>,
+        now: Millis,
+    ) -> StoreResult<bool>;
+
+    /// Returns the user's settings whose keys start with `prefix`, sorted
+    /// by key.
+    async fn user_settings(
+        &self,
+        user_id: &str,
+        prefix: &str,
+    ) -> StoreResult<Vec<(String, serde_json::Value)>>;
+
+    /// Records that `key` happened at `now`, unless it was last recorded
+    /// less than `period_ms` before. Returns whether it recorded, so of
+    /// several processes racing on one key within a period exactly one
+    /// gets `true`.
+    async fn mark_once(&self, key: &str, now: Millis, period_ms: i64) -> StoreResult<bool>;
 
     /// Returns the cursor of the newest event, from which a consumer that
     /// wants only later events starts.

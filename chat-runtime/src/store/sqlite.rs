@@ -24,8 +24,10 @@
 
 mod events;
 mod queries;
+mod reports;
 mod safety;
 mod schema;
+mod settings;
 mod writer;
 
 use std::path::Path;
@@ -42,9 +44,9 @@ use std::collections::BTreeMap;
 
 use super::{
     Appended, Channel, ChannelSummary, DeadLetter, Deleter, EventPage, Member, MembershipChange,
-    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions,
-    Restriction, RestrictionKind, Store, StoreError, StoreResult, User, UserAuthState,
-    WebhookClaim, keys,
+    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, NewReport, Page, Positions,
+    Report, ReportChange, ReportStatus, Resolution, Restriction, RestrictionKind, Store,
+    StoreError, StoreResult, User, UserAuthState, WebhookClaim, keys,
 };
 use queries::OpResult;
 use writer::{BoxedRequest, WRITE_QUEUE_CAPACITY};
@@ -638,6 +640,74 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<DeadLetter>> {
         let (endpoint, event_id) = (endpoint.to_owned(), event_id.to_owned());
         self.write(move |conn| events::remove_dead_letter(conn, &endpoint, &event_id))
+            .await
+    }
+
+    async fn set_slow_mode(
+        &self,
+        channel_id: &str,
+        actor: Option<&str>,
+        seconds: u32,
+        now: Millis,
+    ) -> StoreResult<(Channel, bool)> {
+        let (channel_id, actor) = (channel_id.to_owned(), actor.map(str::to_owned));
+        self.write(move |conn| {
+            safety::set_slow_mode(conn, &channel_id, actor.as_deref(), seconds, now)
+        })
+        .await
+    }
+
+    async fn file_report(&self, report: NewReport) -> StoreResult<ReportChange> {
+        self.write(move |conn| reports::file(conn, &report)).await
+    }
+
+    async fn reports(
+        &self,
+        status: Option<ReportStatus>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Report>> {
+        let after = after.map(str::to_owned);
+        self.read(move |conn| reports::list(conn, status, after.as_deref(), limit))
+            .await
+    }
+
+    async fn report(&self, id: &str) -> StoreResult<Option<Report>> {
+        let id = id.to_owned();
+        self.read(move |conn| reports::get(conn, &id)).await
+    }
+
+    async fn resolve_report(&self, id: &str, resolution: Resolution) -> StoreResult<ReportChange> {
+        let id = id.to_owned();
+        self.write(move |conn| reports::resolve(conn, &id, &resolution))
+            .await
+    }
+
+    async fn put_user_setting(
+        &self,
+        user_id: &str,
+        key: &str,
+        value: Option<serde_json::Value>,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let (user_id, key) = (user_id.to_owned(), key.to_owned());
+        self.write(move |conn| settings::put(conn, &user_id, &key, value.as_ref(), now))
+            .await
+    }
+
+    async fn user_settings(
+        &self,
+        user_id: &str,
+        prefix: &str,
+    ) -> StoreResult<Vec<(String, serde_json::Value)>> {
+        let (user_id, prefix) = (user_id.to_owned(), prefix.to_owned());
+        self.read(move |conn| settings::list(conn, &user_id, &prefix))
+            .await
+    }
+
+    async fn mark_once(&self, key: &str, now: Millis, period_ms: i64) -> StoreResult<bool> {
+        let key = key.to_owned();
+        self.write(move |conn| settings::mark_once(conn, &key, now, period_ms))
             .await
     }
 

@@ -203,6 +203,10 @@ pub enum ServerFrame<'a> {
         channel_id: &'a str,
         user_id: &'a str,
     },
+    /// The channel's settings changed, such as its slow mode.
+    ChannelUpdated {
+        channel: &'a crate::store::Channel,
+    },
     /// Every missed message of the channel up to `seq` was sent; what follows
     /// is live.
     Resumed {

@@ -216,6 +216,12 @@ impl ServerApi {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 
+    /// Sends a PUT with a JSON body to a server API path and returns
+    /// status and body.
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
     pub async fn token(&self, user: &str) -> String {
         let response = self
             .http
@@ -272,6 +278,11 @@ impl User {
 
     pub async fn put(&self, path: &str) -> (u16, Value) {
         let request = self.http.put(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    pub async fn put_json(&self, path: &str, body: Value) -> (u16, Value) {
+        let request = self.http.put(format!("{}{path}", self.base)).json(&body);
         self.send(request).await
     }
 

@@ -9,10 +9,12 @@
 
 mod events;
 mod message_changes;
+mod reports;
 mod safety;
 
 pub(crate) use events::*;
 pub(crate) use message_changes::*;
+pub(crate) use reports::*;
 pub(crate) use safety::*;
 
 use std::sync::Arc;
@@ -91,6 +93,11 @@ macro_rules! store_conformance_tests {
             mutes_stop_sends_until_lifted,
             bans_remove_and_keep_out,
             blocks_stop_direct_channels_and_delivery,
+            slow_mode_spaces_sends,
+            reports_queue_and_resolve,
+            flag_decisions_file_reports,
+            user_settings_and_once_marks,
+            once_mark_has_one_winner,
         );
     };
     (@each $fixture:expr; $($check:ident),* $(,)?) => {

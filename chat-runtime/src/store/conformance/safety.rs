@@ -192,6 +192,19 @@ pub(crate) async fn blocks_stop_direct_channels_and_delivery(fixture: &dyn Fixtu
     assert_eq!(seqs(between), [2]);
     let hidden = store.message(&group.id, 1, "bob").await;
     assert!(matches!(hidden, Err(StoreError::NotFound)), "{hidden:?}");
+    // Bob's channel list counts and shows Carol's message only, also after
+    // a newer message of Alice that mentions him.
+    let mut mention = message(&group.id, "alice", "a1b", text("@bob"));
+    mention.mentions = vec!["bob".to_owned()];
+    store.append_message(mention).await.unwrap();
+    let list = store.list_channels("bob", None, 10).await.unwrap();
+    let summary = list
+        .iter()
+        .find(|summary| summary.channel.id == group.id)
+        .unwrap();
+    assert_eq!(summary.unread, 1);
+    assert_eq!(summary.unread_mentions, 0);
+    assert_eq!(summary.last_message.as_ref().map(|last| last.seq), Some(2));
     // Alice cannot pull Bob into a group.
     let forced = store
         .create_group("alice", "spam", &["bob".to_owned()], NOW)

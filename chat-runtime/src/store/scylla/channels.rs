@@ -348,6 +348,7 @@ impl ScyllaStore {
             created_at: now,
             last_seq: 0,
             last_activity: now,
+            slow_mode_seconds: 0,
         };
 
         // NOTE: unlike the embedded store, creating a group is not atomic.

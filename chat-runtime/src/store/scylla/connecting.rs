@@ -18,9 +18,9 @@ use tokio::sync::{OnceCell, watch};
 use super::{ScyllaConfig, ScyllaStore};
 use crate::store::{
     Appended, Channel, ChannelSummary, DeadLetter, Deleter, EventPage, Member, MembershipChange,
-    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions,
-    Restriction, RestrictionKind, Store, StoreError, StoreResult, User, UserAuthState,
-    WebhookClaim,
+    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, NewReport, Page, Positions,
+    Report, ReportChange, ReportStatus, Resolution, Restriction, RestrictionKind, Store,
+    StoreError, StoreResult, User, UserAuthState, WebhookClaim,
 };
 
 /// Wait after the first failed attempt. Each later failure doubles it, up
@@ -317,6 +317,63 @@ impl Store for ConnectingStore {
 
     async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>> {
         self.open()?.blocked_users(blocker).await
+    }
+
+    async fn set_slow_mode(
+        &self,
+        channel_id: &str,
+        actor: Option<&str>,
+        seconds: u32,
+        now: Millis,
+    ) -> StoreResult<(Channel, bool)> {
+        self.open()?
+            .set_slow_mode(channel_id, actor, seconds, now)
+            .await
+    }
+
+    async fn file_report(&self, report: NewReport) -> StoreResult<ReportChange> {
+        self.open()?.file_report(report).await
+    }
+
+    async fn reports(
+        &self,
+        status: Option<ReportStatus>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<Report>> {
+        self.open()?.reports(status, after, limit).await
+    }
+
+    async fn report(&self, id: &str) -> StoreResult<Option<Report>> {
+        self.open()?.report(id).await
+    }
+
+    async fn resolve_report(&self, id: &str, resolution: Resolution) -> StoreResult<ReportChange> {
+        self.open()?.resolve_report(id, resolution).await
+    }
+
+    async fn put_user_setting(
+        &self,
+        user_id: &str,
+        key: &str,
+        value: Option<serde_json::Value>,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        self.open()?
+            .put_user_setting(user_id, key, value, now)
+            .await
+    }
+
+    async fn user_settings(
+        &self,
+        user_id: &str,
+        prefix: &str,
+    ) -> StoreResult<Vec<(String, serde_json::Value)>> {
+        self.open()?.user_settings(user_id, prefix).await
+    }
+
+    async fn mark_once(&self, key: &str, now: Millis, period_ms: i64) -> StoreResult<bool> {
+        self.open()?.mark_once(key, now, period_ms).await
     }
 
     async fn event_log_end(&self) -> StoreResult<String> {

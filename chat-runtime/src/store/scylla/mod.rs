@@ -128,9 +128,9 @@ pub use schema::{
 
 use super::{
     Appended, Channel, ChannelSummary, DeadLetter, Deleter, EventPage, Member, MembershipChange,
-    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, Page, Positions,
-    Restriction, RestrictionKind, Store, StoreError, StoreResult, User, UserAuthState,
-    WebhookClaim,
+    Message, MessageChange, MessageEdit, Millis, NewEvent, NewMessage, NewReport, Page, Positions,
+    Report, ReportChange, ReportStatus, Resolution, Restriction, RestrictionKind, Store,
+    StoreError, StoreResult, User, UserAuthState, WebhookClaim,
 };
 use statements::Statements;
 
@@ -387,6 +387,11 @@ impl ScyllaStore {
 // fails, and sends are not checked against them.
 const SAFETY_MISSING: &str = "the ScyllaDB store has no blocks, bans or mutes yet";
 
+// TODO: the ScyllaDB store keeps no slow mode, reports, user settings or
+// once-marks yet, so templates, away messages and the report queue fail on
+// it.
+const EXTRAS_MISSING: &str = "the ScyllaDB store has no slow mode, reports or user settings yet";
+
 #[async_trait::async_trait]
 impl Store for ScyllaStore {
     async fn upsert_user(
@@ -639,6 +644,63 @@ impl Store for ScyllaStore {
 
     async fn blocked_users(&self, _blocker: &str) -> StoreResult<Vec<String>> {
         Err(StoreError::Unavailable(SAFETY_MISSING.into()))
+    }
+
+    async fn set_slow_mode(
+        &self,
+        _channel_id: &str,
+        _actor: Option<&str>,
+        _seconds: u32,
+        _now: Millis,
+    ) -> StoreResult<(Channel, bool)> {
+        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    }
+
+    async fn file_report(&self, _report: NewReport) -> StoreResult<ReportChange> {
+        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    }
+
+    async fn reports(
+        &self,
+        _status: Option<ReportStatus>,
+        _after: Option<&str>,
+        _limit: u32,
+    ) -> StoreResult<Vec<Report>> {
+        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    }
+
+    async fn report(&self, _id: &str) -> StoreResult<Option<Report>> {
+        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    }
+
+    async fn resolve_report(
+        &self,
+        _id: &str,
+        _resolution: Resolution,
+    ) -> StoreResult<ReportChange> {
+        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    }
+
+    async fn put_user_setting(
+        &self,
+        _user_id: &str,
+        _key: &str,
+        _value: Option<serde_json::Value>,
+        _now: Millis,
+    ) -> StoreResult<bool> {
+        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    }
+
+    async fn user_settings(
+        &self,
+        _user_id: &str,
+        _prefix: &str,
+    ) -> StoreResult<Vec<(String, serde_json::Value)>> {
+        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    }
+
+    async fn mark_once(&self, _key: &str, _now: Millis, _period_ms: i64) -> StoreResult<bool> {
+        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
     }
 
     async fn event_log_end(&self) -> StoreResult<String> {

@@ -278,6 +278,8 @@ pub(super) fn channel_from_row(row: ChannelRow) -> Result<ChannelRecord, StoreEr
             created_at,
             last_seq: seq_from_cql(last_seq)?,
             last_activity: last_activity.unwrap_or(created_at),
+            // Slow mode is not kept in ScyllaDB yet (see EXTRAS_MISSING).
+            slow_mode_seconds: 0,
         },
         newest,
     })

@@ -10,7 +10,7 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
-use super::{events, safety};
+use super::{events, reports, safety};
 use crate::store::{
     Appended, Channel, ChannelKind, ChannelSummary, Content, Deleter, MAX_REACTIONS_PER_USER,
     Member, MemberRole, MembershipChange, Message, MessageChange, MessageEdit, Millis, NewEvent,
@@ -62,26 +62,26 @@ fn now_millis() -> Millis {
         .map_or(0, |elapsed| elapsed.as_millis() as Millis)
 }
 
-fn not_found<T>() -> OpResult<T> {
+pub(super) fn not_found<T>() -> OpResult<T> {
     Err(OpError::Store(StoreError::NotFound))
 }
 
 /// Builds the `Unavailable` error for stored rows that break an invariant of
 /// this module.
-fn inconsistent(message: &'static str) -> OpError {
+pub(super) fn inconsistent(message: &'static str) -> OpError {
     OpError::Store(StoreError::Unavailable(message.into()))
 }
 
 /// Converts a sequence number or position from the API to SQLite's signed
 /// integer. Values above `i64::MAX` cannot be stored, so they clamp without
 /// changing any comparison against stored values.
-fn seq_to_sql(value: u64) -> i64 {
+pub(super) fn seq_to_sql(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// Reads a sequence number or read position, which SQLite stores as a signed
 /// integer.
-fn get_seq(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+pub(super) fn get_seq(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
     let value: i64 = row.get(index)?;
     u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(index, value))
 }
@@ -92,12 +92,12 @@ fn invalid_column(index: usize, message: &'static str) -> rusqlite::Error {
 
 // Rows.
 
-const CHANNEL_COLUMNS: &str =
-    "c.id, c.kind, c.name, c.subject, c.created_by, c.created_at, c.last_seq, c.last_activity";
+const CHANNEL_COLUMNS: &str = "c.id, c.kind, c.name, c.subject, c.created_by, c.created_at, \
+     c.last_seq, c.last_activity, c.slow_mode_seconds";
 
-/// Reads a channel from the first eight columns of `row`, in the order of
+/// Reads a channel from the first nine columns of `row`, in the order of
 /// [`CHANNEL_COLUMNS`].
-fn channel_from_row(row: &Row<'_>) -> rusqlite::Result<Channel> {
+pub(super) fn channel_from_row(row: &Row<'_>) -> rusqlite::Result<Channel> {
     let kind: String = row.get(1)?;
     let kind = match kind.as_str() {
         "direct" => ChannelKind::Direct,
@@ -113,6 +113,7 @@ fn channel_from_row(row: &Row<'_>) -> rusqlite::Result<Channel> {
         created_at: row.get(5)?,
         last_seq: get_seq(row, 6)?,
         last_activity: row.get(7)?,
+        slow_mode_seconds: row.get(8)?,
     })
 }
 
@@ -274,7 +275,11 @@ pub(super) fn load_channel(conn: &Connection, id: &str) -> OpResult<Option<Chann
     Ok(channel)
 }
 
-fn member_role(conn: &Connection, channel_id: &str, user: &str) -> OpResult<Option<MemberRole>> {
+pub(super) fn member_role(
+    conn: &Connection,
+    channel_id: &str,
+    user: &str,
+) -> OpResult<Option<MemberRole>> {
     let role = conn
         .prepare_cached("SELECT role FROM members WHERE channel_id = ?1 AND user_id = ?2")?
         .query_row([channel_id, user], |row| role_from_sql(row, 0))
@@ -329,7 +334,7 @@ fn load_message(
 }
 
 /// Reads a message with its reactions, or `NotFound`.
-fn existing_message(conn: &Connection, channel_id: &str, seq: u64) -> OpResult<Message> {
+pub(super) fn existing_message(conn: &Connection, channel_id: &str, seq: u64) -> OpResult<Message> {
     match load_message(conn, channel_id, seq, None)? {
         Some(message) => Ok(message),
         None => not_found(),
@@ -391,6 +396,10 @@ pub(super) fn delete_user(conn: &Connection, id: &str, now: Millis) -> OpResult<
     if changed == 0 {
         return not_found();
     }
+    // Templates and away messages are the user's own words, erased with
+    // the profile.
+    conn.prepare_cached("DELETE FROM user_settings WHERE user_id = ?1")?
+        .execute([id])?;
     events::append(conn, &NewEvent::user_deleted(id, now))
 }
 
@@ -713,30 +722,60 @@ pub(super) fn list_channels(
     let rows = statement
         .query_map(
             params![user, before_activity, before_id, i64::from(limit)],
-            |row| Ok((channel_from_row(row)?, get_seq(row, 8)?)),
+            |row| Ok((channel_from_row(row)?, get_seq(row, 9)?)),
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
 
+    // Messages of users the viewer blocks count neither as unread nor as
+    // the newest message. Most users block no one and skip those queries.
+    let blocks_someone = !safety::blocked_users(conn, user)?.is_empty();
     let mut summaries = Vec::with_capacity(rows.len());
     for (channel, read_seq) in rows {
         let last_message = if channel.last_seq > 0 {
-            newest_visible_message(conn, &channel.id, user)?
+            newest_visible_message(conn, &channel.id, user, blocks_someone)?
         } else {
             None
         };
-        let deleted_unread = count_deleted_after(conn, &channel.id, read_seq)?;
+        let mut hidden_unread = count_deleted_after(conn, &channel.id, read_seq)?;
+        let mut unread_mentions = count_mentions_after(conn, &channel.id, user, read_seq)?;
+        if blocks_someone {
+            let (messages, mentions) = count_blocked_after(conn, &channel.id, user, read_seq)?;
+            hidden_unread += messages;
+            unread_mentions = unread_mentions.saturating_sub(mentions);
+        }
         summaries.push(ChannelSummary {
             unread: channel
                 .last_seq
                 .saturating_sub(read_seq)
-                .saturating_sub(deleted_unread),
-            unread_mentions: count_mentions_after(conn, &channel.id, user, read_seq)?,
+                .saturating_sub(hidden_unread),
+            unread_mentions,
             read_seq,
             last_message,
             channel,
         });
     }
     Ok(summaries)
+}
+
+/// Counts the messages after `after` that are not deleted and whose senders
+/// `viewer` blocks, and the mentions of `viewer` among them.
+fn count_blocked_after(
+    conn: &Connection,
+    channel_id: &str,
+    viewer: &str,
+    after: u64,
+) -> OpResult<(u64, u64)> {
+    let (messages, mentions): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(EXISTS (SELECT 1 FROM mentions x \
+                 WHERE x.channel_id = m.channel_id AND x.user_id = ?2 AND x.seq = m.seq)), 0) \
+             FROM messages m WHERE m.channel_id = ?1 AND m.seq > ?3 AND m.deleted_at IS NULL \
+             AND EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = ?2 AND b.blocked = m.sender_id)",
+        )?
+        .query_row(params![channel_id, viewer, seq_to_sql(after)], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    Ok((messages as u64, mentions as u64))
 }
 
 /// Reads the newest message of a channel that is not deleted. The scan walks the
@@ -746,13 +785,20 @@ fn newest_visible_message(
     conn: &Connection,
     channel_id: &str,
     viewer: &str,
+    blocks_someone: bool,
 ) -> OpResult<Option<Message>> {
+    let sql = if blocks_someone {
+        "SELECT seq FROM messages m WHERE channel_id = ?1 AND deleted_at IS NULL \
+         AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = ?2 AND b.blocked = m.sender_id) \
+         ORDER BY seq DESC LIMIT 1"
+    } else {
+        // ?2 is bound either way, so it must appear in the statement.
+        "SELECT seq FROM messages WHERE channel_id = ?1 AND deleted_at IS NULL AND ?2 IS NOT NULL \
+         ORDER BY seq DESC LIMIT 1"
+    };
     let seq: Option<i64> = conn
-        .prepare_cached(
-            "SELECT seq FROM messages WHERE channel_id = ?1 AND deleted_at IS NULL \
-             ORDER BY seq DESC LIMIT 1",
-        )?
-        .query_row([channel_id], |row| row.get(0))
+        .prepare_cached(sql)?
+        .query_row([channel_id, viewer], |row| row.get(0))
         .optional()?;
     match seq {
         Some(seq) => load_message(conn, channel_id, seq as u64, Some(viewer)),
@@ -800,9 +846,9 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         moderation,
     } = message;
 
-    if member_role(conn, &channel_id, &sender_id)?.is_none() {
+    let Some(role) = member_role(conn, &channel_id, &sender_id)? else {
         return not_found();
-    }
+    };
     let incarnation = active_incarnation(conn, &sender_id)?;
     keys::check_content(&content)?;
     let hash = keys::content_hash(&channel_id, &content, reply_to, &mentions)?;
@@ -843,12 +889,20 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
     // take turns here and never hand out the same number twice.
     // last_activity keeps the maximum because clocks of several processes
     // may disagree, and the channel list must not jump backwards.
-    let seq: u64 = conn
+    let (seq, slow_mode_seconds): (u64, u32) = conn
         .prepare_cached(
             "UPDATE channels SET last_seq = last_seq + 1, \
-             last_activity = MAX(last_activity, ?2) WHERE id = ?1 RETURNING last_seq",
+             last_activity = MAX(last_activity, ?2) WHERE id = ?1 \
+             RETURNING last_seq, slow_mode_seconds",
         )?
-        .query_row(params![channel_id, created_at], |row| get_seq(row, 0))?;
+        .query_row(params![channel_id, created_at], |row| {
+            Ok((get_seq(row, 0)?, row.get(1)?))
+        })?;
+    // Checked after the update, which returns the setting without another
+    // read; a refusal rolls the update back with the rest of the request.
+    if slow_mode_seconds > 0 && role != MemberRole::Owner {
+        safety::check_slow_mode(conn, &channel_id, &sender_id, slow_mode_seconds, created_at)?;
+    }
     let content_json = serde_json::to_string(&content)?;
     conn.prepare_cached(
         "INSERT INTO messages (channel_id, seq, sender_id, sender_incarnation, client_id, content, \
@@ -879,10 +933,10 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         created_at
     ])?;
     conn.prepare_cached(
-        "UPDATE members SET read_seq = ?3, delivered_seq = MAX(delivered_seq, ?3) \
-         WHERE channel_id = ?1 AND user_id = ?2",
+        "UPDATE members SET read_seq = ?3, delivered_seq = MAX(delivered_seq, ?3), \
+         last_sent_at = ?4 WHERE channel_id = ?1 AND user_id = ?2",
     )?
-    .execute(params![channel_id, sender_id, seq_to_sql(seq)])?;
+    .execute(params![channel_id, sender_id, seq_to_sql(seq), created_at])?;
 
     let members = safety::recipients(conn, &channel_id, &sender_id)?;
     let message = Message {
@@ -904,6 +958,7 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
     for record in &moderation {
         events::append(conn, &NewEvent::moderation(record, Some(seq), created_at))?;
     }
+    reports::file_flags(conn, &moderation, &message, created_at)?;
     Ok(Appended {
         message,
         duplicate: false,
@@ -1069,6 +1124,7 @@ pub(super) fn edit_message(conn: &Connection, edit: MessageEdit) -> OpResult<Mes
     for record in &moderation {
         events::append(conn, &NewEvent::moderation(record, Some(seq), edited_at))?;
     }
+    reports::file_flags(conn, &moderation, &message, edited_at)?;
     Ok(MessageChange {
         message,
         members: safety::recipients(conn, &channel_id, &editor)?,

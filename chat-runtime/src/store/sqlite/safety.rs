@@ -1,13 +1,15 @@
-//! SQL of blocks between users and of bans and mutes. The send path checks
-//! them inside the write that stores a message, so a restriction applies
-//! from the first message after it was written, on every process.
+//! SQL of blocks between users, of bans and mutes, and of slow mode. The
+//! send path checks them inside the write that stores a message, so a
+//! restriction applies from the first message after it was written, on
+//! every process.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::events;
-use super::queries::{OpError, OpResult, list_member_ids, load_channel};
+use super::queries::{OpError, OpResult, list_member_ids, load_channel, member_role};
 use crate::store::{
-    ChannelKind, MembershipChange, Millis, NewEvent, Restriction, RestrictionKind, StoreError,
+    Channel, ChannelKind, MemberRole, MembershipChange, Millis, NewEvent, Restriction,
+    RestrictionKind, StoreError,
 };
 
 fn kind_from_sql(kind: &str) -> RestrictionKind {
@@ -273,4 +275,70 @@ pub(super) fn recipients(
     )?;
     let rows = statement.query_map([channel_id, sender], |row| row.get(0))?;
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
+/// Fails with `SlowMode` when `user_id` sent a message to the channel less
+/// than `seconds` before `now`.
+pub(super) fn check_slow_mode(
+    conn: &Connection,
+    channel_id: &str,
+    user_id: &str,
+    seconds: u32,
+    now: Millis,
+) -> OpResult<()> {
+    let last_sent_at: Option<Millis> = conn
+        .prepare_cached("SELECT last_sent_at FROM members WHERE channel_id = ?1 AND user_id = ?2")?
+        .query_row(params![channel_id, user_id], |row| row.get(0))
+        .optional()?
+        .flatten();
+    let Some(last_sent_at) = last_sent_at else {
+        return Ok(());
+    };
+    let next_allowed = last_sent_at.saturating_add(i64::from(seconds) * 1000);
+    if now >= next_allowed {
+        return Ok(());
+    }
+    Err(OpError::Store(StoreError::SlowMode {
+        retry_after_ms: u64::try_from(next_allowed - now).unwrap_or(0),
+    }))
+}
+
+pub(super) fn set_slow_mode(
+    conn: &Connection,
+    channel_id: &str,
+    actor: Option<&str>,
+    seconds: u32,
+    now: Millis,
+) -> OpResult<(Channel, bool)> {
+    let role = match actor {
+        Some(actor) => match member_role(conn, channel_id, actor)? {
+            Some(role) => Some(role),
+            None => return Err(OpError::Store(StoreError::NotFound)),
+        },
+        None => None,
+    };
+    let Some(channel) = load_channel(conn, channel_id)? else {
+        return Err(OpError::Store(StoreError::NotFound));
+    };
+    if channel.kind == ChannelKind::Direct {
+        return Err(OpError::Store(StoreError::Invalid(
+            "slow mode applies to groups only",
+        )));
+    }
+    if role == Some(MemberRole::Member) {
+        return Err(OpError::Store(StoreError::Forbidden(
+            "only the group's owner can set slow mode",
+        )));
+    }
+    if channel.slow_mode_seconds == seconds {
+        return Ok((channel, false));
+    }
+    conn.prepare_cached("UPDATE channels SET slow_mode_seconds = ?2 WHERE id = ?1")?
+        .execute(params![channel_id, seconds])?;
+    let channel = Channel {
+        slow_mode_seconds: seconds,
+        ..channel
+    };
+    events::append(conn, &NewEvent::channel_updated(&channel, actor, now))?;
+    Ok((channel, true))
 }

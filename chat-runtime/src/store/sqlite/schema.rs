@@ -8,10 +8,15 @@ use crate::store::StoreError;
 /// Value of `PRAGMA user_version` once every entry of [`MIGRATIONS`] is in
 /// place. A file with a higher version was written by a newer build and is
 /// not opened.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// SQL that takes a file from version `index` to `index + 1`.
-pub(super) const MIGRATIONS: [&str; 3] = [SCHEMA, EDITS_REACTIONS_RECEIPTS, EVENT_LOG];
+pub(super) const MIGRATIONS: [&str; 4] = [
+    SCHEMA,
+    EDITS_REACTIONS_RECEIPTS,
+    EVENT_LOG,
+    SLOW_MODE_REPORTS_SETTINGS,
+];
 
 /// Every statement is `IF NOT EXISTS`, so a process that lost the race to
 /// create a new file runs it again without harm.
@@ -190,6 +195,50 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     letter TEXT NOT NULL,
     PRIMARY KEY (endpoint, event_id)
 ) STRICT;
+";
+
+/// Slow mode, the report queue, users' settings (templates, away messages)
+/// and the marks that keep an extension from acting twice in a period.
+const SLOW_MODE_REPORTS_SETTINGS: &str = "
+ALTER TABLE channels ADD COLUMN slow_mode_seconds INTEGER NOT NULL DEFAULT 0;
+-- Time of the member's newest message, which slow mode measures from.
+ALTER TABLE members ADD COLUMN last_sent_at INTEGER;
+
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    status TEXT NOT NULL CHECK (status IN ('open', 'resolved')),
+    user_id TEXT NOT NULL,
+    channel_id TEXT,
+    seq INTEGER,
+    -- NULL when a moderation rule filed the report.
+    reporter TEXT,
+    rule TEXT,
+    reason TEXT NOT NULL,
+    note TEXT,
+    -- JSON form of the reported message's `Content`.
+    content TEXT,
+    created_at INTEGER NOT NULL,
+    -- JSON form of the `Resolution`, once resolved.
+    resolution TEXT
+) STRICT;
+
+CREATE INDEX IF NOT EXISTS reports_by_status ON reports (status, id);
+CREATE INDEX IF NOT EXISTS reports_by_reporter ON reports (reporter, user_id)
+    WHERE status = 'open';
+
+CREATE TABLE IF NOT EXISTS user_settings (
+    user_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    -- JSON value.
+    value TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, key)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS once_marks (
+    key TEXT PRIMARY KEY,
+    marked_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
 ";
 
 /// Creates the tables of a new file, or checks the version of an existing one.
