@@ -53,6 +53,8 @@ impl ScyllaStore {
         if stored.sender_id != edit.editor {
             return Err(StoreError::Forbidden("only the sender can edit a message"));
         }
+        self.check_can_write(&edit.editor, &edit.channel_id, edit.edited_at)
+            .await?;
         if let Some(mentions) = &edit.mentions {
             self.check_mentions(&edit.channel_id, mentions).await?;
         }
@@ -81,13 +83,14 @@ impl ScyllaStore {
         Err(contention("edit a message"))
     }
 
-    /// Logs an applied edit and its moderation decisions. The message in
-    /// the event has the content this edit wrote, even when a later edit
-    /// already changed the row that `change` was read from. Tags follow
-    /// from the edit count, which names the edit.
+    /// Logs an applied edit and its moderation decisions, and files the
+    /// reports of its `flag` decisions. The message in the event has the
+    /// content this edit wrote, even when a later edit already changed the
+    /// row that `change` was read from. Tags follow from the edit count,
+    /// which names the edit.
     ///
-    /// NOTE: a replica that stops between the transaction and this write
-    /// loses the events.
+    /// NOTE: a replica that stops between the transaction and these writes
+    /// loses the events and reports.
     async fn log_edit(
         &self,
         change: &MessageChange,
@@ -114,7 +117,9 @@ impl ScyllaStore {
                 &["moderation.decision", channel_id, &seq, &count, &index],
             ));
         }
-        self.log(entries).await
+        self.log(entries).await?;
+        self.file_edit_flags(&message, &edit.moderation, edit_count, edit.edited_at)
+            .await
     }
 
     /// Runs the edit transaction, and returns false when the row changed

@@ -396,6 +396,7 @@ impl ScyllaStore {
             ));
         }
         self.active_incarnation(user).await?;
+        self.check_not_banned_from(user, channel_id, now).await?;
 
         let changed = self
             .insert_member(&channel, user, MemberRole::Member, now)
@@ -438,6 +439,24 @@ impl ScyllaStore {
             ));
         }
 
+        let changed = self.drop_member(channel_id, user, Some(actor), now).await?;
+        let members = self.list_member_ids(channel_id).await?;
+        Ok(MembershipChange {
+            channel,
+            members,
+            changed,
+        })
+    }
+
+    /// Removes `user` from a channel and logs `member.removed` with `actor`,
+    /// `None` for a ban. Returns whether the user was a member.
+    pub(super) async fn drop_member(
+        &self,
+        channel_id: &str,
+        user: &str,
+        actor: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<bool> {
         // The channel list row goes first: a call that fails between the
         // two writes leaves a member without the row, which the next call
         // removes, rather than a list row for a channel the user left.
@@ -457,18 +476,13 @@ impl ScyllaStore {
         // NOTE: as for additions, a replica that stops between the
         // transaction and this write loses the event.
         if changed {
-            let event = NewEvent::member_removed(channel_id, user, Some(actor), now);
+            let event = NewEvent::member_removed(channel_id, user, actor, now);
             self.log(vec![self.place(event)]).await?;
         }
         // The read position and activity rows stay: they are read only
         // together with a membership, and a returning member's new
         // position overwrites them.
-        let members = self.list_member_ids(channel_id).await?;
-        Ok(MembershipChange {
-            channel,
-            members,
-            changed,
-        })
+        Ok(changed)
     }
 
     pub(super) async fn channel_with_members(

@@ -16,7 +16,8 @@ use super::schema::BUCKET_SIZE;
 use super::users::contention;
 use super::{ScyllaStore, failed};
 use crate::store::{
-    Appended, Message, Millis, NewEvent, NewMessage, Page, StoreError, StoreResult, keys,
+    Appended, MemberRole, Message, Millis, NewEvent, NewMessage, Page, StoreError, StoreResult,
+    keys,
 };
 
 /// Attempts at writing a claimed message's rows before the append fails.
@@ -52,7 +53,7 @@ impl ScyllaStore {
             self.member_role(&new.channel_id, &new.sender_id),
             self.active_incarnation_or_none(&new.sender_id),
         )?;
-        let (Some(_), Some(incarnation)) = (role, incarnation) else {
+        let (Some(role), Some(incarnation)) = (role, incarnation) else {
             return Err(StoreError::NotFound);
         };
         let Some(mut record) = self.channel(&new.channel_id).await? else {
@@ -86,8 +87,15 @@ impl ScyllaStore {
                 break;
             }
             // Checked after the dedupe above, so a retry of a stored message
-            // finds it even when its reply target was deleted since.
+            // finds it even when its reply target was deleted since, a mute
+            // started, or the slow mode interval has not passed.
             if !references_checked {
+                self.check_can_write(&new.sender_id, &new.channel_id, new.created_at)
+                    .await?;
+                if role != MemberRole::Owner {
+                    self.check_slow_mode(&record.channel, &new.sender_id, new.created_at)
+                        .await?;
+                }
                 self.check_references(&record, &new).await?;
                 references_checked = true;
             }
@@ -302,7 +310,17 @@ impl ScyllaStore {
             .buffer_unordered(FAN_OUT)
             .try_collect::<Vec<()>>();
         let events = self.log(message_events(message));
-        futures_util::try_join!(client_id, sender_read, mentions, activity, events)?;
+        let last_sent = self.write_last_sent(channel_id, &message.sender_id, message.created_at);
+        let reports = self.file_claim_flags(message);
+        futures_util::try_join!(
+            client_id,
+            sender_read,
+            last_sent,
+            mentions,
+            activity,
+            events,
+            reports
+        )?;
 
         let content = message
             .content

@@ -30,6 +30,11 @@
 //!   `event_buckets`; `event_log_state` marks how far it was purged.
 //!   `webhook_endpoints` and `dead_letters` keep webhook delivery state.
 //!   `events.rs` explains positions, ordering and what a crash can lose.
+//! - `restrictions` (by user) contains bans and mutes, `last_sent` (by
+//!   channel) each member's newest send time for slow mode, and
+//!   `user_settings` (by user) and `once_marks` the users' settings and
+//!   once-a-period marks. `reports`, `report_index` and `report_claims` are
+//!   the report queue (see `reports.rs`).
 //!
 //! # Contiguous sequence numbers across replicas
 //!
@@ -98,8 +103,12 @@ mod events;
 mod messages;
 mod positions;
 mod reactions;
+mod reports;
 mod rows;
+mod safety;
 mod schema;
+mod settings;
+mod slow_mode;
 mod statements;
 mod summaries;
 #[cfg(test)]
@@ -383,14 +392,9 @@ impl ScyllaStore {
     }
 }
 
-// TODO: the ScyllaDB store keeps no blocks, bans or mutes yet. Setting one
-// fails, and sends are not checked against them.
-const SAFETY_MISSING: &str = "the ScyllaDB store has no blocks, bans or mutes yet";
-
-// TODO: the ScyllaDB store keeps no slow mode, reports, user settings or
-// once-marks yet, so templates, away messages and the report queue fail on
-// it.
-const EXTRAS_MISSING: &str = "the ScyllaDB store has no slow mode, reports or user settings yet";
+// TODO: the ScyllaDB store keeps no blocks yet. Setting one fails, and
+// fan-out, reads and new direct channels ignore them.
+const SAFETY_MISSING: &str = "the ScyllaDB store has no blocks yet";
 
 #[async_trait::async_trait]
 impl Store for ScyllaStore {
@@ -422,10 +426,15 @@ impl Store for ScyllaStore {
 
     async fn user_auth_state(&self, id: &str) -> StoreResult<Option<UserAuthState>> {
         self.start_read()?;
-        Ok(self.user(id).await?.map(|record| UserAuthState {
+        let Some(record) = self.user(id).await? else {
+            return Ok(None);
+        };
+        let banned_until = self
+            .tenant_ban_end(id, safety::wall_clock_millis()?)
+            .await?;
+        Ok(Some(UserAuthState {
             deleted: record.user.deleted,
-            // Bans are not kept in ScyllaDB yet (see SAFETY_MISSING).
-            banned_until: None,
+            banned_until,
             tokens_not_before: record.tokens_not_before,
         }))
     }
@@ -614,22 +623,26 @@ impl Store for ScyllaStore {
         self.purge_events_before(older_than).await
     }
 
-    async fn restrict(&self, _restriction: Restriction) -> StoreResult<Option<MembershipChange>> {
-        Err(StoreError::Unavailable(SAFETY_MISSING.into()))
+    async fn restrict(&self, restriction: Restriction) -> StoreResult<Option<MembershipChange>> {
+        self.check_open()?;
+        self.write_restriction(restriction).await
     }
 
     async fn lift_restriction(
         &self,
-        _user_id: &str,
-        _channel_id: Option<&str>,
-        _kind: RestrictionKind,
-        _now: Millis,
+        user_id: &str,
+        channel_id: Option<&str>,
+        kind: RestrictionKind,
+        now: Millis,
     ) -> StoreResult<bool> {
-        Err(StoreError::Unavailable(SAFETY_MISSING.into()))
+        self.check_open()?;
+        self.remove_restriction(user_id, channel_id, kind, now)
+            .await
     }
 
-    async fn restrictions(&self, _user_id: &str, _now: Millis) -> StoreResult<Vec<Restriction>> {
-        Err(StoreError::Unavailable(SAFETY_MISSING.into()))
+    async fn restrictions(&self, user_id: &str, now: Millis) -> StoreResult<Vec<Restriction>> {
+        self.start_read()?;
+        self.restrictions_in_force(user_id, now).await
     }
 
     async fn set_block(
@@ -648,59 +661,63 @@ impl Store for ScyllaStore {
 
     async fn set_slow_mode(
         &self,
-        _channel_id: &str,
-        _actor: Option<&str>,
-        _seconds: u32,
-        _now: Millis,
+        channel_id: &str,
+        actor: Option<&str>,
+        seconds: u32,
+        now: Millis,
     ) -> StoreResult<(Channel, bool)> {
-        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+        self.check_open()?;
+        self.change_slow_mode(channel_id, actor, seconds, now).await
     }
 
-    async fn file_report(&self, _report: NewReport) -> StoreResult<ReportChange> {
-        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    async fn file_report(&self, report: NewReport) -> StoreResult<ReportChange> {
+        self.check_open()?;
+        self.file_member_report(report).await
     }
 
     async fn reports(
         &self,
-        _status: Option<ReportStatus>,
-        _after: Option<&str>,
-        _limit: u32,
+        status: Option<ReportStatus>,
+        after: Option<&str>,
+        limit: u32,
     ) -> StoreResult<Vec<Report>> {
-        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+        self.start_read()?;
+        self.list_reports(status, after, limit).await
     }
 
-    async fn report(&self, _id: &str) -> StoreResult<Option<Report>> {
-        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    async fn report(&self, id: &str) -> StoreResult<Option<Report>> {
+        self.start_read()?;
+        self.find_report(id).await
     }
 
-    async fn resolve_report(
-        &self,
-        _id: &str,
-        _resolution: Resolution,
-    ) -> StoreResult<ReportChange> {
-        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    async fn resolve_report(&self, id: &str, resolution: Resolution) -> StoreResult<ReportChange> {
+        self.check_open()?;
+        self.resolve(id, resolution).await
     }
 
     async fn put_user_setting(
         &self,
-        _user_id: &str,
-        _key: &str,
-        _value: Option<serde_json::Value>,
-        _now: Millis,
+        user_id: &str,
+        key: &str,
+        value: Option<serde_json::Value>,
+        now: Millis,
     ) -> StoreResult<bool> {
-        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+        self.check_open()?;
+        self.put_setting(user_id, key, value.as_ref(), now).await
     }
 
     async fn user_settings(
         &self,
-        _user_id: &str,
-        _prefix: &str,
+        user_id: &str,
+        prefix: &str,
     ) -> StoreResult<Vec<(String, serde_json::Value)>> {
-        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+        self.start_read()?;
+        self.list_settings(user_id, prefix).await
     }
 
-    async fn mark_once(&self, _key: &str, _now: Millis, _period_ms: i64) -> StoreResult<bool> {
-        Err(StoreError::Unavailable(EXTRAS_MISSING.into()))
+    async fn mark_once(&self, key: &str, now: Millis, period_ms: i64) -> StoreResult<bool> {
+        self.check_open()?;
+        self.record_once_mark(key, now, period_ms).await
     }
 
     async fn event_log_end(&self) -> StoreResult<String> {

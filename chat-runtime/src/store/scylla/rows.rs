@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::schema::BUCKET_SIZE;
+use super::slow_mode::slow_mode_from_cql;
 use crate::store::{
     Channel, ChannelKind, Content, MemberRole, Message, ModerationRecord, StoreError, User,
 };
@@ -244,6 +245,7 @@ pub(super) type ChannelRow = (
     Option<i64>,
     Option<i64>,
     Option<String>,
+    Option<i32>,
 );
 
 /// A `channels` row: the channel and the message numbered `last_seq`.
@@ -254,7 +256,18 @@ pub(super) struct ChannelRecord {
 }
 
 pub(super) fn channel_from_row(row: ChannelRow) -> Result<ChannelRecord, StoreError> {
-    let (id, kind, name, subject, created_by, created_at, last_seq, last_activity, newest) = row;
+    let (
+        id,
+        kind,
+        name,
+        subject,
+        created_by,
+        created_at,
+        last_seq,
+        last_activity,
+        newest,
+        slow_mode_seconds,
+    ) = row;
     let kind = match kind.as_deref() {
         Some("direct") => ChannelKind::Direct,
         Some("group") => ChannelKind::Group,
@@ -278,8 +291,7 @@ pub(super) fn channel_from_row(row: ChannelRow) -> Result<ChannelRecord, StoreEr
             created_at,
             last_seq: seq_from_cql(last_seq)?,
             last_activity: last_activity.unwrap_or(created_at),
-            // Slow mode is not kept in ScyllaDB yet (see EXTRAS_MISSING).
-            slow_mode_seconds: 0,
+            slow_mode_seconds: slow_mode_from_cql(slow_mode_seconds)?,
         },
         newest,
     })
@@ -356,10 +368,12 @@ mod tests {
             Some(42),
             Some(9),
             Some(serde_json::to_string(&stored).unwrap()),
+            Some(30),
         );
         let record = channel_from_row(row).unwrap();
         assert_eq!(record.channel.last_seq, 42);
         assert_eq!(record.channel.kind, ChannelKind::Group);
+        assert_eq!(record.channel.slow_mode_seconds, 30);
         assert_eq!(record.newest, Some(stored));
     }
 
@@ -379,6 +393,7 @@ mod tests {
         let row: ChannelRow = (
             "x".to_owned(),
             Some("broadcast".to_owned()),
+            None,
             None,
             None,
             None,

@@ -10,7 +10,7 @@
 use scylla::client::session::Session;
 
 /// Schema version this build reads and writes.
-pub const REQUIRED_VERSION: i32 = 3;
+pub const REQUIRED_VERSION: i32 = 4;
 
 /// Messages per partition of the `messages` table (see the module docs of
 /// the store).
@@ -143,6 +143,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "event log and webhook delivery state",
         steps: MIGRATION_3_STEPS,
+    },
+    Migration {
+        version: 4,
+        description: "bans, mutes, slow mode, reports, users' settings and once-marks",
+        steps: MIGRATION_4_STEPS,
     },
 ];
 
@@ -280,6 +285,88 @@ const MIGRATION_3_STEPS: &[Step] = &[
             tag text,
             letter text,
             PRIMARY KEY ((endpoint), at, tag)
+        )",
+    ),
+];
+
+const MIGRATION_4_STEPS: &[Step] = &[
+    // One partition per user. `scope` is the channel id, or the empty
+    // string for the whole tenant, and `kind` is `ban` or `mute`.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.restrictions (
+            user_id text,
+            scope text,
+            kind text,
+            until bigint,
+            reason text,
+            created_at bigint,
+            PRIMARY KEY ((user_id), scope, kind)
+        )",
+    ),
+    // Null for channels from before slow mode, which reads as off.
+    Step::AddColumn {
+        table: "channels",
+        column: "slow_mode_seconds",
+        cql_type: "int",
+    },
+    // Each member's newest send time per channel, for slow mode. Written
+    // with USING TIMESTAMP equal to sent_at, so the newest send wins.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.last_sent (
+            channel_id text,
+            user_id text,
+            sent_at bigint,
+            PRIMARY KEY ((channel_id), user_id)
+        )",
+    ),
+    // One row per report. `report` is the JSON of the report as filed.
+    // Resolving changes only `status` and `resolution`.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.reports (
+            id text PRIMARY KEY,
+            report text,
+            status text,
+            resolution text
+        )",
+    ),
+    // Report ids by listing (`all`, `open`, `resolved`), clustered by the
+    // position that the id encodes, so the queue pages in filing order.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.report_index (
+            listing text,
+            at bigint,
+            tag text,
+            PRIMARY KEY ((listing), at, tag)
+        )",
+    ),
+    // A reporter's open report per target, so a second report on the same
+    // target finds the first. `report` is the report's JSON, from which
+    // another filer finishes a filing that stopped half-way.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.report_claims (
+            reporter text,
+            target text,
+            id text,
+            report text,
+            PRIMARY KEY ((reporter), target)
+        )",
+    ),
+    // Clustered by name, so a prefix is one range read of the user's
+    // partition. `value` is JSON.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.user_settings (
+            user_id text,
+            name text,
+            value text,
+            updated_at bigint,
+            PRIMARY KEY ((user_id), name)
+        )",
+    ),
+    // Written only by lightweight transactions conditioned on `marked_at`.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.once_marks (
+            name text PRIMARY KEY,
+            marked_at bigint
         )",
     ),
 ];
@@ -610,6 +697,25 @@ mod tests {
                 "{statement}"
             );
         }
+    }
+
+    #[test]
+    fn migration_4_only_adds() {
+        let fourth = &MIGRATIONS[3];
+        assert_eq!(fourth.version, 4);
+        let mut added = Vec::new();
+        for step in fourth.steps {
+            match step {
+                Step::Cql(statement) => assert!(
+                    statement
+                        .trim_start()
+                        .starts_with("CREATE TABLE IF NOT EXISTS"),
+                    "{statement}"
+                ),
+                Step::AddColumn { table, column, .. } => added.push((*table, *column)),
+            }
+        }
+        assert_eq!(added, [("channels", "slow_mode_seconds")]);
     }
 
     #[test]

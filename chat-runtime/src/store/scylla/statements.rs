@@ -35,6 +35,9 @@ pub(super) struct Statements {
     pub select_channel_serial: PreparedStatement,
     pub insert_channel: PreparedStatement,
     pub claim_seq: PreparedStatement,
+    pub set_slow_mode: PreparedStatement,
+    pub select_last_sent: PreparedStatement,
+    pub write_last_sent: PreparedStatement,
 
     pub select_member: PreparedStatement,
     pub select_members: PreparedStatement,
@@ -104,6 +107,33 @@ pub(super) struct Statements {
     pub select_dead_letters: PreparedStatement,
     pub select_dead_letter: PreparedStatement,
     pub delete_dead_letter: PreparedStatement,
+
+    pub write_restriction: PreparedStatement,
+    pub select_restrictions: PreparedStatement,
+    pub select_restriction: PreparedStatement,
+    pub delete_restriction: PreparedStatement,
+
+    pub insert_report: PreparedStatement,
+    pub select_report: PreparedStatement,
+    pub select_report_serial: PreparedStatement,
+    pub resolve_report: PreparedStatement,
+    pub insert_report_index: PreparedStatement,
+    pub delete_report_index: PreparedStatement,
+    pub select_report_index: PreparedStatement,
+    pub insert_report_claim: PreparedStatement,
+    pub select_report_claim_serial: PreparedStatement,
+    pub delete_report_claim: PreparedStatement,
+
+    pub select_setting_serial: PreparedStatement,
+    pub insert_setting: PreparedStatement,
+    pub update_setting: PreparedStatement,
+    pub delete_setting: PreparedStatement,
+    pub select_settings_from: PreparedStatement,
+    pub select_settings_between: PreparedStatement,
+    pub delete_user_settings: PreparedStatement,
+    pub select_once_mark_serial: PreparedStatement,
+    pub insert_once_mark: PreparedStatement,
+    pub update_once_mark: PreparedStatement,
 
     pub ping: PreparedStatement,
 }
@@ -181,12 +211,16 @@ impl Statements {
             select_channel: preparer
                 .prepare(
                     Kind::Read,
-                    &format!("SELECT {CHANNEL_COLUMNS} FROM {{ks}}.channels WHERE id = ?"),
+                    &format!(
+                        "SELECT {CHANNEL_COLUMNS}, slow_mode_seconds FROM {{ks}}.channels \
+                         WHERE id = ?"
+                    ),
                 )
                 .await?,
             select_channel_serial: preparer
                 .prepare_serial_read(&format!(
-                    "SELECT {CHANNEL_COLUMNS} FROM {{ks}}.channels WHERE id = ?"
+                    "SELECT {CHANNEL_COLUMNS}, slow_mode_seconds FROM {{ks}}.channels \
+                     WHERE id = ?"
                 ))
                 .await?,
             insert_channel: preparer
@@ -203,6 +237,30 @@ impl Statements {
                     Kind::Conditional,
                     "UPDATE {ks}.channels SET last_seq = ?, last_activity = ?, newest = ? \
                      WHERE id = ? IF last_seq = ?",
+                )
+                .await?,
+            // The condition fails for a channel that does not exist, so the
+            // update never creates a row.
+            set_slow_mode: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.channels SET slow_mode_seconds = ? WHERE id = ? \
+                     IF kind = 'group'",
+                )
+                .await?,
+            select_last_sent: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT sent_at FROM {ks}.last_sent WHERE channel_id = ? AND user_id = ?",
+                )
+                .await?,
+            // Written with the send time as the timestamp, so the newest
+            // send wins whatever order writes arrive in.
+            write_last_sent: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.last_sent (channel_id, user_id, sent_at) \
+                     VALUES (?, ?, ?) USING TIMESTAMP ?",
                 )
                 .await?,
 
@@ -644,6 +702,163 @@ impl Statements {
                     Kind::Conditional,
                     "DELETE FROM {ks}.dead_letters WHERE endpoint = ? AND at = ? AND tag = ? \
                      IF EXISTS",
+                )
+                .await?,
+
+            write_restriction: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.restrictions \
+                     (user_id, scope, kind, until, reason, created_at) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .await?,
+            select_restrictions: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT scope, kind, until, reason, created_at FROM {ks}.restrictions \
+                     WHERE user_id = ?",
+                )
+                .await?,
+            select_restriction: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT until FROM {ks}.restrictions \
+                     WHERE user_id = ? AND scope = ? AND kind = ?",
+                )
+                .await?,
+            delete_restriction: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "DELETE FROM {ks}.restrictions WHERE user_id = ? AND scope = ? AND kind = ?",
+                )
+                .await?,
+
+            // Timestamp 1, below the clock timestamp of the resolving
+            // transaction, so writing a filed report again never reopens it.
+            insert_report: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.reports (id, report, status) VALUES (?, ?, 'open') \
+                     USING TIMESTAMP 1",
+                )
+                .await?,
+            select_report: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT report, status, resolution FROM {ks}.reports WHERE id = ?",
+                )
+                .await?,
+            select_report_serial: preparer
+                .prepare_serial_read(
+                    "SELECT report, status, resolution FROM {ks}.reports WHERE id = ?",
+                )
+                .await?,
+            resolve_report: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.reports SET status = 'resolved', resolution = ? \
+                     WHERE id = ? IF status = 'open'",
+                )
+                .await?,
+            // Timestamp 1 as well, so writing a filed report again never
+            // lists it as open after a resolution removed that entry.
+            insert_report_index: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.report_index (listing, at, tag) VALUES (?, ?, ?) \
+                     USING TIMESTAMP 1",
+                )
+                .await?,
+            delete_report_index: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "DELETE FROM {ks}.report_index WHERE listing = ? AND at = ? AND tag = ?",
+                )
+                .await?,
+            select_report_index: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT at, tag FROM {ks}.report_index \
+                     WHERE listing = ? AND (at, tag) > (?, ?) LIMIT ?",
+                )
+                .await?,
+            insert_report_claim: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "INSERT INTO {ks}.report_claims (reporter, target, id, report) \
+                     VALUES (?, ?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            select_report_claim_serial: preparer
+                .prepare_serial_read(
+                    "SELECT id, report FROM {ks}.report_claims WHERE reporter = ? AND target = ?",
+                )
+                .await?,
+            delete_report_claim: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "DELETE FROM {ks}.report_claims WHERE reporter = ? AND target = ? IF id = ?",
+                )
+                .await?,
+
+            select_setting_serial: preparer
+                .prepare_serial_read(
+                    "SELECT value FROM {ks}.user_settings WHERE user_id = ? AND name = ?",
+                )
+                .await?,
+            insert_setting: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "INSERT INTO {ks}.user_settings (user_id, name, value, updated_at) \
+                     VALUES (?, ?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            update_setting: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.user_settings SET value = ?, updated_at = ? \
+                     WHERE user_id = ? AND name = ? IF value = ?",
+                )
+                .await?,
+            delete_setting: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "DELETE FROM {ks}.user_settings WHERE user_id = ? AND name = ? IF EXISTS",
+                )
+                .await?,
+            select_settings_from: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT name, value FROM {ks}.user_settings WHERE user_id = ? AND name >= ?",
+                )
+                .await?,
+            select_settings_between: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT name, value FROM {ks}.user_settings \
+                     WHERE user_id = ? AND name >= ? AND name < ?",
+                )
+                .await?,
+            delete_user_settings: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "DELETE FROM {ks}.user_settings WHERE user_id = ?",
+                )
+                .await?,
+            select_once_mark_serial: preparer
+                .prepare_serial_read("SELECT marked_at FROM {ks}.once_marks WHERE name = ?")
+                .await?,
+            insert_once_mark: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "INSERT INTO {ks}.once_marks (name, marked_at) VALUES (?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            update_once_mark: preparer
+                .prepare(
+                    Kind::Conditional,
+                    "UPDATE {ks}.once_marks SET marked_at = ? WHERE name = ? IF marked_at = ?",
                 )
                 .await?,
 

@@ -101,6 +101,10 @@ impl ScyllaStore {
                 )
                 .await?;
             if applied {
+                // NOTE: a replica that stops after the transaction and
+                // before this erase leaves the user's settings in place,
+                // and a retry finds the user deleted and erases nothing.
+                self.delete_settings(id).await?;
                 let event = NewEvent::user_deleted(id, now);
                 return self.log(vec![self.place(event)]).await;
             }
