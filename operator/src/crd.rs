@@ -73,9 +73,29 @@ pub struct ChatTenantSpec {
 
     /// Rules that check each message before it is stored: they may block
     /// it, mask parts of it or flag it for review. Without them messages
-    /// are stored as sent.
+    /// are stored as sent. A pre-send hook of the tenant can check each
+    /// message after the rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moderation: Option<ModerationSpec>,
+
+    /// HTTP endpoints of the tenant that receive its event log, each event
+    /// as one signed POST. The operator generates each endpoint's signing
+    /// secret and keeps it in the Secret `chat-runtime-signing` of the
+    /// tenant namespace, under the key `webhook.<name>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = chat_runtime::webhooks::MAX_ENDPOINTS))]
+    pub webhooks: Vec<WebhookSpec>,
+
+    /// Quick replies with `{{name}}` placeholders that every user of the
+    /// tenant can send.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = chat_runtime::templates::MAX_TENANT_TEMPLATES))]
+    pub templates: Vec<TemplateSpec>,
+
+    /// Features that react to the tenant's stored events, each off unless
+    /// its section is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<ExtensionsSpec>,
 
     /// What happens to the tenant namespace and its data when this resource
     /// is deleted: `Retain` (the default) keeps them for a later ChatTenant
@@ -219,7 +239,7 @@ pub struct TenantLimits {
     pub max_sockets_per_user: Option<u32>,
 }
 
-/// A tenant's moderation rules.
+/// A tenant's moderation rules and pre-send hook.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModerationSpec {
@@ -234,6 +254,132 @@ pub struct ModerationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = chat_runtime::moderation::MAX_RULES))]
     pub rules: Vec<ModerationRule>,
+
+    /// An HTTP endpoint of the tenant that receives each message the rules
+    /// let through, and allows, rejects or rewrites it before it is stored.
+    /// Each call is signed with a secret that the operator generates and
+    /// keeps in the Secret `chat-runtime-signing` of the tenant namespace,
+    /// under the key `hook`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<ModerationHook>,
+}
+
+/// The pre-send hook.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModerationHook {
+    /// `http` or `https` URL that receives each message as a POST, without
+    /// credentials or fragment.
+    #[schemars(length(min = 1))]
+    pub url: String,
+
+    /// Deadline of one call, connecting included, in milliseconds: 10 to
+    /// 10000 (runtime default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 10000))]
+    pub timeout_ms: Option<u64>,
+
+    /// Handling of a message when the hook gives no decision in time:
+    /// `Open` stores it as the rules left it, and `Closed` rejects it.
+    pub on_failure: HookFailureAction,
+}
+
+/// The handling of a message that the hook could not decide on.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum HookFailureAction {
+    /// Store the message as the rules left it.
+    Open,
+    /// Reject the message, and return `503 moderation_unavailable` to the
+    /// sender.
+    Closed,
+}
+
+/// One endpoint that receives the tenant's event log.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// Name used in metrics, logs, the dead-letter API and the key of the
+    /// signing secret, unique among the webhooks: 1 to 63 lowercase
+    /// letters, digits, '-' or '_'.
+    #[schemars(regex(pattern = r"^[a-z0-9_-]{1,63}$"))]
+    pub name: String,
+
+    /// `http` or `https` URL that receives each event as a POST.
+    #[schemars(length(min = 1))]
+    pub url: String,
+
+    /// Event types to send, such as `message.new`, or prefixes such as
+    /// `message.*`. Every type when left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+
+    /// Attempts per event before it goes to the dead-letter list: 1 to 50
+    /// (runtime default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 50))]
+    pub max_attempts: Option<u32>,
+
+    /// Wait before the second attempt, in milliseconds, doubled for each
+    /// later attempt up to a minute: 10 to 600000 (runtime default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 600000))]
+    pub retry_initial_ms: Option<u64>,
+
+    /// Time allowed for one attempt, in milliseconds: 100 to 8000 (runtime
+    /// default 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 8000))]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A quick reply of the tenant.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateSpec {
+    /// Id that clients send as `template_id`, unique among the templates:
+    /// 1 to 64 lowercase letters, digits, '-', '_' or '.'.
+    #[schemars(regex(pattern = r"^[a-z0-9._-]{1,64}$"))]
+    pub id: String,
+
+    /// Short label for a picker, such as `Still available`: at most 100
+    /// characters, no control characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub title: Option<String>,
+
+    /// Text with at most 20 different `{{name}}` placeholders, each named
+    /// with lowercase letters, digits or '_'. It must contain a visible
+    /// character and no control characters other than tab and line breaks.
+    #[schemars(length(min = 1))]
+    pub text: String,
+}
+
+/// The tenant's extensions.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionsSpec {
+    /// Away messages: when someone writes to a user in a direct channel and
+    /// the user has been offline long enough, the user's away message is
+    /// sent on their behalf. `autoReply: {}` turns it on with the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_reply: Option<AutoReplySpec>,
+}
+
+/// Settings of away messages.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoReplySpec {
+    /// Seconds a user must have been offline before their away message is
+    /// sent: 0 to 2592000, which is 30 days (runtime default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 2592000))]
+    pub offline_after_seconds: Option<u64>,
+
+    /// Seconds during which a channel gets at most one away message: 1 to
+    /// 2592000 (runtime default 86400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2592000))]
+    pub period_seconds: Option<u64>,
 }
 
 /// One rule: a name, what it does on a match, and exactly one check of

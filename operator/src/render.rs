@@ -1,15 +1,16 @@
 //! `parley-operator render`: prints every object the operator would create
 //! for a ChatTenant, without a cluster, for review and for GitOps diffs.
 //!
-//! The output contains no real secret: credentials are placeholders, and
-//! the namespace's owner reference carries a placeholder uid unless the
-//! input has one.
+//! The output contains no real secret: credentials and signing secrets are
+//! placeholders, and the namespace's owner reference carries a placeholder
+//! uid unless the input has one.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
 use crate::build::credentials::Credentials;
 use crate::build::scylla::ScyllaAccess;
+use crate::build::signing::SigningSecrets;
 use crate::build::{self, BuildError};
 use crate::crd::ChatTenant;
 use crate::settings::{OperatorSettings, ScyllaSettings};
@@ -73,6 +74,7 @@ pub fn render(yaml: &str, settings: &OperatorSettings) -> Result<String, RenderE
     let objects = build::desired(
         &valid,
         &Credentials::placeholder(),
+        &SigningSecrets::placeholder(&valid),
         access,
         redis_password,
         &owner,

@@ -9,13 +9,16 @@
 //! rejects. The immutability of `tenantId` needs the previous object and is
 //! left to the API server.
 
+mod hooks;
 mod moderation;
 mod replicas;
+mod templates;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use chat_runtime::moderation::ModerationConfig;
+use chat_runtime::templates::Template;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -27,11 +30,13 @@ use crate::naming;
 use crate::quantity::{self, StorageSize};
 use crate::settings::OperatorSettings;
 
+pub use self::hooks::{HookSection, WebhookSection};
 pub use self::moderation::MAX_REGEX_CHARS;
 pub use self::replicas::{
     DEFAULT_MIN_REPLICAS, DEFAULT_TARGET_CPU_UTILIZATION, REDIS_PASSWORD_LABEL, RedisAddress,
     RedisPassword, ValidAutoscaling, ValidRedis, check_secret_key, parse_redis_url,
 };
+pub use self::templates::{AutoReplySection, ExtensionsSection};
 
 /// Maximum length of a tenant id, so that `parley-<tenantId>` stays a
 /// valid namespace name with room to spare.
@@ -78,6 +83,23 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidSpec 
     }
 }
 
+/// Reads `section` back as the runtime's type `T`, the way the runtime
+/// reads its configuration file, so that defaults are the runtime's and a
+/// field it does not know fails here instead of in the runtime pod.
+fn runtime_section<T: serde::de::DeserializeOwned>(
+    section: &impl serde::Serialize,
+    field: &str,
+) -> Result<T, InvalidSpec> {
+    serde_json::to_value(section)
+        .and_then(serde_json::from_value)
+        .map_err(|error| {
+            invalid(
+                field,
+                format!("the runtime cannot read the section built from this field: {error}"),
+            )
+        })
+}
+
 /// A checked ChatTenant with every default resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidTenant {
@@ -107,8 +129,19 @@ pub struct ValidTenant {
     /// The autoscaler, which then owns the Deployment's replica count.
     pub autoscaling: Option<ValidAutoscaling>,
     /// The runtime's `moderation` section, checked by the runtime's own
-    /// rule compiler, or `None` when the spec has none.
+    /// rule compiler, or `None` when the spec has none. Its `hook` is
+    /// always `None`: the hook is in [`ValidTenant::hook`].
     pub moderation: Option<ModerationConfig>,
+    /// The runtime's `moderation.hook` section, from
+    /// `spec.moderation.hook`.
+    pub hook: Option<HookSection>,
+    /// The runtime's `webhooks` section, in the order of the spec.
+    pub webhooks: Vec<WebhookSection>,
+    /// The runtime's `templates` section, in the order of the spec.
+    pub templates: Vec<Template>,
+    /// The runtime's `extensions` section, or `None` when the spec has
+    /// none.
+    pub extensions: Option<ExtensionsSection>,
 }
 
 /// A tenant's checked ScyllaDB storage.
@@ -184,6 +217,19 @@ pub fn validate(
         .as_ref()
         .map(moderation::validate_moderation)
         .transpose()?;
+    let hook = spec
+        .moderation
+        .as_ref()
+        .and_then(|moderation| moderation.hook.as_ref())
+        .map(hooks::validate_hook)
+        .transpose()?;
+    let webhooks = hooks::validate_webhooks(&spec.webhooks)?;
+    let templates = templates::validate_templates(&spec.templates)?;
+    let extensions = spec
+        .extensions
+        .as_ref()
+        .map(templates::validate_extensions)
+        .transpose()?;
 
     let effective = EffectiveSettings {
         deletion_policy: spec.deletion_policy.unwrap_or_default(),
@@ -210,6 +256,10 @@ pub fn validate(
         redis,
         autoscaling,
         moderation,
+        hook,
+        webhooks,
+        templates,
+        extensions,
     })
 }
 
@@ -997,6 +1047,10 @@ mod tests {
         assert_eq!(valid.endpoint, None);
         assert!(valid.allowed_origins.is_empty());
         assert_eq!(valid.moderation, None);
+        assert_eq!(valid.hook, None);
+        assert!(valid.webhooks.is_empty());
+        assert!(valid.templates.is_empty());
+        assert_eq!(valid.extensions, None);
         assert_eq!(
             valid.resources,
             OperatorSettings::default().runtime_resources
@@ -1037,6 +1091,10 @@ endpoint: {host: chat.chotot.example, ingressClassName: nginx, tlsSecretName: ch
 allowedOrigins: ['https://www.chotot.example', 'http://localhost:3000']
 moderation:
   rules: [{name: phones, action: Mask, contacts: {}}]
+  hook: {url: 'https://www.chotot.example/pre-send', onFailure: Open}
+webhooks: [{name: crm, url: 'https://crm.chotot.example/events'}]
+templates: [{id: thanks, text: Cảm ơn!}]
+extensions: {autoReply: {}}
 deletionPolicy: Delete
 ",
         )
@@ -1057,6 +1115,15 @@ deletionPolicy: Delete
         let moderation = valid.moderation.unwrap();
         assert_eq!(moderation.mask, "***");
         assert_eq!(moderation.rules[0].name, "phones");
+        assert_eq!(moderation.hook, None, "the hook is kept on its own");
+        assert_eq!(
+            valid.hook.unwrap().url,
+            "https://www.chotot.example/pre-send"
+        );
+        assert_eq!(valid.webhooks[0].name, "crm");
+        assert_eq!(valid.templates[0].id, "thanks");
+        let auto_reply = valid.extensions.unwrap().auto_reply.unwrap();
+        assert_eq!(auto_reply.period_seconds, None);
         let requests = valid.resources.requests.unwrap();
         assert_eq!(requests["cpu"], Quantity("250m".to_owned()));
     }
@@ -1173,6 +1240,13 @@ deletionPolicy: Delete
             // tests of validate::moderation cover each rule.
             ("{tenantId: a, moderation: {rules: [{name: cards, action: Block, regex: '[0-9'}]}}".into(), "spec.moderation.rules[0].regex", "unclosed"),
             ("{tenantId: a, moderation: {rules: [{name: l, action: Block, links: {allowedDomains: [chotot.example, a_b.example]}}]}}".into(), "spec.moderation.rules[0].links.allowedDomains[1]", "lowercase domain"),
+            // Hook, webhooks, templates and extensions, which the runtime's
+            // own validation checks. The tests of validate::hooks and
+            // validate::templates cover each rule.
+            ("{tenantId: a, moderation: {hook: {url: 'ftp://a.example', onFailure: Open}}}".into(), "spec.moderation.hook.url", "http or https"),
+            ("{tenantId: a, webhooks: [{name: a, url: 'https://a.example'}, {name: b, url: 'a.example'}]}".into(), "spec.webhooks[1].url", "http:// or https://"),
+            ("{tenantId: a, templates: [{id: a, text: 'Hi {{x'}]}".into(), "spec.templates[0].text", "not closed"),
+            ("{tenantId: a, extensions: {autoReply: {periodSeconds: 0}}}".into(), "spec.extensions.autoReply.periodSeconds", "between 1 and"),
         ];
         for (spec, field, message) in cases {
             let error = check(&spec).unwrap_err();

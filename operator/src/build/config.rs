@@ -8,14 +8,16 @@
 use std::collections::BTreeMap;
 
 use chat_runtime::moderation::ModerationConfig;
+use chat_runtime::templates::Template;
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Serialize;
 
 use super::credentials::{self, Credentials};
 use super::layout;
 use super::object_meta;
+use super::signing;
 use crate::naming;
-use crate::validate::ValidTenant;
+use crate::validate::{ExtensionsSection, HookSection, ValidTenant, WebhookSection};
 
 /// Seconds the runtime keeps serving, with `/readyz` failing, between
 /// SIGTERM and closing its listener, so that Services and Ingress
@@ -48,7 +50,31 @@ struct TenantConfig<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     store: Option<super::scylla::StoreConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    moderation: Option<&'a ModerationConfig>,
+    moderation: Option<ModerationSection<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    webhooks: Vec<Signed<'a, WebhookSection>>,
+    #[serde(skip_serializing_if = "<[Template]>::is_empty")]
+    templates: &'a [Template],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extensions: Option<&'a ExtensionsSection>,
+}
+
+/// The `moderation` section: the checked rules, whose own `hook` is always
+/// `None`, and the hook with its secret file.
+#[derive(Serialize)]
+struct ModerationSection<'a> {
+    #[serde(flatten)]
+    rules: &'a ModerationConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook: Option<Signed<'a, HookSection>>,
+}
+
+/// A section and the file its signing secret is mounted as.
+#[derive(Serialize)]
+struct Signed<'a, T> {
+    #[serde(flatten)]
+    section: &'a T,
+    secret_file: String,
 }
 
 #[derive(Serialize)]
@@ -100,7 +126,17 @@ pub fn config_yaml(
             max_sockets_per_user: effective.max_sockets_per_user,
         },
         store,
-        moderation: valid.moderation.as_ref(),
+        moderation: moderation_section(valid),
+        webhooks: valid
+            .webhooks
+            .iter()
+            .map(|webhook| Signed {
+                section: webhook,
+                secret_file: signing::secret_path(&signing::webhook_key(&webhook.name)),
+            })
+            .collect(),
+        templates: &valid.templates,
+        extensions: valid.extensions.as_ref(),
     };
     // NOTE: 0.0.0.0 accepts IPv4 only, so on an IPv6-only cluster the
     // runtime is unreachable.
@@ -114,6 +150,17 @@ pub fn config_yaml(
         server,
         tenants: [tenant],
     })
+}
+
+/// Returns the `moderation` section, or `None` when the spec has neither
+/// rules nor a hook.
+fn moderation_section(valid: &ValidTenant) -> Option<ModerationSection<'_>> {
+    let rules = valid.moderation.as_ref()?;
+    let hook = valid.hook.as_ref().map(|hook| Signed {
+        section: hook,
+        secret_file: signing::secret_path(signing::HOOK_KEY),
+    });
+    Some(ModerationSection { rules, hook })
 }
 
 /// Builds the ConfigMap that contains the configuration file `config_yaml`.
@@ -408,6 +455,86 @@ rules:
             panic!("expected text, got {:?}", moderated.content);
         };
         assert!(!text.contains("345") && text.contains("[ẩn]"), "{text}");
+    }
+
+    #[test]
+    fn runtime_loads_hook_webhooks_templates_and_extensions() {
+        let dir = TempDir::new("signed-config");
+        let valid = valid_tenant_from(
+            r#"tenantId: chotot
+moderation:
+  hook: {url: 'https://shop.example/pre-send', timeoutMs: 800, onFailure: Closed}
+webhooks:
+  - {name: crm, url: 'https://crm.example/events', events: [message.*], maxAttempts: 3, retryInitialMs: 250, timeoutMs: 2000}
+  - {name: push, url: 'http://push.shop.svc:8080/events'}
+templates:
+  - {id: still-available, title: Còn hàng, text: 'Chào {{ten}}, xe vẫn còn nhé.'}
+extensions:
+  autoReply: {periodSeconds: 3600}
+"#,
+        );
+        let credentials = credentials();
+        let yaml = config_yaml(&valid, &credentials, None).unwrap();
+        for line in [
+            "secret_file: /etc/parley/signing/hook",
+            "secret_file: /etc/parley/signing/webhook.crm",
+            "secret_file: /etc/parley/signing/webhook.push",
+            "on_failure: closed",
+        ] {
+            assert!(yaml.contains(line), "{line:?} missing from:\n{yaml}");
+        }
+        // The runtime reads each signing secret when it loads the file, so
+        // the test writes them where the relocated paths point.
+        let signing_dir = dir.0.join("signing");
+        std::fs::create_dir_all(&signing_dir).unwrap();
+        let secret_of = |key: &str| format!("{key}-{}", "s".repeat(32));
+        for key in ["hook", "webhook.crm", "webhook.push"] {
+            std::fs::write(signing_dir.join(key), format!("{}\n", secret_of(key))).unwrap();
+        }
+        let yaml = yaml.replace(layout::SIGNING_DIR, &signing_dir.display().to_string());
+        let config = parse_with_secrets(&yaml, &credentials, &dir.0);
+        let tenant = &config.tenants[0];
+
+        let hook_config: chat_runtime::moderation::HookConfig = serde_yaml::from_str(
+            "{url: 'https://shop.example/pre-send', timeout_ms: 800, on_failure: closed, secret: x}",
+        )
+        .unwrap();
+        let expected_hook =
+            chat_runtime::moderation::Hook::new(&hook_config, secret_of("hook"), "hook").unwrap();
+        assert_eq!(tenant.hook.as_deref(), Some(&expected_hook));
+        assert!(tenant.moderation.is_empty());
+
+        let crm = &tenant.webhooks[0];
+        assert_eq!(tenant.webhooks.len(), 2);
+        assert_eq!(crm.name, "crm");
+        assert_eq!(crm.url, "https://crm.example/events");
+        assert_eq!(crm.secret, secret_of("webhook.crm").as_bytes());
+        assert_eq!(crm.events, ["message.*"]);
+        assert_eq!(crm.max_attempts, 3);
+        assert_eq!(crm.retry_initial, std::time::Duration::from_millis(250));
+        assert_eq!(crm.timeout, std::time::Duration::from_millis(2000));
+        let push = &tenant.webhooks[1];
+        assert_eq!(push.secret, secret_of("webhook.push").as_bytes());
+        assert!(push.events.is_empty());
+        assert_eq!(push.max_attempts, 8, "the runtime's default");
+
+        assert_eq!(tenant.templates.len(), 1);
+        assert_eq!(tenant.templates[0].id, "still-available");
+        assert_eq!(tenant.templates[0].title.as_deref(), Some("Còn hàng"));
+        let auto_reply = tenant.extensions.auto_reply.unwrap();
+        assert_eq!(auto_reply.period_seconds, 3600);
+        assert_eq!(
+            auto_reply.offline_after_seconds, 300,
+            "the runtime's default"
+        );
+    }
+
+    #[test]
+    fn config_without_extras_has_no_sections() {
+        let yaml = config_yaml(&valid_tenant(), &credentials(), None).unwrap();
+        for section in ["webhooks", "templates", "extensions", "hook", "signing"] {
+            assert!(!yaml.contains(section), "{section:?} in:\n{yaml}");
+        }
     }
 
     #[test]

@@ -114,10 +114,9 @@ impl Credentials {
     /// from the operating system's random number generator.
     pub fn generate(tenant_id: &str) -> Result<Self, CredentialsError> {
         let suffix: [u8; KEY_ID_SUFFIX_BYTES] = random_bytes()?;
-        let secret: [u8; SECRET_BYTES] = random_bytes()?;
         let current = ApiKey {
             id: format!("{tenant_id}-{}", hex(&suffix)),
-            secret: URL_SAFE_NO_PAD.encode(secret),
+            secret: random_secret()?,
         };
         Ok(Self {
             current,
@@ -243,6 +242,13 @@ fn check_key(key: &ApiKey) -> Result<(), CredentialsError> {
         return Err(CredentialsError::TrailingLineBreak { id: key.id.clone() });
     }
     Ok(())
+}
+
+/// Generates a secret of 32 random bytes from the operating system's
+/// random number generator, in unpadded base64url (43 characters).
+pub(super) fn random_secret() -> Result<String, CredentialsError> {
+    let secret: [u8; SECRET_BYTES] = random_bytes()?;
+    Ok(URL_SAFE_NO_PAD.encode(secret))
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], CredentialsError> {

@@ -20,6 +20,9 @@ pub const SECRETS_DIR: &str = "/etc/parley/secrets";
 pub const SCYLLA_DIR: &str = "/etc/parley/scylla";
 /// Directory of the Redis Secret volume, for a Redis with a password.
 pub const REDIS_DIR: &str = "/etc/parley/redis";
+/// Directory of the signing Secret volume, for a tenant with a pre-send
+/// hook or webhooks.
+pub const SIGNING_DIR: &str = "/etc/parley/signing";
 /// Directory of the data volume, which contains the tenant's SQLite file.
 pub const DATA_DIR: &str = "/var/lib/parley";
 /// Writable scratch directory, because the root filesystem is read-only.

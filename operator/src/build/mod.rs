@@ -11,6 +11,7 @@ pub mod quota;
 pub mod redis;
 pub mod scaling;
 pub mod scylla;
+pub mod signing;
 pub mod workload;
 
 use k8s_openapi::Resource;
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 use self::credentials::Credentials;
 use self::scylla::ScyllaAccess;
+use self::signing::SigningSecrets;
 use crate::naming;
 use crate::validate::ValidTenant;
 
@@ -56,12 +58,18 @@ pub struct DesiredObjects {
     pub allow_scylla_policy: Option<NetworkPolicy>,
     /// Egress to Redis, when the runtime relays events through one.
     pub allow_redis_policy: Option<NetworkPolicy>,
+    /// Egress to the ports of the hook and webhook URLs, when the tenant
+    /// has any.
+    pub allow_webhooks_policy: Option<NetworkPolicy>,
     pub service_account: ServiceAccount,
     pub credentials: Secret,
     /// The tenant's CQL role and password, for ScyllaDB storage.
     pub scylla_secret: Option<Secret>,
     /// The Redis password, when Redis needs one.
     pub redis_secret: Option<Secret>,
+    /// The signing secrets of the hook and the webhooks, when the tenant
+    /// has any.
+    pub signing_secret: Option<Secret>,
     pub config: ConfigMap,
     /// The embedded store's volume; `None` for ScyllaDB storage.
     pub data_claim: Option<PersistentVolumeClaim>,
@@ -79,12 +87,13 @@ pub struct DesiredObjects {
 }
 
 /// Builds every object of the tenant `valid`, with the API keys in
-/// `credentials`, under a namespace owned by `owner`. A tenant with
-/// ScyllaDB storage needs `scylla`, and one whose Redis has a password
-/// needs `redis_password`.
+/// `credentials` and the signing secrets in `signing`, under a namespace
+/// owned by `owner`. A tenant with ScyllaDB storage needs `scylla`, and
+/// one whose Redis has a password needs `redis_password`.
 pub fn desired(
     valid: &ValidTenant,
     credentials: &Credentials,
+    signing: &SigningSecrets,
     scylla: Option<ScyllaAccess<'_>>,
     redis_password: Option<&str>,
     owner: &OwnerReference,
@@ -110,9 +119,15 @@ pub fn desired(
         }
         None => None,
     };
+    let signing_secret = signing::secret(valid, signing);
     let checksum = workload::config_checksum(
         &config_map,
-        [Some(&secret), scylla_secret.as_ref(), redis_secret.as_ref()],
+        [
+            Some(&secret),
+            scylla_secret.as_ref(),
+            redis_secret.as_ref(),
+            signing_secret.as_ref(),
+        ],
     );
 
     Ok(DesiredObjects {
@@ -127,10 +142,12 @@ pub fn desired(
             .redis
             .as_ref()
             .map(|redis| redis::egress_policy(valid, redis)),
+        allow_webhooks_policy: network::webhooks_egress_policy(valid),
         service_account: workload::service_account(valid),
         credentials: secret,
         scylla_secret,
         redis_secret,
+        signing_secret,
         config: config_map,
         data_claim: valid.scylla.is_none().then(|| workload::data_claim(valid)),
         deployment: workload::deployment(valid, &checksum),
@@ -177,12 +194,18 @@ impl DesiredObjects {
                 .as_ref()
                 .map(Manifest::NetworkPolicy),
         ))
+        .chain(optional(
+            self.allow_webhooks_policy
+                .as_ref()
+                .map(Manifest::NetworkPolicy),
+        ))
         .chain([
             Manifest::ServiceAccount(&self.service_account),
             Manifest::Secret(&self.credentials),
         ])
         .chain(optional(self.scylla_secret.as_ref().map(Manifest::Secret)))
         .chain(optional(self.redis_secret.as_ref().map(Manifest::Secret)))
+        .chain(optional(self.signing_secret.as_ref().map(Manifest::Secret)))
         .chain([Manifest::ConfigMap(&self.config)])
         .chain(optional(
             self.data_claim
@@ -297,6 +320,7 @@ pub(crate) mod tests {
         desired(
             &valid_tenant_from(spec),
             &Credentials::placeholder(),
+            &SigningSecrets::default(),
             None,
             None,
             &owner(),
@@ -339,6 +363,7 @@ pub(crate) mod tests {
         desired(
             &valid_tenant_from(SCYLLA_SPEC),
             &Credentials::placeholder(),
+            &SigningSecrets::default(),
             Some(access),
             None,
             &owner(),
@@ -395,6 +420,7 @@ pub(crate) mod tests {
         let objects = desired(
             &valid_tenant_from(SCYLLA_SPEC),
             &Credentials::placeholder(),
+            &SigningSecrets::default(),
             Some(access),
             None,
             &owner(),
@@ -432,6 +458,7 @@ pub(crate) mod tests {
         let error = desired(
             &valid_tenant_from(SCYLLA_SPEC),
             &Credentials::placeholder(),
+            &SigningSecrets::default(),
             None,
             None,
             &owner(),
@@ -452,6 +479,7 @@ pub(crate) mod tests {
             desired(
                 &valid,
                 &Credentials::placeholder(),
+                &SigningSecrets::default(),
                 Some(access),
                 None,
                 &owner(),
@@ -495,6 +523,70 @@ pub(crate) mod tests {
             "Ingress",
         ];
         assert_eq!(kinds(&objects), expected);
+    }
+
+    const SIGNED_SPEC: &str = "{tenantId: chotot, moderation: {hook: {url: 'https://shop.example/check', onFailure: Open}}, webhooks: [{name: crm, url: 'https://crm.example/e'}]}";
+
+    fn signed_objects(signing: &SigningSecrets) -> DesiredObjects {
+        desired(
+            &valid_tenant_from(SIGNED_SPEC),
+            &Credentials::placeholder(),
+            signing,
+            None,
+            None,
+            &owner(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn signed_tenant_gets_secret_and_policy() {
+        let valid = valid_tenant_from(SIGNED_SPEC);
+        let objects = signed_objects(&SigningSecrets::placeholder(&valid));
+        let expected = [
+            "Namespace",
+            "ResourceQuota",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "ServiceAccount",
+            "Secret",
+            "Secret",
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Service",
+        ];
+        assert_eq!(kinds(&objects), expected);
+        let secret = objects.signing_secret.as_ref().unwrap();
+        let keys: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
+        assert_eq!(keys, ["hook", "webhook.crm"]);
+        let policy = objects.allow_webhooks_policy.as_ref().unwrap();
+        assert_eq!(
+            policy.metadata.name.as_deref(),
+            Some(naming::ALLOW_WEBHOOKS_POLICY)
+        );
+        let config = &objects.config.data.as_ref().unwrap()[layout::CONFIG_FILE];
+        assert!(
+            !config.contains(signing::PLACEHOLDER_SECRET),
+            "the ConfigMap contains a signing secret"
+        );
+    }
+
+    #[test]
+    fn signing_secret_change_restarts_pods() {
+        let valid = valid_tenant_from(SIGNED_SPEC);
+        let first = SigningSecrets::plan(&valid, None).unwrap().secrets;
+        let second = SigningSecrets::plan(&valid, None).unwrap().secrets;
+        assert_ne!(
+            template_checksum(&signed_objects(&first)),
+            template_checksum(&signed_objects(&second))
+        );
+        assert_eq!(
+            template_checksum(&signed_objects(&first)),
+            template_checksum(&signed_objects(&first))
+        );
     }
 
     #[test]
@@ -601,7 +693,10 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(
             annotations[workload::CONFIG_CHECKSUM_ANNOTATION],
-            workload::config_checksum(&objects.config, [Some(&objects.credentials), None, None])
+            workload::config_checksum(
+                &objects.config,
+                [Some(&objects.credentials), None, None, None]
+            )
         );
     }
 
@@ -617,6 +712,7 @@ pub(crate) mod tests {
         desired(
             &valid_tenant_from(spec),
             &Credentials::placeholder(),
+            &SigningSecrets::default(),
             Some(access),
             password,
             &owner(),

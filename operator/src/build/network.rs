@@ -2,8 +2,10 @@
 //! the Service, the optional Ingress and the NetworkPolicies.
 //!
 //! The policies deny everything in the namespace and then allow two flows:
-//! connections to the runtime's HTTP port, and DNS lookups. They take
-//! effect only where the cluster's network plugin enforces NetworkPolicy.
+//! connections to the runtime's HTTP port, and DNS lookups. A tenant with a
+//! pre-send hook or webhooks also gets egress to their ports. The policies
+//! take effect only where the cluster's network plugin enforces
+//! NetworkPolicy.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
@@ -14,7 +16,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::layout;
 use super::object_meta;
@@ -139,9 +141,8 @@ pub fn allow_dns_policy(valid: &ValidTenant) -> NetworkPolicy {
         pod_selector: Some(match_labels(DNS_POD_LABEL.0, DNS_POD_LABEL.1)),
         ip_block: None,
     };
-    // Egress to ScyllaDB and to Redis has policies of its own (scylla.rs,
-    // redis.rs). TODO: egress to webhook targets needs one too, once the
-    // runtime has webhooks.
+    // Egress to ScyllaDB, to Redis and to the hook and webhooks has
+    // policies of its own (scylla.rs, redis.rs, webhooks_egress_policy).
     NetworkPolicy {
         metadata: object_meta(valid, naming::ALLOW_DNS_POLICY),
         spec: Some(NetworkPolicySpec {
@@ -153,6 +154,60 @@ pub fn allow_dns_policy(valid: &ValidTenant) -> NetworkPolicy {
                 ports: Some(vec![port("UDP", DNS_PORT), port("TCP", DNS_PORT)]),
             }]),
         }),
+    }
+}
+
+/// Builds the policy that lets the runtime pods open TCP connections to the
+/// port of each hook and webhook URL, or returns `None` when the tenant has
+/// neither. URLs usually name hosts, which can resolve to any address, so
+/// the ports are allowed to every destination, as for ScyllaDB.
+pub fn webhooks_egress_policy(valid: &ValidTenant) -> Option<NetworkPolicy> {
+    let urls = valid
+        .hook
+        .iter()
+        .map(|hook| hook.url.as_str())
+        .chain(valid.webhooks.iter().map(|webhook| webhook.url.as_str()));
+    let ports: BTreeSet<u16> = urls.filter_map(url_port).collect();
+    if ports.is_empty() {
+        return None;
+    }
+    Some(NetworkPolicy {
+        metadata: object_meta(valid, naming::ALLOW_WEBHOOKS_POLICY),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(runtime_pods(valid)),
+            policy_types: Some(vec!["Egress".to_owned()]),
+            ingress: None,
+            egress: Some(vec![NetworkPolicyEgressRule {
+                to: None,
+                ports: Some(
+                    ports
+                        .into_iter()
+                        .map(|number| port("TCP", i32::from(number)))
+                        .collect(),
+                ),
+            }]),
+        }),
+    })
+}
+
+/// Returns the TCP port of an `http` or `https` URL that the runtime
+/// accepted: the port it names, or the scheme's default. It follows the
+/// WHATWG URL syntax as far as the port goes: user info before `@` is
+/// skipped, an IPv6 host is in brackets, and `\` ends the host like `/`.
+fn url_port(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let authority = rest.split(['/', '\\', '?', '#']).next()?;
+    let host_and_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let named = match host_and_port.rsplit_once(':') {
+        Some((_, port)) if !port.contains(']') && !port.is_empty() => Some(port),
+        _ => None,
+    };
+    match named {
+        Some(port) => port.parse().ok(),
+        None if scheme.eq_ignore_ascii_case("https") => Some(443),
+        None => Some(80),
     }
 }
 
@@ -306,6 +361,54 @@ mod tests {
         let pods = peers[0].pod_selector.clone().unwrap().match_labels.unwrap();
         assert_eq!(pods["k8s-app"], "kube-dns");
         assert_eq!(peers[0].ip_block, None);
+    }
+
+    #[test]
+    fn url_port_follows_scheme_and_authority() {
+        let cases = [
+            ("https://shop.example/x", Some(443)),
+            ("HTTPS://shop.example", Some(443)),
+            ("http://shop.example?q=1", Some(80)),
+            ("http://shop.example:8080/x", Some(8080)),
+            ("https://user:pw@shop.example/x", Some(443)),
+            ("https://user:pw@shop.example:8443", Some(8443)),
+            ("http://[::1]/x", Some(80)),
+            ("http://[::1]:9000/x", Some(9000)),
+            ("http://shop.example:/x", Some(80)),
+            ("http://shop.example:81\\x", Some(81)),
+            ("http://shop.example/a:99", Some(80)),
+            ("http://shop.example#a:99", Some(80)),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(url_port(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn webhooks_policy_allows_each_port_once() {
+        assert_eq!(webhooks_egress_policy(&valid_tenant()), None);
+        let valid = valid_tenant_from(
+            "{tenantId: chotot, moderation: {hook: {url: 'https://shop.example/check', onFailure: Open}}, webhooks: [{name: a, url: 'http://a.shop.svc:8080/e'}, {name: b, url: 'https://b.example/e'}]}",
+        );
+        let policy = webhooks_egress_policy(&valid).unwrap();
+        assert_eq!(
+            policy.metadata.name.as_deref(),
+            Some("chat-runtime-allow-webhooks")
+        );
+        let spec = policy.spec.unwrap();
+        let selector = spec.pod_selector.unwrap().match_labels.unwrap();
+        assert_eq!(selector, naming::selector_labels("chotot"));
+        assert_eq!(spec.policy_types, Some(vec!["Egress".to_owned()]));
+        let rules = spec.egress.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].to, None);
+        assert_eq!(
+            ports(rules[0].ports.as_ref().unwrap()),
+            [
+                ("TCP".to_owned(), IntOrString::Int(443)),
+                ("TCP".to_owned(), IntOrString::Int(8080)),
+            ]
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ const DATA_VOLUME: &str = "data";
 const TMP_VOLUME: &str = "tmp";
 const SCYLLA_VOLUME: &str = "scylla";
 const REDIS_VOLUME: &str = "redis";
+const SIGNING_VOLUME: &str = "signing";
 
 /// Builds the runtime's ServiceAccount. The runtime never calls the
 /// Kubernetes API, so no token is mounted.
@@ -308,6 +309,9 @@ fn volumes(valid: &ValidTenant) -> Vec<Volume> {
     if mounts_redis_password(valid) {
         volumes.push(secret_volume(REDIS_VOLUME, naming::REDIS_SECRET));
     }
+    if super::signing::is_needed(valid) {
+        volumes.push(secret_volume(SIGNING_VOLUME, naming::SIGNING_SECRET));
+    }
     volumes
 }
 
@@ -329,6 +333,9 @@ fn volume_mounts(valid: &ValidTenant) -> Vec<VolumeMount> {
     }
     if mounts_redis_password(valid) {
         mounts.push(mount(REDIS_VOLUME, layout::REDIS_DIR, true));
+    }
+    if super::signing::is_needed(valid) {
+        mounts.push(mount(SIGNING_VOLUME, layout::SIGNING_DIR, true));
     }
     mounts
 }
@@ -690,6 +697,40 @@ mod tests {
             mounts
                 .iter()
                 .all(|mount| mount.mount_path != "/etc/parley/redis")
+        );
+    }
+
+    #[test]
+    fn signing_secret_is_mounted_only_when_needed() {
+        let valid = valid_tenant_from(
+            "{tenantId: chotot, webhooks: [{name: crm, url: 'https://crm.example/e'}]}",
+        );
+        let signed = deployment(&valid, "sum");
+        let mounts = runtime_container(&signed).volume_mounts.clone().unwrap();
+        let mount = mounts
+            .iter()
+            .find(|mount| mount.mount_path == "/etc/parley/signing")
+            .expect("no mount at /etc/parley/signing");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod(&signed)
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|volume| volume.name == mount.name)
+            .unwrap();
+        let source = volume.secret.as_ref().unwrap();
+        assert_eq!(source.secret_name.as_deref(), Some("chat-runtime-signing"));
+        assert_eq!(source.default_mode, Some(0o440));
+
+        let plain = deployment(&valid_tenant(), "sum");
+        let volumes = pod(&plain).volumes.as_ref().unwrap();
+        assert!(volumes.iter().all(|volume| volume.name != "signing"));
+        let mounts = runtime_container(&plain).volume_mounts.as_ref().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .all(|mount| mount.mount_path != "/etc/parley/signing")
         );
     }
 

@@ -27,6 +27,7 @@ use super::served;
 use super::status::{self, Outcome};
 use super::{Context, Error};
 use crate::build::scylla::ScyllaAccess;
+use crate::build::signing::{SigningPlan, SigningSecrets};
 use crate::build::{self, credentials::Credentials};
 use crate::crd::{ChatTenant, ChatTenantStatus, DeletionPolicy};
 use crate::keyspace::KeyspaceError;
@@ -130,6 +131,7 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
     };
 
     let rotation = plan_credentials(&tenant, &valid, ctx).await?;
+    let signing = plan_signing(&valid, ctx).await?;
     let owner = crate::render::owner_reference(&tenant, &tenant.name_any());
     let access = match (&keyspace, &ctx.keyspaces) {
         (Some(ready), Some(keyspaces)) => Some(ScyllaAccess {
@@ -144,6 +146,7 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
     let mut desired = build::desired(
         &valid,
         &rotation.credentials,
+        &signing.secrets,
         access,
         redis_password.as_deref(),
         &owner,
@@ -176,6 +179,13 @@ pub async fn apply_tenant(tenant: Arc<ChatTenant>, ctx: &Context) -> Result<Acti
             continue;
         }
         let mode = match manifest {
+            build::Manifest::Secret(secret) if is_signing_secret(secret) => {
+                if signing.drops_keys {
+                    Mode::Always
+                } else {
+                    Mode::WhenChanged
+                }
+            }
             build::Manifest::Secret(_) if rotation.drops_keys || dropped_role => Mode::Always,
             _ => Mode::WhenChanged,
         };
@@ -347,14 +357,32 @@ async fn plan_credentials(
     Ok(plan)
 }
 
+/// Reads the tenant's signing secrets and generates the missing ones. A
+/// stored secret that the spec still needs is kept unless the runtime
+/// would reject it.
+async fn plan_signing(valid: &ValidTenant, ctx: &Context) -> Result<SigningPlan, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.namespace);
+    let stored = secrets
+        .get_opt(naming::SIGNING_SECRET)
+        .await
+        .map_err(Error::Read)?;
+    SigningSecrets::plan(valid, stored.as_ref()).map_err(Error::Credentials)
+}
+
+fn is_signing_secret(secret: &Secret) -> bool {
+    secret.metadata.name.as_deref() == Some(naming::SIGNING_SECRET)
+}
+
 fn is_missing(ctx: &Context, kind: &str) -> bool {
     ctx.missing_kinds.iter().any(|missing| missing.kind == kind)
 }
 
 /// Deletes the optional objects that `desired` no longer contains: the
 /// Ingress of a removed endpoint, the PodDisruptionBudget and autoscaler
-/// of a tenant back at one replica, and the Redis policy and Secret of a
-/// tenant without Redis. Kinds the API server does not serve are skipped.
+/// of a tenant back at one replica, the Redis policy and Secret of a
+/// tenant without Redis, and the webhook policy and signing Secret of a
+/// tenant without hook and webhooks. Kinds the API server does not serve
+/// are skipped.
 async fn delete_stale_objects(
     valid: &ValidTenant,
     desired: &build::DesiredObjects,
@@ -397,6 +425,26 @@ async fn delete_stale_objects(
     }
     if desired.redis_secret.is_none()
         && apply::delete_if_present::<Secret>(client, namespace, naming::REDIS_SECRET)
+            .await
+            .map_err(Error::Apply)?
+    {
+        deleted.push("Secret");
+    }
+    if desired.allow_webhooks_policy.is_none()
+        && apply::delete_if_present::<NetworkPolicy>(
+            client,
+            namespace,
+            naming::ALLOW_WEBHOOKS_POLICY,
+        )
+        .await
+        .map_err(Error::Apply)?
+    {
+        deleted.push("NetworkPolicy");
+    }
+    // The signing secrets go with this Secret, so a hook or webhook added
+    // later gets new ones.
+    if desired.signing_secret.is_none()
+        && apply::delete_if_present::<Secret>(client, namespace, naming::SIGNING_SECRET)
             .await
             .map_err(Error::Apply)?
     {

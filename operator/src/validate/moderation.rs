@@ -73,8 +73,8 @@ pub fn runtime_config(spec: &ModerationSpec) -> ModerationConfig {
             .clone()
             .unwrap_or_else(|| ModerationConfig::default().mask),
         rules: spec.rules.iter().map(rule_config).collect(),
-        // NOTE: a ChatTenant cannot set a pre-send hook yet; its secret
-        // would need a Secret reference mounted into the runtime pod.
+        // The hook is checked and written on its own (see `hooks`),
+        // because its secret source is added when the file is built.
         hook: None,
     }
 }
@@ -134,7 +134,7 @@ fn contact_kind(kind: ContactKindSpec) -> ContactKind {
 /// `rules[1].links.allowed_domains[0]`, in the spec's spelling,
 /// `rules[1].links.allowedDomains[0]`. Paths hold only field names and
 /// indices, never values, so no underscore of user data is touched.
-fn camel_case_path(path: &str) -> String {
+pub(super) fn camel_case_path(path: &str) -> String {
     let mut camel = String::with_capacity(path.len());
     let mut upper = false;
     for c in path.chars() {
