@@ -294,3 +294,46 @@ fn autoscaled_scylla_renders_budget_and_autoscaler() {
     );
     assert_eq!(redis_secret["data"]["password"], placeholder.as_str());
 }
+
+#[test]
+fn webhooks_example_renders_signing_objects() {
+    let stream = render(&read_example("webhooks.yaml"), &OperatorSettings::default()).unwrap();
+    let documents = documents(&stream);
+    let kinds = kinds(&documents);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|kind| **kind == "NetworkPolicy")
+            .count(),
+        4
+    );
+    let signing = documents
+        .iter()
+        .find(|document| document["metadata"]["name"] == "chat-runtime-signing")
+        .expect("no signing Secret in the output");
+    let data = signing["data"].as_mapping().unwrap();
+    let keys: Vec<&str> = data.keys().map(|key| key.as_str().unwrap()).collect();
+    assert_eq!(keys, ["hook", "webhook.analytics", "webhook.orders"]);
+
+    let config: serde_yaml::Value = serde_yaml::from_str(
+        find(&documents, "ConfigMap")["data"]["config.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let tenant = &config["tenants"][0];
+    assert_eq!(
+        tenant["moderation"]["hook"]["secret_file"],
+        "/etc/parley/signing/hook"
+    );
+    assert_eq!(tenant["moderation"]["hook"]["on_failure"], "closed");
+    assert_eq!(
+        tenant["webhooks"][0]["secret_file"],
+        "/etc/parley/signing/webhook.orders"
+    );
+    assert_eq!(tenant["templates"][1]["id"], "sold");
+    assert_eq!(
+        tenant["extensions"]["auto_reply"]["offline_after_seconds"],
+        600
+    );
+}
