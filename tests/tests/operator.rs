@@ -1,6 +1,7 @@
 //! The operator against a real API server: a ChatTenant becomes a tenant
 //! namespace with its objects, reports Ready, and cleans up by policy.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus};
@@ -1832,4 +1833,283 @@ async fn invalid_moderation_rule_stalls_with_field_named() {
         .await
         .unwrap();
     wait_for_config_containing(&cluster.client, "parley-initech", "[0-9]{16}").await;
+}
+
+/// Returns the data of the tenant's signing Secret, once it exists and
+/// `check` accepts it.
+async fn wait_for_signing_data(
+    client: &kube::Client,
+    namespace: &str,
+    what: &str,
+    check: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let check = &check;
+    wait_for(what, || {
+        let secrets = secrets.clone();
+        async move {
+            let secret = secrets.get_opt("chat-runtime-signing").await.unwrap()?;
+            let data: BTreeMap<String, String> = secret
+                .data?
+                .into_iter()
+                .map(|(key, value)| (key, String::from_utf8(value.0).unwrap()))
+                .collect();
+            check(&data).then_some(data)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hook_and_webhooks_get_signing_secrets_once() {
+    let (cluster, _stop) = start().await;
+    let client = cluster.client.clone();
+    let tenants: Api<ChatTenant> = Api::all(client.clone());
+    let spec = json!({
+        "tenantId": "hooked",
+        "moderation": {"hook": {
+            "url": "https://shop.example/pre-send", "timeoutMs": 800, "onFailure": "Closed",
+        }},
+        "webhooks": [
+            {"name": "crm", "url": "https://crm.example/events",
+             "events": ["message.*"], "maxAttempts": 3, "retryInitialMs": 250, "timeoutMs": 2000},
+            {"name": "push", "url": "http://push.shop.svc:8080/events"},
+        ],
+        "templates": [
+            {"id": "still-available", "title": "Còn hàng", "text": "Chào {{ten}}, xe vẫn còn nhé."},
+        ],
+        "extensions": {"autoReply": {"periodSeconds": 3600}},
+    });
+    tenants
+        .create(&PostParams::default(), &tenant("hooked", spec))
+        .await
+        .unwrap();
+
+    // Each section is in the runtime's configuration, in a form the
+    // runtime's own types read.
+    let yaml = wait_for_config_containing(&client, "parley-hooked", "webhooks:").await;
+    let config: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let section = &config["tenants"][0];
+    let hook: chat_runtime::moderation::HookConfig =
+        serde_yaml::from_value(section["moderation"]["hook"].clone()).unwrap();
+    assert_eq!(hook.url, "https://shop.example/pre-send");
+    assert_eq!(hook.timeout_ms, 800);
+    assert_eq!(hook.on_failure, chat_runtime::moderation::OnFailure::Closed);
+    assert_eq!(
+        hook.secret_file.as_deref(),
+        Some(std::path::Path::new("/etc/parley/signing/hook"))
+    );
+    let webhooks: Vec<chat_runtime::webhooks::WebhookConfig> =
+        serde_yaml::from_value(section["webhooks"].clone()).unwrap();
+    assert_eq!(webhooks.len(), 2);
+    assert_eq!(webhooks[0].name, "crm");
+    assert_eq!(webhooks[0].events, ["message.*"]);
+    assert_eq!(webhooks[0].max_attempts, 3);
+    assert_eq!(webhooks[0].retry_initial_ms, 250);
+    assert_eq!(webhooks[0].timeout_ms, 2000);
+    assert_eq!(
+        webhooks[0].secret_file.as_deref(),
+        Some(std::path::Path::new("/etc/parley/signing/webhook.crm"))
+    );
+    assert_eq!(
+        webhooks[1].secret_file.as_deref(),
+        Some(std::path::Path::new("/etc/parley/signing/webhook.push"))
+    );
+    let templates: Vec<chat_runtime::templates::Template> =
+        serde_yaml::from_value(section["templates"].clone()).unwrap();
+    assert_eq!(templates[0].id, "still-available");
+    assert_eq!(templates[0].title.as_deref(), Some("Còn hàng"));
+    let extensions: chat_runtime::extensions::ExtensionsConfig =
+        serde_yaml::from_value(section["extensions"].clone()).unwrap();
+    assert_eq!(extensions.auto_reply.unwrap().period_seconds, 3600);
+
+    // One generated secret per hook and webhook, long enough for the
+    // runtime, and none of them in the ConfigMap.
+    let first = wait_for_signing_data(&client, "parley-hooked", "the signing Secret", |data| {
+        data.len() == 3
+    })
+    .await;
+    let keys: Vec<&str> = first.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["hook", "webhook.crm", "webhook.push"]);
+    for (key, value) in &first {
+        assert_eq!(value.len(), 43, "{key}");
+        assert!(!yaml.contains(value.as_str()), "{key} is in the ConfigMap");
+    }
+    assert_ne!(first["hook"], first["webhook.crm"]);
+
+    let deployment =
+        wait_for_deployment(&client, "parley-hooked", "the runtime Deployment", |_| true).await;
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let mounted = pod.volumes.unwrap().into_iter().any(|volume| {
+        volume
+            .secret
+            .and_then(|source| source.secret_name)
+            .as_deref()
+            == Some("chat-runtime-signing")
+    });
+    assert!(mounted, "the runtime pod does not mount the signing Secret");
+
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), "parley-hooked");
+    let policy = wait_for("the webhooks egress policy", || {
+        let policies = policies.clone();
+        async move {
+            policies
+                .get_opt("chat-runtime-allow-webhooks")
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    let ports: Vec<String> = policy.spec.unwrap().egress.unwrap()[0]
+        .ports
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|port| format!("{:?}", port.port.unwrap()))
+        .collect();
+    assert_eq!(ports, ["Int(443)", "Int(8080)"]);
+
+    // A later reconcile keeps the secrets: a new template changes the
+    // configuration but none of them.
+    let change = json!({"spec": {"templates": [
+        {"id": "still-available", "text": "Xe vẫn còn nhé."},
+        {"id": "sold", "text": "Xe đã bán rồi ạ."},
+    ]}});
+    tenants
+        .patch("hooked", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    wait_for_config_containing(&client, "parley-hooked", "id: sold").await;
+    let after_change =
+        wait_for_signing_data(&client, "parley-hooked", "the signing Secret", |_| true).await;
+    assert_eq!(
+        after_change, first,
+        "a reconcile regenerated a signing secret"
+    );
+
+    // A removed webhook loses its key, and the others stay as they were.
+    let change = json!({"spec": {"webhooks": [
+        {"name": "crm", "url": "https://crm.example/events"},
+    ]}});
+    tenants
+        .patch("hooked", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    let without_push = wait_for_signing_data(
+        &client,
+        "parley-hooked",
+        "the push key to be dropped",
+        |data| !data.contains_key("webhook.push"),
+    )
+    .await;
+    assert_eq!(without_push.len(), 2);
+    assert_eq!(without_push["hook"], first["hook"]);
+    assert_eq!(without_push["webhook.crm"], first["webhook.crm"]);
+
+    // Without hook and webhooks the Secret and the policy go.
+    let change = json!({"spec": {"moderation": null, "webhooks": null}});
+    tenants
+        .patch("hooked", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "parley-hooked");
+    wait_for("the signing Secret to be deleted", || {
+        let secrets = secrets.clone();
+        async move {
+            let deleted = secrets
+                .get_opt("chat-runtime-signing")
+                .await
+                .unwrap()
+                .is_none();
+            deleted.then_some(())
+        }
+    })
+    .await;
+    assert!(
+        policies
+            .get_opt("chat-runtime-allow-webhooks")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let yaml = runtime_config(&client, "parley-hooked").await;
+    assert!(!yaml.contains("signing"), "{yaml}");
+}
+
+/// Returns the tenant's Stalled condition once its message contains
+/// `field`.
+async fn wait_for_stalled_on(tenants: &Api<ChatTenant>, name: &str, field: &str) -> String {
+    wait_for(&format!("Stalled=True naming {field}"), || {
+        let tenants = tenants.clone();
+        async move {
+            let tenant = tenants.get(name).await.unwrap();
+            full_condition(&tenant, "Stalled")
+                .filter(|condition| condition.status == "True")
+                .map(|condition| condition.message)
+                .filter(|message| message.contains(field))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn invalid_webhook_and_hook_stall_with_field_named() {
+    let (cluster, _stop) = start().await;
+    let tenants: Api<ChatTenant> = Api::all(cluster.client.clone());
+    let spec = json!({
+        "tenantId": "badhook",
+        "webhooks": [
+            {"name": "crm", "url": "https://crm.example/events"},
+            {"name": "push", "url": "push.example/events"},
+        ],
+    });
+    tenants
+        .create(&PostParams::default(), &tenant("badhook", spec))
+        .await
+        .unwrap();
+
+    let message = wait_for_stalled_on(&tenants, "badhook", "spec.webhooks[1].url").await;
+    assert!(message.contains("push.example/events"), "{message}");
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    assert!(
+        namespaces
+            .get_opt("parley-badhook")
+            .await
+            .unwrap()
+            .is_none(),
+        "objects were applied for an invalid spec"
+    );
+
+    // The runtime rejects credentials in a hook URL, and so does the
+    // operator.
+    let change = json!({"spec": {
+        "webhooks": [{"name": "push", "url": "https://push.example/events"}],
+        "moderation": {"hook": {"url": "https://user:pw@shop.example/check", "onFailure": "Open"}},
+    }});
+    tenants
+        .patch("badhook", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    let message = wait_for_stalled_on(&tenants, "badhook", "spec.moderation.hook.url").await;
+    assert!(message.contains("credentials"), "{message}");
+    assert!(
+        namespaces
+            .get_opt("parley-badhook")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let fix = json!({"spec": {"moderation": {"hook": {"url": "https://shop.example/check"}}}});
+    tenants
+        .patch("badhook", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    wait_for_config_containing(
+        &cluster.client,
+        "parley-badhook",
+        "https://shop.example/check",
+    )
+    .await;
 }
