@@ -37,7 +37,7 @@ KUBERNETES_VERSIONS=(1.33.0 1.35.0)
 CHART=charts/parley-operator
 CRD_SOURCE=crds/chattenant.yaml
 CRD_COPY=$CHART/files/chattenant.yaml
-TENANT_EXAMPLES=(examples/tenants/marketplace.yaml examples/tenants/minimal.yaml examples/tenants/scylla.yaml examples/tenants/scylla-autoscaled.yaml)
+TENANT_EXAMPLES=(examples/tenants/marketplace.yaml examples/tenants/minimal.yaml examples/tenants/scylla.yaml examples/tenants/scylla-autoscaled.yaml examples/tenants/webhooks.yaml)
 
 # checkov checks that do not apply to the objects the operator builds for a
 # tenant. The chart's own exceptions are annotations on its objects.

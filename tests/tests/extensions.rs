@@ -295,6 +295,11 @@ async fn away_message_answers_once_per_period() {
         json!({ "kind": "automated", "extension": "auto_reply", "text": away })
     );
     let first_reply_at = std::time::Instant::now();
+    // The away message leaves the buyer's message unread for the seller.
+    let (_, body) = seller.get("/v1/channels").await;
+    let summary = &body["channels"][0];
+    assert_eq!(summary["read_seq"], 0, "{body}");
+    assert_eq!(summary["unread"], 2, "{body}");
 
     // A second message within the period is handled but gets no reply.
     let (status, _) = buyer.send_text(&channel, "b-2", "Alo?").await;

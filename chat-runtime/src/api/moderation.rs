@@ -124,8 +124,16 @@ pub async fn get_one(
 ) -> ApiResult<Json<ReportResponse>> {
     match auth.tenant.store.report(&id).await? {
         Some(report) => Ok(Json(ReportResponse { report })),
-        None => Err(ChatError::not_found().into()),
+        None => Err(no_such_report(&id).into()),
     }
+}
+
+fn no_such_report(id: &str) -> ChatError {
+    ChatError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no report with id {id:?}"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -151,7 +159,14 @@ pub async fn resolve(
         request.note,
         request.resolved_by,
     )
-    .await?;
+    .await
+    .map_err(|error| {
+        if error.code == "not_found" {
+            no_such_report(&id)
+        } else {
+            error
+        }
+    })?;
     Ok(Json(ReportResponse {
         report: change.report,
     }))

@@ -54,7 +54,12 @@ pub async fn delete(auth: UserAuth, PathParams(id): PathParams<String>) -> ApiRe
     if chat::templates::remove(&auth.tenant, &auth.user_id, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ChatError::not_found().into())
+        Err(ChatError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("you have no template with id {id:?}"),
+        )
+        .into())
     }
 }
 
@@ -66,7 +71,7 @@ pub struct AwayMessageResponse {
 pub async fn get_away_message(auth: UserAuth) -> ApiResult<Json<AwayMessageResponse>> {
     match away_message(&auth.tenant, &auth.user_id).await? {
         Some(away_message) => Ok(Json(AwayMessageResponse { away_message })),
-        None => Err(ChatError::not_found().into()),
+        None => Err(no_away_message().into()),
     }
 }
 
@@ -116,6 +121,14 @@ pub async fn delete_away_message(auth: UserAuth) -> ApiResult<StatusCode> {
     if removed {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ChatError::not_found().into())
+        Err(no_away_message().into())
     }
+}
+
+fn no_away_message() -> ChatError {
+    ChatError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "you have no away message; set one with PUT",
+    )
 }

@@ -92,7 +92,7 @@ pub async fn set_slow_mode(
 ) -> Result<Channel, ChatError> {
     if seconds > MAX_SLOW_MODE_SECONDS {
         return Err(ChatError::invalid(format!(
-            "slow_mode_seconds must be between 0 (off) and {MAX_SLOW_MODE_SECONDS}"
+            "seconds must be between 0 (off) and {MAX_SLOW_MODE_SECONDS}"
         )));
     }
     if let Some(actor) = actor {

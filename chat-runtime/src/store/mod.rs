@@ -509,7 +509,8 @@ pub trait Store: Send + Sync + 'static {
     /// way. A `reply_to` that names no message of the channel, or a deleted
     /// one, and a mention of a user who is not a member give `Invalid`.
     /// Sending also marks the channel read and delivered up to the new
-    /// message for the sender.
+    /// message for the sender, except for an `automated` message, which an
+    /// extension sent on the sender's behalf.
     async fn append_message(&self, message: NewMessage) -> StoreResult<Appended>;
 
     /// Replaces the content of a message, and its mentions when the edit

@@ -16,8 +16,8 @@ use super::schema::BUCKET_SIZE;
 use super::users::contention;
 use super::{ScyllaStore, failed};
 use crate::store::{
-    Appended, MemberRole, Message, Millis, NewEvent, NewMessage, Page, StoreError, StoreResult,
-    keys,
+    Appended, Content, MemberRole, Message, Millis, NewEvent, NewMessage, Page, StoreError,
+    StoreResult, keys,
 };
 
 /// Attempts at writing a claimed message's rows before the append fails.
@@ -298,7 +298,17 @@ impl ScyllaStore {
             ),
             "record a client message id",
         );
-        let sender_read = self.write_read_position(channel_id, &message.sender_id, message.seq);
+        // An automated message was sent on the user's behalf, so it leaves
+        // the user's read position where the user left it.
+        let automated = matches!(message.content, Some(Content::Automated { .. }));
+        let sender_read = async {
+            if automated {
+                Ok(())
+            } else {
+                self.write_read_position(channel_id, &message.sender_id, message.seq)
+                    .await
+            }
+        };
         let mentions = self.write_mentions(channel_id, message.seq, &message.mentions, 0);
         let activity_writes: Vec<_> = members
             .iter()

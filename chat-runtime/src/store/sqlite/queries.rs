@@ -932,11 +932,20 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
         hash,
         created_at
     ])?;
-    conn.prepare_cached(
+    // An automated message was sent on the user's behalf, so it leaves the
+    // user's read and delivered positions where the user left them.
+    let sql = if matches!(content, Content::Automated { .. }) {
+        "UPDATE members SET last_sent_at = ?4 WHERE channel_id = ?1 AND user_id = ?2 AND ?3 IS NOT NULL"
+    } else {
         "UPDATE members SET read_seq = ?3, delivered_seq = MAX(delivered_seq, ?3), \
-         last_sent_at = ?4 WHERE channel_id = ?1 AND user_id = ?2",
-    )?
-    .execute(params![channel_id, sender_id, seq_to_sql(seq), created_at])?;
+         last_sent_at = ?4 WHERE channel_id = ?1 AND user_id = ?2"
+    };
+    conn.prepare_cached(sql)?.execute(params![
+        channel_id,
+        sender_id,
+        seq_to_sql(seq),
+        created_at
+    ])?;
 
     let members = safety::recipients(conn, &channel_id, &sender_id)?;
     let message = Message {
