@@ -25,6 +25,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{CustomResourceExt, ResourceExt};
 use parley_operator::build::credentials::Credentials;
+use parley_operator::build::signing::SigningSecrets;
 use parley_operator::build::{self, DesiredObjects};
 use parley_operator::controller::apply::{self, Mode};
 use parley_operator::controller::status;
@@ -808,7 +809,10 @@ fn floor_objects(tenant_id: &str) -> anyhow::Result<DesiredObjects> {
         .with_context(|| format!("invalid floor tenant {tenant_id}"))?;
     let credentials = Credentials::generate(tenant_id).context("failed to generate credentials")?;
     let owner = render::owner_reference(&tenant, &valid.name);
-    let mut objects = build::desired(&valid, &credentials, None, None, &owner)
+    // The floor's tenants set no hook or webhooks, so they need no signing
+    // secrets.
+    let signing = SigningSecrets::default();
+    let mut objects = build::desired(&valid, &credentials, &signing, None, None, &owner)
         .context("failed to build the floor objects")?;
     objects.namespace.metadata.owner_references = None;
     let mut metadata = vec![
