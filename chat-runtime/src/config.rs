@@ -486,7 +486,11 @@ fn validate_tenant(
         .transpose()?
         .map(Arc::new);
     let webhooks = load_webhooks(&tenant.webhooks, &format!("{field}.webhooks"), base)?;
-    validate_templates(&tenant.templates, &format!("{field}.templates"))?;
+    validate_templates(
+        &tenant.templates,
+        tenant.limits.max_message_bytes,
+        &format!("{field}.templates"),
+    )?;
     tenant
         .extensions
         .validate()
@@ -509,7 +513,11 @@ fn validate_tenant(
     })
 }
 
-fn validate_templates(templates: &[Template], field: &str) -> Result<(), ConfigError> {
+fn validate_templates(
+    templates: &[Template],
+    max_message_bytes: usize,
+    field: &str,
+) -> Result<(), ConfigError> {
     if templates.len() > MAX_TENANT_TEMPLATES {
         return Err(invalid(
             field,
@@ -519,6 +527,12 @@ fn validate_templates(templates: &[Template], field: &str) -> Result<(), ConfigE
     for (index, template) in templates.iter().enumerate() {
         if let Err((name, reason)) = crate::templates::validate(template) {
             return Err(invalid(format!("{field}[{index}].{name}"), reason));
+        }
+        if template.text.len() > max_message_bytes {
+            return Err(invalid(
+                format!("{field}[{index}].text"),
+                format!("is over limits.max_message_bytes ({max_message_bytes} bytes)"),
+            ));
         }
         if templates[..index]
             .iter()

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use unicode_segmentation::UnicodeSegmentation;
 
-use crate::limits::{ContentError, has_control_char, has_visible_char};
+use crate::limits::{ContentError, has_control_char, has_visible_char, is_invisible};
 
 /// Maximum templates in a tenant's configuration.
 pub const MAX_TENANT_TEMPLATES: usize = 200;
@@ -21,6 +21,9 @@ pub const MAX_USER_TEMPLATES: usize = 50;
 pub const MAX_ID_BYTES: usize = 64;
 /// Maximum characters (grapheme clusters) of one value.
 pub const MAX_VALUE_CHARS: usize = 200;
+/// Maximum bytes of one value. A character may carry any number of
+/// combining marks, so the character limit alone does not bound the size.
+pub const MAX_VALUE_BYTES: usize = 1024;
 /// Maximum placeholders of one template, and values of one message.
 pub const MAX_PLACEHOLDERS: usize = 20;
 /// Maximum bytes of a placeholder name.
@@ -42,7 +45,10 @@ pub struct Template {
 
 /// Checks a template id, returning the reason it is invalid.
 pub fn check_id(id: &str) -> Result<(), String> {
+    // The first byte is a letter or digit, so `.` and `..` are not ids:
+    // clients collapse them as path segments.
     let valid = (1..=MAX_ID_BYTES).contains(&id.len())
+        && id.as_bytes()[0].is_ascii_alphanumeric()
         && id.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
         });
@@ -50,7 +56,7 @@ pub fn check_id(id: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "template id {id:?} must be 1 to {MAX_ID_BYTES} lowercase letters, digits, '-', '_' or '.'"
+            "template id {id:?} must be 1 to {MAX_ID_BYTES} lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
         ))
     }
 }
@@ -152,14 +158,11 @@ pub fn check_values(
         ));
     }
     for (name, value) in values {
-        if value.graphemes(true).count() > MAX_VALUE_CHARS
-            || has_control_char(value)
-            || value.contains('\n')
-        {
+        if !is_plain_line(value) {
             return Err(ContentError::new(
                 "invalid_template",
                 format!(
-                    "value {name:?} must be one line of at most {MAX_VALUE_CHARS} characters without control characters"
+                    "value {name:?} must be one line of 1 to {MAX_VALUE_CHARS} characters and at most {MAX_VALUE_BYTES} bytes, with a visible character and no control, line-breaking or invisible characters"
                 ),
             ));
         }
@@ -167,18 +170,37 @@ pub fn check_values(
     Ok(())
 }
 
+/// Returns whether a value fits into a line of the template as the sender
+/// wrote it: visible, within the limits, and without characters that break
+/// the line, hide, or change the direction of the text after them.
+fn is_plain_line(value: &str) -> bool {
+    value.len() <= MAX_VALUE_BYTES
+        && value.graphemes(true).count() <= MAX_VALUE_CHARS
+        && has_visible_char(value)
+        && !value
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_invisible(c))
+}
+
 /// Fills the placeholders of `text` with `values`. Every placeholder needs
 /// a value, and every value a placeholder, so a misspelt name fails instead
 /// of leaving a gap. Values are inserted as they are and never parsed, so a
-/// value containing `{{` stays literal.
-pub fn render(text: &str, values: &BTreeMap<String, String>) -> Result<String, ContentError> {
+/// value containing `{{` stays literal. Filling stops with
+/// `message_too_large` as soon as the text passes `max_bytes`, so a
+/// template that repeats a placeholder cannot make the server build a text
+/// far larger than any message.
+pub fn render(
+    text: &str,
+    values: &BTreeMap<String, String>,
+    max_bytes: usize,
+) -> Result<String, ContentError> {
     let pieces = parse(text).map_err(|reason| ContentError::new("invalid_template", reason))?;
-    let mut rendered = String::with_capacity(text.len());
+    let mut rendered = String::with_capacity(text.len().min(max_bytes));
     for piece in &pieces {
-        match piece {
-            Piece::Literal(literal) => rendered.push_str(literal),
+        let part = match piece {
+            Piece::Literal(literal) => *literal,
             Piece::Placeholder(name) => match values.get(*name) {
-                Some(value) => rendered.push_str(value),
+                Some(value) => value.as_str(),
                 None => {
                     return Err(ContentError::new(
                         "template_value_missing",
@@ -186,7 +208,14 @@ pub fn render(text: &str, values: &BTreeMap<String, String>) -> Result<String, C
                     ));
                 }
             },
+        };
+        if rendered.len() + part.len() > max_bytes {
+            return Err(ContentError::new(
+                "message_too_large",
+                format!("the filled-in template is over the limit of {max_bytes} bytes"),
+            ));
         }
+        rendered.push_str(part);
     }
     for name in values.keys() {
         if !pieces.contains(&Piece::Placeholder(name.as_str())) {
@@ -220,6 +249,7 @@ mod tests {
                 ("mon_hang", "xe đạp"),
                 ("gia", "1.200.000 đ"),
             ]),
+            4096,
         )
         .unwrap();
         assert_eq!(
@@ -230,34 +260,53 @@ mod tests {
 
     #[test]
     fn render_allows_spaces_inside_braces() {
-        let rendered = render("Hi {{ name }}!", &values(&[("name", "An")])).unwrap();
+        let rendered = render("Hi {{ name }}!", &values(&[("name", "An")]), 4096).unwrap();
         assert_eq!(rendered, "Hi An!");
     }
 
     #[test]
     fn render_requires_every_value() {
-        let error = render("Hi {{name}} from {{shop}}", &values(&[("name", "An")])).unwrap_err();
+        let error = render(
+            "Hi {{name}} from {{shop}}",
+            &values(&[("name", "An")]),
+            4096,
+        )
+        .unwrap_err();
         assert_eq!(error.code, "template_value_missing");
         assert!(error.message.contains("shop"), "{}", error.message);
     }
 
     #[test]
     fn render_rejects_unknown_value() {
-        let error = render("Hi {{name}}", &values(&[("name", "An"), ("nmae", "x")])).unwrap_err();
+        let error = render(
+            "Hi {{name}}",
+            &values(&[("name", "An"), ("nmae", "x")]),
+            4096,
+        )
+        .unwrap_err();
         assert_eq!(error.code, "invalid_template");
         assert!(error.message.contains("nmae"), "{}", error.message);
     }
 
     #[test]
+    fn render_stops_at_the_size_limit() {
+        let text = "{{a}}".repeat(1000);
+        let error = render(&text, &values(&[("a", "xin chào")]), 4096).unwrap_err();
+        assert_eq!(error.code, "message_too_large");
+        let fits = render(&"{{a}}".repeat(4), &values(&[("a", "xin chào")]), 36).unwrap();
+        assert_eq!(fits.len(), 36);
+    }
+
+    #[test]
     fn values_are_not_expanded_again() {
-        let rendered = render("Hi {{name}}", &values(&[("name", "{{name}}")])).unwrap();
+        let rendered = render("Hi {{name}}", &values(&[("name", "{{name}}")]), 4096).unwrap();
         assert_eq!(rendered, "Hi {{name}}");
     }
 
     #[test]
     fn template_without_placeholders_renders_as_is() {
         assert_eq!(
-            render("Còn hàng ạ", &BTreeMap::new()).unwrap(),
+            render("Còn hàng ạ", &BTreeMap::new(), 4096).unwrap(),
             "Còn hàng ạ"
         );
     }
@@ -315,10 +364,20 @@ mod tests {
     fn values_must_be_short_single_lines() {
         assert!(check_values("a", &values(&[("name", "An")])).is_ok());
         assert!(check_values("a", &values(&[("name", "a\nb")])).is_err());
+        for bad in ["a\rb", "a\u{2028}b", "\u{202e}abc", " ", "\u{200b}", ""] {
+            assert!(
+                check_values("a", &values(&[("name", bad)])).is_err(),
+                "{bad:?}"
+            );
+        }
+        let stacked = format!("a{}", "\u{301}".repeat(600));
+        assert!(check_values("a", &values(&[("name", &stacked)])).is_err());
         let long = "ệ".repeat(MAX_VALUE_CHARS + 1);
         assert!(check_values("a", &values(&[("name", &long)])).is_err());
         let fits = "ệ".repeat(MAX_VALUE_CHARS);
         assert!(check_values("a", &values(&[("name", &fits)])).is_ok());
         assert!(check_values("A", &BTreeMap::new()).is_err());
+        assert!(check_values("..", &BTreeMap::new()).is_err());
+        assert!(check_values(".", &BTreeMap::new()).is_err());
     }
 }

@@ -178,10 +178,12 @@ async fn template_values_are_moderated() {
     assert_eq!(status, 201, "{body}");
     let stored = &body["message"]["content"];
     let text = stored["text"].as_str().unwrap();
-    let value = stored["values"]["mon_hang"].as_str().unwrap();
     assert!(!text.contains("0 9 1 2"), "{text}");
-    assert!(!value.contains("0 9 1 2"), "{value}");
     assert!(text.starts_with("Chào Hương, gọi "), "{text}");
+    // A masked template keeps only its text, because a match can span
+    // values and the template's own words.
+    assert!(stored.get("values").is_none(), "{stored}");
+    assert_eq!(stored["template_id"], "still-available");
 }
 
 #[tokio::test]
@@ -439,4 +441,76 @@ async fn away_message_survives_kill_once() {
     }
     assert_eq!(automated_messages(&buyer, &second).await.len(), 1);
     assert_eq!(automated_messages(&buyer, &first).await.len(), 1);
+}
+
+#[tokio::test]
+async fn away_message_passes_current_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{}    moderation:\n      rules:\n        - name: outside-links\n          action: flag\n          links: {{ allowed_domains: [cho.example.vn] }}\n",
+        auto_reply(3600)
+    );
+    let runtime = Runtime::start(dir.path(), &config_yaml(&extra));
+    let api = runtime.api("acme");
+    let buyer = api.user("buyer").await;
+    let seller = api.user("seller").await;
+    let channel = buyer.direct_with("seller", None).await;
+    let (status, _) = seller
+        .put_json(
+            "/v1/me/away-message",
+            json!({ "text": "Xem thêm ở evil.example.com/shop" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let (status, _) = buyer.send_text(&channel, "b-1", "Còn hàng không?").await;
+    assert_eq!(status, 201);
+    poll_until("the away message", || async {
+        automated_messages(&buyer, &channel).await.len() == 1
+    })
+    .await;
+    // The flag rule filed a report on the away message when it was sent.
+    let (status, body) = api.get("/v1/server/reports").await;
+    assert_eq!(status, 200, "{body}");
+    let reports = body["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 1, "{body}");
+    assert_eq!(reports[0]["rule"], "outside-links");
+    assert_eq!(reports[0]["user_id"], "seller");
+    assert_eq!(reports[0]["seq"], 2);
+}
+
+#[tokio::test]
+async fn template_size_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::start(dir.path(), &config_yaml(NO_RATE_LIMIT));
+    let api = runtime.api("acme");
+    let alice = api.user("alice").await;
+    api.user("bob").await;
+    let channel = alice.direct_with("bob", None).await;
+
+    // A template's text may not exceed a message.
+    let (status, body) = alice
+        .put_json(
+            "/v1/me/templates/big",
+            json!({ "text": "{{a}}".repeat(2000) }),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(error_code(&body), "message_too_large");
+
+    // Filling stops at the limit instead of building the whole text.
+    let (status, _) = alice
+        .put_json(
+            "/v1/me/templates/many",
+            json!({ "text": "{{a}}".repeat(400) }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let content = json!({
+        "kind": "template", "template_id": "many",
+        "values": { "a": "ạ".repeat(200) },
+    });
+    let (status, body) = send(&alice, &channel, "m-1", content).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(error_code(&body), "message_too_large");
 }

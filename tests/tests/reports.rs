@@ -182,6 +182,34 @@ async fn report_requests_are_checked() {
     }
     let (_, body) = chat.api.get("/v1/server/reports").await;
     assert_eq!(body["reports"], json!([]));
+
+    // A deleted message has nothing left to review, and a message the
+    // reporter's own block hides is not there for them.
+    let (status, _) = chat.bob.send_text(&chat.group, "b-2", "Xoá sau").await;
+    assert_eq!(status, 201);
+    let (status, _) = chat
+        .bob
+        .delete(&format!("/v1/channels/{}/messages/2", chat.group))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = chat
+        .carol
+        .post(
+            "/v1/reports",
+            json!({ "channel_id": chat.group, "seq": 2, "reason": "spam" }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = chat.carol.put("/v1/me/blocks/bob").await;
+    assert_eq!(status, 204);
+    let (status, body) = chat
+        .carol
+        .post(
+            "/v1/reports",
+            json!({ "channel_id": chat.group, "seq": 1, "reason": "spam" }),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
 }
 
 #[tokio::test]

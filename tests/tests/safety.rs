@@ -274,3 +274,42 @@ async fn invalid_restrictions_are_rejected() {
         .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn blocker_sees_no_typing_or_presence() {
+    let chat = start().await;
+    let (status, _) = chat.bob.put("/v1/me/blocks/alice").await;
+    assert_eq!(status, 204);
+    let mut alice_ws = Ws::connect(&chat.runtime, "acme", &chat.alice.token).await;
+    let mut bob_ws = Ws::connect(&chat.runtime, "acme", &chat.bob.token).await;
+    let mut carol_ws = Ws::connect(&chat.runtime, "acme", &chat.carol.token).await;
+
+    // Bob's presence subscription leaves Alice out, over WebSocket and REST.
+    bob_ws
+        .send_json(json!({"type": "presence_subscribe", "ref": "p", "channel_id": chat.group}))
+        .await;
+    let presence = bob_ws.next_of("presence").await;
+    assert_eq!(presence["user_id"], "carol", "{presence}");
+    let (status, body) = chat
+        .bob
+        .get(&format!("/v1/channels/{}/presence", chat.group))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let users: Vec<&str> = body["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["carol"]);
+
+    // Alice's typing reaches Carol, not Bob: Bob's first typing frame is
+    // Carol's, which she starts after Alice.
+    let typing = |user_channel: &str| json!({"type": "typing", "channel_id": user_channel, "state": "start"});
+    alice_ws.send_json(typing(&chat.group)).await;
+    let to_carol = carol_ws.next_of("typing").await;
+    assert_eq!(to_carol["user_id"], "alice");
+    carol_ws.send_json(typing(&chat.group)).await;
+    let to_bob = bob_ws.next_of("typing").await;
+    assert_eq!(to_bob["user_id"], "carol", "{to_bob}");
+}

@@ -170,9 +170,17 @@ pub async fn presence(
         .store
         .channel_for_member(&channel_id, &auth.user_id)
         .await?;
+    // A store that keeps no blocks (ScyllaDB so far) fails this read, and
+    // then no one is left out.
+    let blocked = auth
+        .tenant
+        .store
+        .blocked_users(&auth.user_id)
+        .await
+        .unwrap_or_default();
     let presence = members
         .into_iter()
-        .filter(|member| member.user_id != auth.user_id)
+        .filter(|member| member.user_id != auth.user_id && !blocked.contains(&member.user_id))
         .map(|member| {
             let state = auth.tenant.presence.state(&member.user_id);
             MemberPresence {

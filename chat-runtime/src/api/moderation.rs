@@ -1,6 +1,7 @@
-//! Routes for reports and slow mode: members report messages and users and
-//! set their group's slow mode (user API); the tenant reviews and resolves
-//! reports and sets slow mode on any group (server API).
+//! Routes for reports and slow mode. Members report messages and users and
+//! set their group's slow mode through the user API. The tenant reviews and
+//! resolves reports, and sets slow mode on any group, through the server
+//! API.
 
 use axum::Json;
 use axum::http::StatusCode;

@@ -76,8 +76,8 @@ pub async fn get_away_message(auth: UserAuth) -> ApiResult<Json<AwayMessageRespo
 }
 
 /// Sets the caller's away message. The text passes the tenant's limits and
-/// moderation rules now, because the extension that sends it later does not
-/// check it again; a masking rule stores the masked text.
+/// moderation rules now, so a user learns at once that a rule blocks it. A
+/// masking rule stores the masked text.
 pub async fn put_away_message(
     auth: UserAuth,
     JsonBody(request): JsonBody<AwayMessage>,

@@ -243,9 +243,9 @@ pub struct Automated<'a> {
 }
 
 /// Stores and delivers an `automated` message. It skips the sender's rate
-/// limit, which counts what the user does, and the moderation rules, which
-/// checked the text when the user saved it. Bans, mutes and membership
-/// still apply, in the store.
+/// limit, which counts what the user does, and the moderation hook, but
+/// passes the moderation rules again, since they may have changed since
+/// the user saved the text. Bans, mutes and membership apply in the store.
 pub async fn send_automated(
     tenant: &Tenant,
     metrics: &Metrics,
@@ -258,17 +258,24 @@ pub async fn send_automated(
     };
     limits::check_client_id(&automated.client_id)?;
     limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
+    let subject = moderation::Subject {
+        sender: automated.sender,
+        channel_id: automated.channel_id,
+        client_id: Some(&automated.client_id),
+        seq: None,
+    };
+    let checked = moderation::moderate_automated(tenant, metrics, subject, content).await?;
     let appended = tenant
         .store
         .append_message(NewMessage {
             channel_id: automated.channel_id.to_owned(),
             sender_id: automated.sender.to_owned(),
             client_id: automated.client_id,
-            content,
+            content: checked.content,
             reply_to: None,
             mentions: Vec::new(),
             created_at: now_millis(),
-            moderation: Vec::new(),
+            moderation: checked.records,
         })
         .await?;
     if !appended.duplicate {
@@ -407,10 +414,15 @@ pub async fn typing(
     channel_id: &str,
     state: TypingState,
 ) -> Result<(), ChatError> {
-    let members = tenant.store.member_ids(channel_id).await?;
+    let mut members = tenant.store.member_ids(channel_id).await?;
     if !members.iter().any(|member| member == user) {
         return Err(ChatError::not_found());
     }
+    // Users who block the typist do not see them type. A store that keeps
+    // no blocks (ScyllaDB so far) fails this read, and then no one is left
+    // out.
+    let blockers = tenant.store.blockers(user).await.unwrap_or_default();
+    members.retain(|member| !blockers.contains(member));
     let frame = ServerFrame::Typing {
         channel_id,
         user_id: user,

@@ -110,15 +110,33 @@ fn apply_rules(
             rejection_message(blocked.reason),
         ));
     }
+    let mut content = moderated.content;
     if moderated.masked {
+        // A match that spans values and the template's own text is masked
+        // in the text only, so a masked template keeps its text alone.
+        if let Content::Template { values, .. } = &mut content {
+            values.clear();
+        }
         // A mask longer than what it hides can push the text past a limit.
-        limits::check_content(
-            &moderated.content,
-            &settings.limits,
-            &settings.attachment_hosts,
-        )?;
+        limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
     }
-    Ok(moderated.content)
+    Ok(content)
+}
+
+/// Runs the rules, without the hook, over a message an extension sends.
+/// The user wrote its text earlier, and rules may have changed since.
+pub(crate) async fn moderate_automated(
+    tenant: &Tenant,
+    metrics: &Metrics,
+    subject: Subject<'_>,
+    content: Content,
+) -> Result<Checked, ChatError> {
+    let settings = tenant.settings();
+    let mut records = Vec::new();
+    match apply_rules(tenant, &settings, metrics, &subject, content, &mut records) {
+        Ok(content) => Ok(Checked { content, records }),
+        Err(error) => Err(reject(tenant, &subject, &records, error).await),
+    }
 }
 
 /// Fails as the store would for a sender who is not a member of the

@@ -35,7 +35,8 @@ pub async fn prepare(
                     format!("no template {template_id:?} for this user or tenant"),
                 ));
             };
-            let text = templates::render(&template.text, &values)?;
+            let max_bytes = tenant.settings().limits.max_message_bytes;
+            let text = templates::render(&template.text, &values, max_bytes)?;
             Ok(Content::Template {
                 template_id,
                 values,
@@ -100,6 +101,14 @@ pub async fn save(tenant: &Tenant, user: &str, template: Template) -> Result<boo
             StatusCode::BAD_REQUEST,
             "invalid_template",
             format!("{field}: {reason}"),
+        ));
+    }
+    let max_bytes = tenant.settings().limits.max_message_bytes;
+    if template.text.len() > max_bytes {
+        return Err(ChatError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("the template's text is over the message limit of {max_bytes} bytes"),
         ));
     }
     let own = own_templates(tenant, user).await?;

@@ -641,6 +641,9 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the users `blocker` blocks, sorted.
     async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>>;
 
+    /// Returns the users who block `blocked`, sorted.
+    async fn blockers(&self, blocked: &str) -> StoreResult<Vec<String>>;
+
     /// Sets the channel's slow mode, 0 to turn it off. `actor` is the
     /// member who sets it, who must be the group's owner (`Forbidden`
     /// otherwise, `NotFound` for non-members), or `None` for the server API.

@@ -19,6 +19,11 @@ pub const MEMBER_REASONS: [&str; 6] = [
     "other",
 ];
 
+/// Reason for refusing a report of a deleted message, whose content is
+/// gone: report its sender instead.
+pub const DELETED_MESSAGE: &str =
+    "a deleted message cannot be reported because its content is gone; report its sender instead";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReportStatus {
@@ -114,7 +119,7 @@ pub enum ResolutionOutcome {
 pub struct ReportChange {
     pub report: Report,
     /// False when the reporter already had an open report on the same
-    /// target, or when the report was already resolved; the stored report
-    /// is returned unchanged.
+    /// target, or when the report was already resolved. The stored report
+    /// is then returned unchanged.
     pub changed: bool,
 }

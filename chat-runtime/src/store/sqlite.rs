@@ -584,6 +584,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn blockers(&self, blocked: &str) -> StoreResult<Vec<String>> {
+        let blocked = blocked.to_owned();
+        self.read(move |conn| safety::blockers(conn, &blocked))
+            .await
+    }
+
     async fn event_log_end(&self) -> StoreResult<String> {
         self.read(events::log_end).await
     }

@@ -545,10 +545,14 @@ impl Session {
             Ok((_, members)) => members,
             Err(error) => return self.send_error(reference, &error.into()).await,
         };
+        // Users this socket's user blocks are not watched.
+        // NOTE: the list is read when the socket subscribes, so a block set
+        // later takes effect at the next subscription.
+        let blocked = store.blocked_users(&self.user_id).await.unwrap_or_default();
         let others: Vec<String> = members
             .into_iter()
             .map(|member| member.user_id)
-            .filter(|user| *user != self.user_id)
+            .filter(|user| *user != self.user_id && !blocked.contains(user))
             .collect();
         let states = match self.tenant.presence.watch(&watcher, channel_id, &others) {
             Ok(states) => states,

@@ -147,6 +147,8 @@ pub(crate) async fn blocks_stop_direct_channels_and_delivery(fixture: &dyn Fixtu
     assert!(store.set_block("bob", "alice", true, NOW).await.unwrap());
     assert!(!store.set_block("bob", "alice", true, NOW).await.unwrap());
     assert_eq!(store.blocked_users("bob").await.unwrap(), ["alice"]);
+    assert_eq!(store.blockers("alice").await.unwrap(), ["bob"]);
+    assert!(store.blockers("bob").await.unwrap().is_empty());
     let self_block = store.set_block("bob", "bob", true, NOW).await;
     assert!(
         matches!(self_block, Err(StoreError::Invalid(_))),

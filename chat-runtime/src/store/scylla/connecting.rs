@@ -319,6 +319,10 @@ impl Store for ConnectingStore {
         self.open()?.blocked_users(blocker).await
     }
 
+    async fn blockers(&self, blocked: &str) -> StoreResult<Vec<String>> {
+        self.open()?.blockers(blocked).await
+    }
+
     async fn set_slow_mode(
         &self,
         channel_id: &str,

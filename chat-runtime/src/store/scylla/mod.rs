@@ -659,6 +659,10 @@ impl Store for ScyllaStore {
         Err(StoreError::Unavailable(SAFETY_MISSING.into()))
     }
 
+    async fn blockers(&self, _blocked: &str) -> StoreResult<Vec<String>> {
+        Err(StoreError::Unavailable(SAFETY_MISSING.into()))
+    }
+
     async fn set_slow_mode(
         &self,
         channel_id: &str,

@@ -31,7 +31,7 @@ use super::users::contention;
 use super::{ScyllaStore, failed};
 use crate::store::{
     Content, Message, Millis, ModerationRecord, NewEvent, NewReport, Report, ReportChange,
-    ReportStatus, ReportTarget, Resolution, StoreError, StoreResult,
+    ReportStatus, ReportTarget, Resolution, StoreError, StoreResult, reports::DELETED_MESSAGE,
 };
 
 /// Listing of `report_index` that contains every report.
@@ -317,6 +317,11 @@ impl ScyllaStore {
                     .stored_message(&record, *seq)
                     .await?
                     .ok_or(StoreError::NotFound)?;
+                // The ScyllaDB store keeps no blocks yet, so unlike the
+                // embedded store it has no hidden messages to refuse here.
+                if stored.content.is_none() {
+                    return Err(StoreError::Invalid(DELETED_MESSAGE));
+                }
                 Ok((
                     stored.sender_id,
                     Some(channel_id.clone()),

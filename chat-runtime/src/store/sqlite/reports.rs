@@ -2,13 +2,13 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::events;
 use super::queries::{
     OpError, OpResult, existing_message, get_seq, load_user, member_role, not_found, seq_to_sql,
 };
+use super::{events, safety};
 use crate::store::{
     Message, Millis, ModerationRecord, NewEvent, NewReport, Report, ReportChange, ReportStatus,
-    ReportTarget, Resolution, StoreError,
+    ReportTarget, Resolution, StoreError, reports::DELETED_MESSAGE,
 };
 
 const REPORT_COLUMNS: &str = "id, status, user_id, channel_id, seq, reporter, rule, reason, note, \
@@ -136,6 +136,13 @@ pub(super) fn file(conn: &Connection, new: &NewReport) -> OpResult<ReportChange>
                 return not_found();
             }
             let message = existing_message(conn, channel_id, *seq)?;
+            // A message the reporter's own block hides is not there for them.
+            if safety::blocks(conn, &new.reporter, &message.sender_id)? {
+                return not_found();
+            }
+            if message.content.is_none() {
+                return Err(OpError::Store(StoreError::Invalid(DELETED_MESSAGE)));
+            }
             let content = serde_json::to_string(&message.content)?;
             (
                 message.sender_id,

@@ -240,6 +240,13 @@ pub(super) fn blocked_users(conn: &Connection, blocker: &str) -> OpResult<Vec<St
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
 }
 
+pub(super) fn blockers(conn: &Connection, blocked: &str) -> OpResult<Vec<String>> {
+    let mut statement =
+        conn.prepare_cached("SELECT blocker FROM blocks WHERE blocked = ?1 ORDER BY blocker")?;
+    let rows = statement.query_map([blocked], |row| row.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
 /// True when `blocker` blocks `blocked`.
 pub(super) fn blocks(conn: &Connection, blocker: &str, blocked: &str) -> OpResult<bool> {
     let found: Option<i64> = conn

@@ -235,6 +235,9 @@ CREATE TABLE IF NOT EXISTS user_settings (
     PRIMARY KEY (user_id, key)
 ) STRICT, WITHOUT ROWID;
 
+-- Finds who blocks a user, for typing indicators.
+CREATE INDEX IF NOT EXISTS blocks_by_blocked ON blocks (blocked, blocker);
+
 CREATE TABLE IF NOT EXISTS once_marks (
     key TEXT PRIMARY KEY,
     marked_at INTEGER NOT NULL
