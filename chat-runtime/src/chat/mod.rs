@@ -220,13 +220,7 @@ pub async fn send_message(
             moderation: checked.records,
         })
         .await?;
-    if !appended.duplicate {
-        metrics
-            .messages_stored
-            .get_or_create(&Metrics::tenant(&tenant.id))
-            .inc();
-        publish_message(tenant, &appended);
-    }
+    publish_new(tenant, metrics, &appended);
     Ok(appended)
 }
 
@@ -278,14 +272,21 @@ pub async fn send_automated(
             moderation: checked.records,
         })
         .await?;
-    if !appended.duplicate {
-        metrics
-            .messages_stored
-            .get_or_create(&Metrics::tenant(&tenant.id))
-            .inc();
-        publish_message(tenant, &appended);
-    }
+    publish_new(tenant, metrics, &appended);
     Ok(appended)
+}
+
+/// Counts and delivers a message the store just stored. A retry that
+/// returned the stored message was counted and delivered the first time.
+fn publish_new(tenant: &Tenant, metrics: &Metrics, appended: &Appended) {
+    if appended.duplicate {
+        return;
+    }
+    metrics
+        .messages_stored
+        .get_or_create(&Metrics::tenant(&tenant.id))
+        .inc();
+    publish_message(tenant, appended);
 }
 
 fn publish_message(tenant: &Tenant, appended: &Appended) {
