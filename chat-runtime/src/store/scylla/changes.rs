@@ -14,6 +14,7 @@
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use super::ScyllaStore;
+use super::blocks::without_blockers;
 use super::channels::FAN_OUT;
 use super::messages::{back_off, normalise_mentions};
 use super::rows::{ChannelRecord, StoredMessage, bucket_of, inconsistent, seq_to_cql};
@@ -73,7 +74,9 @@ impl ScyllaStore {
                 let edit_count = stored.edit_count + 1;
                 self.replace_mentions(&stored, &mentions, edit_count)
                     .await?;
-                let change = self.message_change(&record, edit.seq, true).await?;
+                let change = self
+                    .message_change(&record, edit.seq, true, &edit.editor)
+                    .await?;
                 self.log_edit(&change, &edit, mentions, edit_count).await?;
                 return Ok(change);
             }
@@ -256,7 +259,9 @@ impl ScyllaStore {
                 // A previous call may have stopped before its clean-up, so
                 // it runs again; every step of it is idempotent.
                 self.clean_up_deleted(&stored, deleted_at).await?;
-                return self.message_change(&record, seq, false).await;
+                return self
+                    .message_change(&record, seq, false, &stored.sender_id)
+                    .await;
             }
             if self.apply_delete(&stored, now).await? {
                 self.clean_up_deleted(&stored, now).await?;
@@ -272,7 +277,9 @@ impl ScyllaStore {
                 let seq_text = seq.to_string();
                 let entry = self.place_derived(event, &["message.deleted", channel_id, &seq_text]);
                 self.log(vec![entry]).await?;
-                return self.message_change(&record, seq, true).await;
+                return self
+                    .message_change(&record, seq, true, &stored.sender_id)
+                    .await;
             }
             back_off(attempt).await;
             stored = self.message_row_serial(&record, seq).await?;
@@ -372,18 +379,23 @@ impl ScyllaStore {
         super::rows::message_from_row(row)
     }
 
-    /// Builds the result of an edit or delete: the message as it is now,
-    /// with reaction counts but no `own_reactions`, and the members.
+    /// Builds the result of an edit, a delete or a reaction change: the
+    /// message as it is now, with reaction counts but no `own_reactions`,
+    /// and the members who receive what `actor` did, which leaves out those
+    /// who block `actor`.
     pub(super) async fn message_change(
         &self,
         record: &ChannelRecord,
         seq: u64,
         changed: bool,
+        actor: &str,
     ) -> StoreResult<MessageChange> {
-        let (mut messages, members) = futures_util::try_join!(
+        let (mut messages, members, blockers) = futures_util::try_join!(
             self.read_range(record, seq, seq, None),
             self.list_member_ids(&record.channel.id),
+            self.blocker_set(actor),
         )?;
+        let members = without_blockers(members, &blockers);
         let message = messages
             .pop()
             .ok_or_else(|| inconsistent("a changed message vanished"))?;

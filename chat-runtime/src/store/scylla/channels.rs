@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use super::ScyllaStore;
+use super::blocks::includes_blocker;
 use super::rows::{
     ChannelRecord, ChannelRow, StoredMessage, channel_from_row, inconsistent, kind_to_cql,
     role_from_cql, role_to_cql, seq_from_cql, seq_to_cql,
@@ -247,6 +248,15 @@ impl ScyllaStore {
         let (record, created) = match self.channel(&id).await? {
             Some(record) => (record, false),
             None => {
+                // A block stops new direct channels only, so an existing
+                // one opens without this read.
+                // NOTE: a block written between this check and the insert
+                // below does not stop that one channel.
+                if self.blocked_between(a, b).await? {
+                    return Err(StoreError::Forbidden(
+                        "one of the two users blocks the other",
+                    ));
+                }
                 let created = self
                     .conditional(
                         &self.statements.insert_channel,
@@ -315,10 +325,16 @@ impl ScyllaStore {
             .iter()
             .map(|user| self.active_incarnation(user))
             .collect();
-        futures_util::stream::iter(checks)
+        let incarnations = futures_util::stream::iter(checks)
             .buffer_unordered(FAN_OUT)
-            .try_collect::<Vec<_>>()
-            .await?;
+            .try_collect::<Vec<_>>();
+        let (_, blockers) = futures_util::try_join!(incarnations, self.blocker_set(creator))?;
+        // NOTE: a block written after this read does not stop this group.
+        if includes_blocker(all_members.iter().copied(), creator, &blockers) {
+            return Err(StoreError::Forbidden(
+                "a member blocks you, so you cannot add them to a group",
+            ));
+        }
 
         let id = keys::random_group_id();
         let created = self
@@ -397,6 +413,12 @@ impl ScyllaStore {
         }
         self.active_incarnation(user).await?;
         self.check_not_banned_from(user, channel_id, now).await?;
+        // NOTE: a block written after this read does not stop this addition.
+        if self.blocks(user, actor).await? {
+            return Err(StoreError::Forbidden(
+                "the user blocks you, so you cannot add them",
+            ));
+        }
 
         let changed = self
             .insert_member(&channel, user, MemberRole::Member, now)

@@ -1,10 +1,11 @@
 //! Appending and reading messages, and client message id dedupe.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
+use super::blocks::{without_blocked_senders, without_blockers};
 use super::channels::FAN_OUT;
 use super::events::{self, LogEntry, Position, derived_tag};
 use super::reactions::{ReactionRow, attach_reactions};
@@ -136,7 +137,14 @@ impl ScyllaStore {
                     if let Some(at) = message.last_event_at() {
                         self.event_clock.observe(at);
                     }
-                    let members = self.complete(&message).await?;
+                    // NOTE: a block written while this message is stored
+                    // may miss this read, and the blocker then gets the
+                    // message live.
+                    let (members, blockers) = futures_util::try_join!(
+                        self.complete(&message),
+                        self.blocker_set(&new.sender_id),
+                    )?;
+                    let members = without_blockers(members, &blockers);
                     return Ok(Appended {
                         message: message.into_message(false),
                         duplicate: false,
@@ -237,7 +245,9 @@ impl ScyllaStore {
         newest: StoredMessage,
         duplicate: bool,
     ) -> StoreResult<Appended> {
-        let members = self.complete(&newest).await?;
+        let (members, blockers) =
+            futures_util::try_join!(self.complete(&newest), self.blocker_set(&newest.sender_id),)?;
+        let members = without_blockers(members, &blockers);
         // The row may have been edited or deleted since the claim.
         let stored = self
             .message_row(&newest.channel_id, newest.seq)
@@ -461,7 +471,11 @@ impl ScyllaStore {
                 }
             }
         };
-        let members = self.list_member_ids(&new.channel_id).await?;
+        let (members, blockers) = futures_util::try_join!(
+            self.list_member_ids(&new.channel_id),
+            self.blocker_set(&new.sender_id),
+        )?;
+        let members = without_blockers(members, &blockers);
         let message = self
             .finish_messages(vec![stored])
             .await?
@@ -480,8 +494,11 @@ impl ScyllaStore {
         user: &str,
         page: Page,
     ) -> StoreResult<Vec<Message>> {
-        let (role, record) =
-            futures_util::try_join!(self.member_role(channel_id, user), self.channel(channel_id))?;
+        let (role, record, blocked) = futures_util::try_join!(
+            self.member_role(channel_id, user),
+            self.channel(channel_id),
+            self.blocked_user_set(user),
+        )?;
         let (Some(_), Some(record)) = (role, record) else {
             return Err(StoreError::NotFound);
         };
@@ -498,7 +515,63 @@ impl ScyllaStore {
                 (first, after.saturating_add(u64::from(limit)).min(last_seq))
             }
         };
-        self.read_range(&record, first, last, Some(user)).await
+        if blocked.is_empty() {
+            return self.read_range(&record, first, last, Some(user)).await;
+        }
+        let older = !matches!(page, Page::After { .. });
+        let limit = match page {
+            Page::Latest { limit } | Page::Before { limit, .. } | Page::After { limit, .. } => {
+                limit
+            }
+        };
+        let request = PageRequest {
+            first,
+            last,
+            limit: u64::from(limit),
+            older,
+        };
+        self.page_without_blocked(&record, user, request, &blocked)
+            .await
+    }
+
+    /// Reads a history page for a viewer who blocks someone. Messages of
+    /// blocked users leave gaps, which further ranges in the page's
+    /// direction fill, so that the page still has `limit` messages when the
+    /// channel has them.
+    ///
+    /// NOTE: no further range starts after [`HIDDEN_SCAN_MESSAGES`]
+    /// messages, so a longer run of hidden messages ends the page early,
+    /// and an empty page there looks like the end of the history.
+    async fn page_without_blocked(
+        &self,
+        record: &ChannelRecord,
+        viewer: &str,
+        request: PageRequest,
+        blocked: &BTreeSet<String>,
+    ) -> StoreResult<Vec<Message>> {
+        let mut page: VecDeque<Message> = VecDeque::new();
+        let (mut first, mut last) = (request.first, request.last);
+        let mut extra_read = 0;
+        while first > 0 && first <= last {
+            let messages = self.read_range(record, first, last, Some(viewer)).await?;
+            let kept = without_blocked_senders(messages, blocked);
+            if request.older {
+                for message in kept.into_iter().rev() {
+                    page.push_front(message);
+                }
+            } else {
+                page.extend(kept);
+            }
+            let missing = request.limit.saturating_sub(page.len() as u64);
+            if missing == 0 || extra_read >= HIDDEN_SCAN_MESSAGES {
+                break;
+            }
+            (first, last) = next_range(&request, first, last, missing, record.channel.last_seq);
+            extra_read += last.saturating_sub(first) + 1;
+        }
+        let mut page = Vec::from(page);
+        trim_page(&mut page, &request);
+        Ok(page)
     }
 
     pub(super) async fn messages_in_range(
@@ -508,12 +581,16 @@ impl ScyllaStore {
         after: u64,
         up_to: u64,
     ) -> StoreResult<Vec<Message>> {
-        let Some(record) = self.channel(channel_id).await? else {
+        let (record, blocked) =
+            futures_util::try_join!(self.channel(channel_id), self.blocked_user_set(viewer),)?;
+        let Some(record) = record else {
             return Ok(Vec::new());
         };
         let last = up_to.min(record.channel.last_seq);
-        self.read_range(&record, after.saturating_add(1), last, Some(viewer))
-            .await
+        let messages = self
+            .read_range(&record, after.saturating_add(1), last, Some(viewer))
+            .await?;
+        Ok(without_blocked_senders(messages, &blocked))
     }
 
     /// Returns the channel if `user` is a member, and `NotFound` otherwise.
@@ -537,12 +614,17 @@ impl ScyllaStore {
         seq: u64,
         user: &str,
     ) -> StoreResult<Message> {
-        let record = self.member_channel(channel_id, user).await?;
+        let (record, blocked) = futures_util::try_join!(
+            self.member_channel(channel_id, user),
+            self.blocked_user_set(user),
+        )?;
         if seq == 0 || seq > record.channel.last_seq {
             return Err(StoreError::NotFound);
         }
-        self.read_range(&record, seq, seq, Some(user))
-            .await?
+        let messages = self.read_range(&record, seq, seq, Some(user)).await?;
+        // Messages of a blocked user are hidden from the blocker, as in
+        // history.
+        without_blocked_senders(messages, &blocked)
             .pop()
             .ok_or(StoreError::NotFound)
     }
@@ -757,6 +839,61 @@ pub(super) fn bucket_ranges(first: u64, last: u64) -> Vec<(i64, u64, u64)> {
         .collect()
 }
 
+/// Messages past its first range that a history page starts reading, at
+/// most, to fill gaps that blocked senders leave.
+const HIDDEN_SCAN_MESSAGES: u64 = 1_000;
+
+/// Messages that each further range of such a page reads at least, so a
+/// page with a few gaps needs few requests.
+const HIDDEN_SCAN_STEP: u64 = 100;
+
+/// A history page to fill: its first range, its size, and whether it grows
+/// towards older messages (`Latest`, `Before`) or newer ones (`After`).
+struct PageRequest {
+    first: u64,
+    last: u64,
+    limit: u64,
+    older: bool,
+}
+
+/// Returns the range next to `first..=last` in the page's direction, with
+/// room for `missing` messages and at least [`HIDDEN_SCAN_STEP`]. The
+/// range is empty when the channel has no more messages that way.
+fn next_range(
+    request: &PageRequest,
+    first: u64,
+    last: u64,
+    missing: u64,
+    last_seq: u64,
+) -> (u64, u64) {
+    let size = missing.max(HIDDEN_SCAN_STEP);
+    if request.older {
+        let top = first.saturating_sub(1);
+        if top == 0 {
+            return (1, 0);
+        }
+        (top.saturating_sub(size - 1).max(1), top)
+    } else {
+        let bottom = last.saturating_add(1);
+        (bottom, last.saturating_add(size).min(last_seq))
+    }
+}
+
+/// Cuts a page that grew past its limit, keeping the messages next to
+/// where the page starts: the newest for older pages, the oldest for newer
+/// ones.
+fn trim_page(page: &mut Vec<Message>, request: &PageRequest) {
+    let limit = usize::try_from(request.limit).unwrap_or(usize::MAX);
+    if page.len() <= limit {
+        return;
+    }
+    if request.older {
+        page.drain(..page.len() - limit);
+    } else {
+        page.truncate(limit);
+    }
+}
+
 /// Returns the range `(first, last)` of the newest `limit` numbers up to
 /// `last`. The range is empty when `first > last`.
 fn newest_range(last: u64, limit: u32) -> (u64, u64) {
@@ -796,6 +933,79 @@ mod tests {
         let (first, last) = newest_range(0, 5);
         assert!(first > last);
         assert_eq!(newest_range(u64::MAX, u32::MAX).1, u64::MAX);
+    }
+
+    fn request(first: u64, last: u64, limit: u64, older: bool) -> PageRequest {
+        PageRequest {
+            first,
+            last,
+            limit,
+            older,
+        }
+    }
+
+    #[test]
+    fn next_range_grows_older_pages_down() {
+        let older = request(91, 100, 10, true);
+        assert_eq!(next_range(&older, 91, 100, 3, 100), (1, 90));
+        assert_eq!(next_range(&older, 500, 510, 3, 510), (400, 499));
+        assert_eq!(next_range(&older, 500, 510, 250, 510), (250, 499));
+        let (first, last) = next_range(&older, 1, 10, 3, 10);
+        assert!(first > last);
+    }
+
+    #[test]
+    fn next_range_grows_newer_pages_up() {
+        let newer = request(11, 20, 10, false);
+        assert_eq!(next_range(&newer, 11, 20, 3, 500), (21, 120));
+        assert_eq!(next_range(&newer, 11, 20, 3, 50), (21, 50));
+        let (first, last) = next_range(&newer, 11, 20, 3, 20);
+        assert!(first > last);
+    }
+
+    fn numbered(seqs: std::ops::RangeInclusive<u64>) -> Vec<Message> {
+        seqs.map(|seq| {
+            StoredMessage {
+                channel_id: "g_1".to_owned(),
+                seq,
+                sender_id: "alice".to_owned(),
+                sender_incarnation: 1,
+                client_id: format!("c{seq}"),
+                content: None,
+                created_at: 0,
+                content_hash: String::new(),
+                channel_activity: 0,
+                claim_id: 0,
+                reply_to: None,
+                mentions: Vec::new(),
+                event_at: None,
+                moderation: Vec::new(),
+                edited_at: None,
+                deleted_at: None,
+                edit_count: 0,
+            }
+            .into_message(false)
+        })
+        .collect()
+    }
+
+    fn page_seqs(page: &[Message]) -> Vec<u64> {
+        page.iter().map(|message| message.seq).collect()
+    }
+
+    #[test]
+    fn trim_keeps_messages_next_to_page_start() {
+        let mut older = numbered(1..=5);
+        trim_page(&mut older, &request(4, 5, 3, true));
+        assert_eq!(page_seqs(&older), [3, 4, 5]);
+
+        let mut newer = numbered(1..=5);
+        trim_page(&mut newer, &request(1, 2, 3, false));
+        assert_eq!(page_seqs(&newer), [1, 2, 3]);
+
+        let mut short = numbered(1..=2);
+        trim_page(&mut short, &request(1, 2, 3, true));
+        assert_eq!(page_seqs(&short), [1, 2]);
     }
 
     #[test]

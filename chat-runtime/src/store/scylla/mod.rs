@@ -35,6 +35,8 @@
 //!   `user_settings` (by user) and `once_marks` the users' settings and
 //!   once-a-period marks. `reports`, `report_index` and `report_claims` are
 //!   the report queue (see `reports.rs`).
+//! - `blocks` (by blocker) and `blocked_by` (by blocked user) contain each
+//!   block twice, written by one logged batch (see `blocks.rs`).
 //!
 //! # Contiguous sequence numbers across replicas
 //!
@@ -95,6 +97,7 @@
 //!   stay local in every case, so a runtime may briefly miss rows written
 //!   in another datacenter.
 
+mod blocks;
 mod changes;
 mod channels;
 mod config;
@@ -392,10 +395,6 @@ impl ScyllaStore {
     }
 }
 
-// TODO: the ScyllaDB store keeps no blocks yet. Setting one fails, and
-// fan-out, reads and new direct channels ignore them.
-const SAFETY_MISSING: &str = "the ScyllaDB store has no blocks yet";
-
 #[async_trait::async_trait]
 impl Store for ScyllaStore {
     async fn upsert_user(
@@ -647,20 +646,25 @@ impl Store for ScyllaStore {
 
     async fn set_block(
         &self,
-        _blocker: &str,
-        _blocked: &str,
-        _block: bool,
-        _now: Millis,
+        blocker: &str,
+        blocked: &str,
+        block: bool,
+        now: Millis,
     ) -> StoreResult<bool> {
-        Err(StoreError::Unavailable(SAFETY_MISSING.into()))
+        self.check_open()?;
+        self.change_block(blocker, blocked, block, now).await
     }
 
-    async fn blocked_users(&self, _blocker: &str) -> StoreResult<Vec<String>> {
-        Err(StoreError::Unavailable(SAFETY_MISSING.into()))
+    async fn blocked_users(&self, blocker: &str) -> StoreResult<Vec<String>> {
+        self.start_read()?;
+        let blocked = self.blocked_user_set(blocker).await?;
+        Ok(blocked.into_iter().collect())
     }
 
-    async fn blockers(&self, _blocked: &str) -> StoreResult<Vec<String>> {
-        Err(StoreError::Unavailable(SAFETY_MISSING.into()))
+    async fn blockers(&self, blocked: &str) -> StoreResult<Vec<String>> {
+        self.start_read()?;
+        let blockers = self.blocker_set(blocked).await?;
+        Ok(blockers.into_iter().collect())
     }
 
     async fn set_slow_mode(

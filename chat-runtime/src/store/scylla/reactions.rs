@@ -157,7 +157,7 @@ impl ScyllaStore {
             let event = NewEvent::reaction(channel_id, seq, user, reaction, add, now);
             self.log(vec![self.place(event)]).await?;
         }
-        self.message_change(&record, seq, changed).await
+        self.message_change(&record, seq, changed, user).await
     }
 
     /// Reads the user's reactions on a message at serial consistency, since

@@ -317,8 +317,11 @@ impl ScyllaStore {
                     .stored_message(&record, *seq)
                     .await?
                     .ok_or(StoreError::NotFound)?;
-                // The ScyllaDB store keeps no blocks yet, so unlike the
-                // embedded store it has no hidden messages to refuse here.
+                // A message the reporter's own block hides is not there
+                // for them.
+                if self.blocks(&new.reporter, &stored.sender_id).await? {
+                    return Err(StoreError::NotFound);
+                }
                 if stored.content.is_none() {
                     return Err(StoreError::Invalid(DELETED_MESSAGE));
                 }

@@ -10,7 +10,7 @@
 use scylla::client::session::Session;
 
 /// Schema version this build reads and writes.
-pub const REQUIRED_VERSION: i32 = 4;
+pub const REQUIRED_VERSION: i32 = 5;
 
 /// Messages per partition of the `messages` table (see the module docs of
 /// the store).
@@ -148,6 +148,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         description: "bans, mutes, slow mode, reports, users' settings and once-marks",
         steps: MIGRATION_4_STEPS,
+    },
+    Migration {
+        version: 5,
+        description: "blocks between users",
+        steps: MIGRATION_5_STEPS,
     },
 ];
 
@@ -367,6 +372,29 @@ const MIGRATION_4_STEPS: &[Step] = &[
         "CREATE TABLE IF NOT EXISTS {keyspace}.once_marks (
             name text PRIMARY KEY,
             marked_at bigint
+        )",
+    ),
+];
+
+const MIGRATION_5_STEPS: &[Step] = &[
+    // One partition per blocker, so the users a viewer blocks are one
+    // read, sorted by the clustering order.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.blocks (
+            blocker text,
+            blocked text,
+            created_at bigint,
+            PRIMARY KEY ((blocker), blocked)
+        )",
+    ),
+    // The same blocks keyed by the blocked user, so the members who block a
+    // sender are one read. Written in one logged batch with `blocks`.
+    Step::Cql(
+        "CREATE TABLE IF NOT EXISTS {keyspace}.blocked_by (
+            blocked text,
+            blocker text,
+            created_at bigint,
+            PRIMARY KEY ((blocked), blocker)
         )",
     ),
 ];
@@ -716,6 +744,24 @@ mod tests {
             }
         }
         assert_eq!(added, [("channels", "slow_mode_seconds")]);
+    }
+
+    #[test]
+    fn migration_5_creates_block_tables() {
+        let fifth = &MIGRATIONS[4];
+        assert_eq!(fifth.version, 5);
+        let mut tables = Vec::new();
+        for step in fifth.steps {
+            let Step::Cql(statement) = step else {
+                panic!("migration 5 only creates tables: {step:?}");
+            };
+            let name = statement
+                .trim_start()
+                .strip_prefix("CREATE TABLE IF NOT EXISTS {keyspace}.")
+                .and_then(|rest| rest.split_whitespace().next());
+            tables.push(name);
+        }
+        assert_eq!(tables, [Some("blocks"), Some("blocked_by")]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use scylla::client::session::Session;
 use scylla::errors::PrepareError;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::config::ConsistencyLevel;
@@ -59,6 +60,7 @@ pub(super) struct Statements {
     pub select_message: PreparedStatement,
     pub select_message_serial: PreparedStatement,
     pub select_messages_oldest_first: PreparedStatement,
+    pub select_message_senders: PreparedStatement,
     pub insert_message: PreparedStatement,
     pub edit_unedited_message: PreparedStatement,
     pub edit_edited_message: PreparedStatement,
@@ -112,6 +114,14 @@ pub(super) struct Statements {
     pub select_restrictions: PreparedStatement,
     pub select_restriction: PreparedStatement,
     pub delete_restriction: PreparedStatement,
+
+    pub select_block: PreparedStatement,
+    pub select_blocked_users: PreparedStatement,
+    pub select_blockers: PreparedStatement,
+    /// Writes a block's `blocks` and `blocked_by` rows.
+    pub add_block: Batch,
+    /// Deletes a block's `blocks` and `blocked_by` rows.
+    pub remove_block: Batch,
 
     pub insert_report: PreparedStatement,
     pub select_report: PreparedStatement,
@@ -383,6 +393,16 @@ impl Statements {
                          WHERE channel_id = ? AND bucket = ? AND seq >= ? AND seq <= ? \
                          ORDER BY seq ASC LIMIT ?"
                     ),
+                )
+                .await?,
+            // Only what the channel list needs to skip messages of blocked
+            // users, newest first.
+            select_message_senders: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT seq, sender_id, deleted_at, mentions FROM {ks}.messages \
+                     WHERE channel_id = ? AND bucket = ? AND seq >= ? AND seq <= ? \
+                     ORDER BY seq DESC",
                 )
                 .await?,
             // Timestamp 1 is below every edit and delete, which are
@@ -734,6 +754,38 @@ impl Statements {
                 )
                 .await?,
 
+            select_block: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT blocked FROM {ks}.blocks WHERE blocker = ? AND blocked = ?",
+                )
+                .await?,
+            select_blocked_users: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT blocked FROM {ks}.blocks WHERE blocker = ?",
+                )
+                .await?,
+            select_blockers: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT blocker FROM {ks}.blocked_by WHERE blocked = ?",
+                )
+                .await?,
+            add_block: preparer
+                .prepare_logged_batch(&[
+                    "INSERT INTO {ks}.blocks (blocker, blocked, created_at) VALUES (?, ?, ?)",
+                    "INSERT INTO {ks}.blocked_by (blocked, blocker, created_at) \
+                     VALUES (?, ?, ?)",
+                ])
+                .await?,
+            remove_block: preparer
+                .prepare_logged_batch(&[
+                    "DELETE FROM {ks}.blocks WHERE blocker = ? AND blocked = ?",
+                    "DELETE FROM {ks}.blocked_by WHERE blocked = ? AND blocker = ?",
+                ])
+                .await?,
+
             // Timestamp 1, below the clock timestamp of the resolving
             // transaction, so writing a filed report again never reopens it.
             insert_report: preparer
@@ -906,5 +958,20 @@ impl Preparer<'_> {
         let mut prepared = self.prepare(Kind::Read, statement).await?;
         prepared.set_consistency(self.consistency.serial_read());
         Ok(prepared)
+    }
+
+    /// Prepares plain writes as one logged batch. ScyllaDB applies a logged
+    /// batch whole or not at all, also across partitions, and gives all its
+    /// writes one timestamp, so of two racing batches on the same rows one
+    /// wins in every table.
+    async fn prepare_logged_batch(&self, statements: &[&str]) -> Result<Batch, PrepareError> {
+        let mut batch = Batch::new(BatchType::Logged);
+        for statement in statements {
+            let prepared = self.prepare(Kind::IdempotentWrite, statement).await?;
+            batch.append_statement(prepared);
+        }
+        batch.set_is_idempotent(true);
+        batch.set_consistency(self.consistency.write_consistency());
+        Ok(batch)
     }
 }

@@ -12,7 +12,10 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use super::ScyllaStore;
 use super::channels::FAN_OUT;
-use super::rows::{ChannelRecord, inconsistent, seq_from_cql, seq_to_cql};
+use super::rows::{
+    ChannelRecord, StoredMessage, bucket_of, inconsistent, seq_from_cql, seq_to_cql,
+};
+use super::schema::BUCKET_SIZE;
 use crate::store::{ChannelSummary, Message, Millis, StoreResult};
 
 /// Rows of `deleted_messages` that one search for the newest message left
@@ -23,6 +26,114 @@ const DELETED_SCAN_ROWS: i32 = 1_000;
 /// One is enough unless `deleted_messages` lags the `messages` rows or
 /// more than [`DELETED_SCAN_ROWS`] newest messages are deleted.
 const PREVIEW_CANDIDATES: usize = 4;
+
+/// Messages from the newest down that the channel list reads to leave out
+/// messages of users the viewer blocks.
+const BLOCKED_SCAN_ROWS: u64 = 1_000;
+
+/// Messages that one request of that scan reads.
+const BLOCKED_SCAN_CHUNK: u64 = 100;
+
+/// `seq, sender_id, deleted_at, mentions` of a `messages` row.
+type SenderRow = (i64, Option<String>, Option<i64>, Option<Vec<String>>);
+
+/// The fields of one message that the channel list reads to hide blocked
+/// senders.
+#[derive(Debug, Clone, PartialEq)]
+struct ScannedMessage {
+    seq: u64,
+    sender_id: String,
+    deleted: bool,
+    mentions: Vec<String>,
+}
+
+impl ScannedMessage {
+    fn from_row(row: SenderRow) -> StoreResult<ScannedMessage> {
+        let (seq, sender_id, deleted_at, mentions) = row;
+        Ok(ScannedMessage {
+            seq: seq_from_cql(Some(seq))?,
+            sender_id: sender_id.unwrap_or_default(),
+            deleted: deleted_at.is_some(),
+            mentions: mentions.unwrap_or_default(),
+        })
+    }
+
+    fn from_stored(message: &StoredMessage) -> ScannedMessage {
+        ScannedMessage {
+            seq: message.seq,
+            sender_id: message.sender_id.clone(),
+            deleted: message.deleted_at.is_some(),
+            mentions: message.mentions.clone(),
+        }
+    }
+}
+
+/// Result of scanning a channel's newest messages for blocked senders,
+/// fed newest first.
+#[derive(Debug, Default, PartialEq)]
+struct BlockedScan {
+    /// Unread messages of blocked senders that are not deleted.
+    hidden_unread: u64,
+    /// Those of them that mention the viewer.
+    hidden_mentions: u64,
+    /// The newest message that is neither deleted nor from a blocked
+    /// sender.
+    newest_visible: Option<u64>,
+}
+
+impl BlockedScan {
+    fn add(
+        &mut self,
+        message: &ScannedMessage,
+        viewer: &str,
+        read_seq: u64,
+        blocked: &BTreeSet<String>,
+    ) {
+        // Deleted messages are neither shown nor unread already.
+        if message.deleted {
+            return;
+        }
+        if !blocked.contains(&message.sender_id) {
+            self.newest_visible.get_or_insert(message.seq);
+            return;
+        }
+        if message.seq > read_seq {
+            self.hidden_unread += 1;
+            if message.mentions.iter().any(|user| user == viewer) {
+                self.hidden_mentions += 1;
+            }
+        }
+    }
+
+    /// True once the scan, which has read down to `lowest`, has passed
+    /// every unread message and found one to show.
+    fn is_done(&self, lowest: u64, read_seq: u64) -> bool {
+        self.newest_visible.is_some() && lowest <= read_seq.saturating_add(1)
+    }
+
+    /// Takes the hidden messages out of unread counts that include them.
+    fn subtract_from(&self, unread: u64, mentions: u64) -> (u64, u64) {
+        let unread = unread.saturating_sub(self.hidden_unread);
+        let mentions = mentions.saturating_sub(self.hidden_mentions);
+        (unread, mentions.min(unread))
+    }
+}
+
+/// Returns the next chunk of the scan, `(bucket, first, last)` with `last`
+/// at `top`, inside one `messages` partition and not below `floor`, or
+/// `None` once the scan is past `floor`.
+fn scan_chunk(top: u64, floor: u64) -> Option<(i64, u64, u64)> {
+    if top == 0 || top < floor {
+        return None;
+    }
+    let bucket = bucket_of(top);
+    let bucket_first = u64::try_from(bucket).unwrap_or(0) * BUCKET_SIZE + 1;
+    let first = top
+        .saturating_sub(BLOCKED_SCAN_CHUNK - 1)
+        .max(bucket_first)
+        .max(floor);
+    Some((bucket, first, top))
+}
 
 /// Returns the highest number from `last` down that is not in `deleted`,
 /// or `None` when every number down to 1 is.
@@ -52,7 +163,12 @@ impl ScyllaStore {
         before: Option<(Millis, String)>,
         limit: u32,
     ) -> StoreResult<Vec<ChannelSummary>> {
-        let mut entries = self.user_channel_entries(user).await?;
+        // Messages of users the viewer blocks count neither as unread nor
+        // as the newest message. Most users block no one, and for them this
+        // read is all the cost.
+        let (mut entries, blocked) =
+            futures_util::try_join!(self.user_channel_entries(user), self.blocked_user_set(user),)?;
+        let blocked = &blocked;
         entries.sort_by(|left, right| {
             (right.last_activity, &right.channel_id).cmp(&(left.last_activity, &left.channel_id))
         });
@@ -101,7 +217,8 @@ impl ScyllaStore {
         let details: Vec<_> = summaries
             .into_iter()
             .map(|(last_activity, record, read_seq)| async move {
-                self.summary(user, record, read_seq, last_activity).await
+                self.summary(user, record, read_seq, last_activity, blocked)
+                    .await
             })
             .collect();
         futures_util::stream::iter(details)
@@ -116,11 +233,17 @@ impl ScyllaStore {
         record: ChannelRecord,
         read_seq: u64,
         last_activity: Millis,
+        blocked: &BTreeSet<String>,
     ) -> StoreResult<ChannelSummary> {
-        let (last_message, (unread, unread_mentions)) = futures_util::try_join!(
-            self.newest_kept_message(&record, user),
-            self.unread(&record, user, read_seq),
-        )?;
+        let (last_message, (unread, unread_mentions)) = if blocked.is_empty() {
+            futures_util::try_join!(
+                self.newest_kept_message(&record, user),
+                self.unread(&record, user, read_seq),
+            )?
+        } else {
+            self.visible_newest_and_unread(&record, user, read_seq, blocked)
+                .await?
+        };
         let mut channel = record.channel;
         // The page was sorted and cut on the activity rows, and clients
         // page on the activity they get back, so they get the same value.
@@ -161,6 +284,86 @@ impl ScyllaStore {
             ),
         )?;
         Ok(unread_counts(read_seq, last_seq, deleted, mentions))
+    }
+
+    /// Returns the newest message that is neither deleted nor from a user
+    /// `viewer` blocks, and the unread counts without such users' messages.
+    ///
+    /// NOTE: this reads only the newest [`BLOCKED_SCAN_ROWS`] messages, so
+    /// older unread messages of blocked users still count as unread, and a
+    /// channel whose newest messages are all hidden or deleted that far
+    /// down shows no last message.
+    async fn visible_newest_and_unread(
+        &self,
+        record: &ChannelRecord,
+        viewer: &str,
+        read_seq: u64,
+        blocked: &BTreeSet<String>,
+    ) -> StoreResult<(Option<Message>, (u64, u64))> {
+        let ((unread, mentions), scan) = futures_util::try_join!(
+            self.unread(record, viewer, read_seq),
+            self.scan_for_blocked(record, viewer, read_seq, blocked),
+        )?;
+        let unread_counts = scan.subtract_from(unread, mentions);
+        let Some(seq) = scan.newest_visible else {
+            return Ok((None, unread_counts));
+        };
+        let newest = self
+            .read_range(record, seq, seq, Some(viewer))
+            .await?
+            .into_iter()
+            .find(|message| message.deleted_at.is_none());
+        Ok((newest, unread_counts))
+    }
+
+    /// Reads the senders of the channel's newest messages, newest first, a
+    /// chunk at a time, until it has passed `read_seq` and found a message
+    /// to show, or read [`BLOCKED_SCAN_ROWS`] messages.
+    async fn scan_for_blocked(
+        &self,
+        record: &ChannelRecord,
+        viewer: &str,
+        read_seq: u64,
+        blocked: &BTreeSet<String>,
+    ) -> StoreResult<BlockedScan> {
+        let last = record.channel.last_seq;
+        let floor = last.saturating_sub(BLOCKED_SCAN_ROWS - 1).max(1);
+        let mut scan = BlockedScan::default();
+        let mut top = last;
+        while let Some((bucket, first, chunk_last)) = scan_chunk(top, floor) {
+            let rows: Vec<SenderRow> = self
+                .rows(
+                    &self.statements.select_message_senders,
+                    (
+                        &record.channel.id,
+                        bucket,
+                        seq_to_cql(first),
+                        seq_to_cql(chunk_last),
+                    ),
+                    "read the senders of a channel's newest messages",
+                )
+                .await?;
+            let mut scanned = rows
+                .into_iter()
+                .map(ScannedMessage::from_row)
+                .collect::<StoreResult<Vec<_>>>()?;
+            // The newest message may still lack its `messages` row while its
+            // writer finishes, and is then taken from the channel row.
+            if chunk_last == last
+                && scanned.first().map(|message| message.seq) != Some(last)
+                && let Some(newest) = record.newest.as_ref().filter(|newest| newest.seq == last)
+            {
+                scanned.insert(0, ScannedMessage::from_stored(newest));
+            }
+            for message in &scanned {
+                scan.add(message, viewer, read_seq, blocked);
+            }
+            if scan.is_done(first, read_seq) {
+                break;
+            }
+            top = first - 1;
+        }
+        Ok(scan)
     }
 
     async fn count(
@@ -263,6 +466,102 @@ mod tests {
         // number below it is the candidate, which the caller then reads.
         let scanned: BTreeSet<u64> = (1_001..=2_000).collect();
         assert_eq!(newest_kept(2_000, &scanned), Some(1_000));
+    }
+
+    fn scanned(seq: u64, sender: &str, deleted: bool, mentions: &[&str]) -> ScannedMessage {
+        ScannedMessage {
+            seq,
+            sender_id: sender.to_owned(),
+            deleted,
+            mentions: mentions.iter().map(|user| (*user).to_owned()).collect(),
+        }
+    }
+
+    fn scan_of(messages: &[ScannedMessage], read_seq: u64) -> BlockedScan {
+        let blocked: BTreeSet<String> = ["alice".to_owned()].into();
+        let mut scan = BlockedScan::default();
+        for message in messages {
+            scan.add(message, "bob", read_seq, &blocked);
+        }
+        scan
+    }
+
+    #[test]
+    fn scanned_rows_convert() {
+        let row = (
+            7,
+            Some("alice".to_owned()),
+            Some(5),
+            Some(vec!["bob".to_owned()]),
+        );
+        assert_eq!(
+            ScannedMessage::from_row(row).unwrap(),
+            scanned(7, "alice", true, &["bob"])
+        );
+        let bare = (8, None, None, None);
+        assert_eq!(
+            ScannedMessage::from_row(bare).unwrap(),
+            scanned(8, "", false, &[])
+        );
+        assert!(ScannedMessage::from_row((-1, None, None, None)).is_err());
+    }
+
+    #[test]
+    fn scan_hides_unread_of_blocked_senders() {
+        let messages = [
+            scanned(5, "alice", false, &["bob"]),
+            scanned(4, "alice", true, &[]),
+            scanned(3, "carol", false, &[]),
+            scanned(2, "alice", false, &[]),
+            scanned(1, "alice", false, &["bob"]),
+        ];
+        let scan = scan_of(&messages, 1);
+        assert_eq!(scan.hidden_unread, 2);
+        assert_eq!(scan.hidden_mentions, 1);
+        assert_eq!(scan.newest_visible, Some(3));
+    }
+
+    #[test]
+    fn scan_skips_deleted_and_read() {
+        let messages = [
+            scanned(3, "carol", true, &[]),
+            scanned(2, "alice", false, &["bob"]),
+        ];
+        let scan = scan_of(&messages, 2);
+        assert_eq!(scan.hidden_unread, 0);
+        assert_eq!(scan.hidden_mentions, 0);
+        assert_eq!(scan.newest_visible, None);
+    }
+
+    #[test]
+    fn scan_done_after_read_position_and_visible() {
+        let visible = scan_of(&[scanned(9, "carol", false, &[])], 0);
+        assert!(visible.is_done(4, 3));
+        assert!(!visible.is_done(5, 3));
+        let hidden = scan_of(&[scanned(9, "alice", false, &[])], 0);
+        assert!(!hidden.is_done(1, 3));
+    }
+
+    #[test]
+    fn scan_subtracts_hidden_counts() {
+        let scan = BlockedScan {
+            hidden_unread: 2,
+            hidden_mentions: 1,
+            newest_visible: None,
+        };
+        assert_eq!(scan.subtract_from(5, 3), (3, 2));
+        // Counts read around a concurrent change can be below the scan's.
+        assert_eq!(scan.subtract_from(1, 2), (0, 0));
+    }
+
+    #[test]
+    fn scan_chunks_stay_in_one_partition() {
+        assert_eq!(scan_chunk(2_050, 1_051), Some((2, 2_001, 2_050)));
+        assert_eq!(scan_chunk(2_000, 1_051), Some((1, 1_901, 2_000)));
+        assert_eq!(scan_chunk(1_100, 1_051), Some((1, 1_051, 1_100)));
+        assert_eq!(scan_chunk(1_050, 1_051), None);
+        assert_eq!(scan_chunk(5, 1), Some((0, 1, 5)));
+        assert_eq!(scan_chunk(0, 1), None);
     }
 
     #[test]
