@@ -1,7 +1,7 @@
 //! Conformance checks of blocks, bans and mutes.
 
 use super::{Fixture, NOW, add_users, group_of, message, text};
-use crate::store::{Restriction, RestrictionKind, StoreError};
+use crate::store::{NewReport, ReportTarget, Restriction, RestrictionKind, StoreError};
 
 fn restriction(
     user: &str,
@@ -194,6 +194,22 @@ pub(crate) async fn blocks_stop_direct_channels_and_delivery(fixture: &dyn Fixtu
     assert_eq!(seqs(between), [2]);
     let hidden = store.message(&group.id, 1, "bob").await;
     assert!(matches!(hidden, Err(StoreError::NotFound)), "{hidden:?}");
+    // A message hidden by the reporter's own block cannot be reported.
+    let report = NewReport {
+        reporter: "bob".to_owned(),
+        target: ReportTarget::Message {
+            channel_id: group.id.clone(),
+            seq: 1,
+        },
+        reason: "spam".to_owned(),
+        note: None,
+        created_at: NOW,
+    };
+    let reported = store.file_report(report).await;
+    assert!(
+        matches!(reported, Err(StoreError::NotFound)),
+        "{reported:?}"
+    );
     // Bob's channel list counts and shows Carol's message only, also after
     // a newer message of Alice that mentions him.
     let mut mention = message(&group.id, "alice", "a1b", text("@bob"));
