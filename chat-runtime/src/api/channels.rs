@@ -170,8 +170,8 @@ pub async fn presence(
         .store
         .channel_for_member(&channel_id, &auth.user_id)
         .await?;
-    // A store that keeps no blocks (ScyllaDB so far) fails this read, and
-    // then no one is left out.
+    // Presence is a hint, so a failed read of the blocks leaves no one out
+    // rather than failing the request.
     let blocked = auth
         .tenant
         .store

@@ -419,9 +419,9 @@ pub async fn typing(
     if !members.iter().any(|member| member == user) {
         return Err(ChatError::not_found());
     }
-    // Users who block the typist do not see them type. A store that keeps
-    // no blocks (ScyllaDB so far) fails this read, and then no one is left
-    // out.
+    // Users who block the typist do not see them type. A typing indicator
+    // is a hint, so a failed read of the blockers leaves no one out rather
+    // than failing the request.
     let blockers = tenant.store.blockers(user).await.unwrap_or_default();
     members.retain(|member| !blockers.contains(member));
     let frame = ServerFrame::Typing {
