@@ -387,7 +387,9 @@ impl Session {
                 content,
                 mentions,
             } => {
-                let result = chat::edit_message(
+                // Boxed, because an edit may call the moderation hook, whose
+                // large future would otherwise grow every socket's task.
+                let result = Box::pin(chat::edit_message(
                     &self.tenant,
                     &self.state.metrics,
                     &self.user_id,
@@ -395,7 +397,7 @@ impl Session {
                     seq,
                     content,
                     mentions,
-                )
+                ))
                 .await;
                 self.report_failure(r#ref.as_deref(), result).await
             }
@@ -603,7 +605,16 @@ impl Session {
 
     async fn on_send(&mut self, reference: Option<&str>, draft: chat::Draft) -> Result<(), Exit> {
         let metrics = &self.state.metrics;
-        let result = chat::send_message(&self.tenant, metrics, &self.user_id, draft).await;
+        // Boxed, because a send may call the moderation hook over HTTP, and
+        // that future is large: held inline, it would grow the task of
+        // every socket, idle ones included.
+        let result = Box::pin(chat::send_message(
+            &self.tenant,
+            metrics,
+            &self.user_id,
+            draft,
+        ))
+        .await;
         match result {
             Ok(appended) => {
                 let message = &appended.message;
