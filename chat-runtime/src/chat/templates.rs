@@ -103,6 +103,7 @@ pub async fn save(tenant: &Tenant, user: &str, template: Template) -> Result<boo
             format!("{field}: {reason}"),
         ));
     }
+
     let max_bytes = tenant.settings().limits.max_message_bytes;
     if template.text.len() > max_bytes {
         return Err(ChatError::new(
@@ -111,6 +112,7 @@ pub async fn save(tenant: &Tenant, user: &str, template: Template) -> Result<boo
             format!("the template's text is over the message limit of {max_bytes} bytes"),
         ));
     }
+
     let own = own_templates(tenant, user).await?;
     let exists = own.iter().any(|stored| stored.id == template.id);
     // NOTE: the store has no conditional insert for settings, so two saves
@@ -123,6 +125,7 @@ pub async fn save(tenant: &Tenant, user: &str, template: Template) -> Result<boo
             format!("a user may keep at most {MAX_USER_TEMPLATES} templates; delete one first"),
         ));
     }
+
     let key = format!("{SETTING_PREFIX}{}", template.id);
     let value = serde_json::to_value(&template).unwrap_or_default();
     tenant

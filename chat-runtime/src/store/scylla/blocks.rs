@@ -202,7 +202,7 @@ mod tests {
         let blockers = set(&["bob"]);
         assert!(includes_blocker(["alice", "bob"], "alice", &blockers));
         assert!(!includes_blocker(["alice", "carol"], "alice", &blockers));
-        // A creator listed among the members never blocks itself.
+        // A creator listed among the members is not checked against itself.
         assert!(!includes_blocker(["bob"], "bob", &blockers));
     }
 }

@@ -80,7 +80,7 @@ impl ScyllaStore {
     /// owner.
     ///
     /// NOTE: two sends of one member through two replicas at the same
-    /// moment both pass, because neither sees the other's send time yet.
+    /// moment both pass, because neither reads the other's send time yet.
     /// Sends through one replica take turns per channel, so they do not.
     pub(super) async fn check_slow_mode(
         &self,
