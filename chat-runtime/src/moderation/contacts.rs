@@ -182,6 +182,13 @@ fn phones(text: &str, min_digits: usize) -> Vec<Range<usize>> {
         let amount = !phone_like && is_amount(text, group, runs.get(index + 1));
         if digits >= min_digits && grouped_ok && !amount {
             found.push(group[0].range.start..group[group.len() - 1].range.end);
+        } else if !grouped_ok && !amount {
+            // The group is not one phone number, but a run in it can be one
+            // on its own, as `123456789` is in `123456789 1`.
+            let long_runs = group
+                .iter()
+                .filter(|run| run.digits.as_ref().is_some_and(|d| d.len() >= min_digits));
+            found.extend(long_runs.map(|run| run.range.clone()));
         }
         index += 1;
     }
@@ -411,6 +418,14 @@ mod tests {
         assert!(detect("$ 1200000000").is_empty());
         assert!(detect("năm 2024 tôi mua 2 xe, 3 lần").is_empty());
         assert!(detect("một hai ba").is_empty());
+        assert!(detect("giá 1500000000 - 2000000000 đ").is_empty());
+    }
+
+    #[test]
+    fn long_run_inside_a_group_of_numbers() {
+        assert_eq!(detect("123456789 1"), ["123456789"]);
+        assert_eq!(detect("mã 12 123456789"), ["123456789"]);
+        assert_eq!(detect("size 36 912345678 40"), ["912345678"]);
     }
 
     #[test]
