@@ -93,6 +93,7 @@ macro_rules! store_conformance_tests {
             mutes_stop_sends_until_lifted,
             bans_remove_and_keep_out,
             blocks_stop_direct_channels_and_delivery,
+            blocked_messages_keep_channel_order,
             slow_mode_spaces_sends,
             reports_queue_and_resolve,
             flag_decisions_file_reports,

@@ -249,3 +249,59 @@ pub(crate) async fn blocks_stop_direct_channels_and_delivery(fixture: &dyn Fixtu
     assert_eq!(from_alice.members, ["alice", "bob", "carol"]);
     store.open_direct("alice", "bob", None, NOW).await.unwrap();
 }
+
+pub(crate) async fn blocked_messages_keep_channel_order(fixture: &dyn Fixture) {
+    let store = fixture.store();
+    add_users(&*store, &["alice", "bob", "carol"]).await;
+    let with_carol = group_of(&*store, "bob", &["carol"]).await;
+    let with_alice = group_of(&*store, "bob", &["alice"]).await;
+    store.set_block("bob", "alice", true, NOW).await.unwrap();
+
+    let mut from_carol = message(&with_carol.id, "carol", "c1", text("hi"));
+    from_carol.created_at = NOW + 10;
+    store.append_message(from_carol).await.unwrap();
+    let mut from_alice = message(&with_alice.id, "alice", "a1", text("hi"));
+    from_alice.created_at = NOW + 20;
+    store.append_message(from_alice).await.unwrap();
+
+    // Alice's newer message moves her channel up her own list only.
+    let bobs = store.list_channels("bob", None, 10).await.unwrap();
+    assert_eq!(
+        channel_ids(&bobs),
+        [with_carol.id.as_str(), with_alice.id.as_str()]
+    );
+    assert_eq!(bobs[0].channel.last_activity, NOW + 10);
+    assert_eq!(bobs[1].channel.last_activity, NOW);
+    let alices = store.list_channels("alice", None, 10).await.unwrap();
+    assert_eq!(alices[0].channel.last_activity, NOW + 20);
+
+    // Paging continues from the activity the blocker was shown.
+    let first = store.list_channels("bob", None, 1).await.unwrap();
+    assert_eq!(channel_ids(&first), [with_carol.id.as_str()]);
+    let cursor = (first[0].channel.last_activity, first[0].channel.id.clone());
+    let second = store.list_channels("bob", Some(cursor), 1).await.unwrap();
+    assert_eq!(channel_ids(&second), [with_alice.id.as_str()]);
+    let cursor = (
+        second[0].channel.last_activity,
+        second[0].channel.id.clone(),
+    );
+    let rest = store.list_channels("bob", Some(cursor), 1).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+
+    // A message from someone else moves the channel up again.
+    let mut from_bob = message(&with_alice.id, "bob", "b1", text("hi"));
+    from_bob.created_at = NOW + 30;
+    store.append_message(from_bob).await.unwrap();
+    let bobs = store.list_channels("bob", None, 10).await.unwrap();
+    assert_eq!(
+        channel_ids(&bobs),
+        [with_alice.id.as_str(), with_carol.id.as_str()]
+    );
+    assert_eq!(bobs[0].channel.last_activity, NOW + 30);
+}
+
+fn channel_ids(list: &[crate::store::ChannelSummary]) -> Vec<&str> {
+    list.iter()
+        .map(|summary| summary.channel.id.as_str())
+        .collect()
+}

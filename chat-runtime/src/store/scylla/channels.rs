@@ -148,21 +148,34 @@ impl ScyllaStore {
     }
 
     /// Records that `user`'s channel reached `last_seq` at `last_activity`,
-    /// with `last_seq` as the write timestamp.
+    /// with `last_seq` as the write timestamp. Without `last_activity`, the
+    /// activity time keeps its value.
     pub(super) async fn write_activity(
         &self,
         user: &str,
         channel_id: &str,
         last_seq: u64,
-        last_activity: Millis,
+        last_activity: Option<Millis>,
     ) -> StoreResult<()> {
         let seq = seq_to_cql(last_seq);
-        self.execute(
-            &self.statements.write_activity,
-            (user, channel_id, seq, last_activity, seq),
-            "write a channel's activity",
-        )
-        .await
+        match last_activity {
+            Some(last_activity) => {
+                self.execute(
+                    &self.statements.write_activity,
+                    (user, channel_id, seq, last_activity, seq),
+                    "write a channel's activity",
+                )
+                .await
+            }
+            None => {
+                self.execute(
+                    &self.statements.write_activity_seq,
+                    (user, channel_id, seq, seq),
+                    "write a channel's newest sequence number",
+                )
+                .await
+            }
+        }
     }
 
     /// Adds `user` as a member and returns whether it was not one before.
@@ -218,7 +231,12 @@ impl ScyllaStore {
         let channel = record.channel;
         futures_util::try_join!(
             self.write_read_position(channel_id, user, channel.last_seq),
-            self.write_activity(user, channel_id, channel.last_seq, channel.last_activity),
+            self.write_activity(
+                user,
+                channel_id,
+                channel.last_seq,
+                Some(channel.last_activity)
+            ),
         )?;
         Ok(())
     }

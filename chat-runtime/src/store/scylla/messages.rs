@@ -140,11 +140,7 @@ impl ScyllaStore {
                     // NOTE: a block written while this message is stored
                     // may miss this read, and the blocker then gets the
                     // message live.
-                    let (members, blockers) = futures_util::try_join!(
-                        self.complete(&message),
-                        self.blocker_set(&new.sender_id),
-                    )?;
-                    let members = without_blockers(members, &blockers);
+                    let members = self.complete(&message).await?;
                     return Ok(Appended {
                         message: message.into_message(false),
                         duplicate: false,
@@ -245,9 +241,7 @@ impl ScyllaStore {
         newest: StoredMessage,
         duplicate: bool,
     ) -> StoreResult<Appended> {
-        let (members, blockers) =
-            futures_util::try_join!(self.complete(&newest), self.blocker_set(&newest.sender_id),)?;
-        let members = without_blockers(members, &blockers);
+        let members = self.complete(&newest).await?;
         // The row may have been edited or deleted since the claim.
         let stored = self
             .message_row(&newest.channel_id, newest.seq)
@@ -266,9 +260,10 @@ impl ScyllaStore {
     }
 
     /// Writes the rows of a message whose number is claimed in the channel
-    /// row, its events among them, and returns the channel's members. The
-    /// `messages` row goes last, so once it exists the others do too. Every write here is idempotent,
-    /// so a replica that finds the message unfinished may run this again.
+    /// row, its events among them, and returns the members it is for: all
+    /// but those who block the sender. The `messages` row goes last, so
+    /// once it exists the others do too. Every write here is idempotent, so
+    /// a replica that finds the message unfinished may run this again.
     ///
     /// The driver does not retry write timeouts, so each attempt that fails
     /// is repeated here, up to [`COMPLETE_ATTEMPTS`] in all. When every
@@ -292,7 +287,10 @@ impl ScyllaStore {
 
     async fn complete_once(&self, message: &StoredMessage) -> StoreResult<Vec<String>> {
         let channel_id = message.channel_id.as_str();
-        let members = self.list_member_ids(channel_id).await?;
+        let (members, blockers) = futures_util::try_join!(
+            self.list_member_ids(channel_id),
+            self.blocker_set(&message.sender_id),
+        )?;
         let hash = decode_hex(&message.content_hash)?;
         let seq = seq_to_cql(message.seq);
 
@@ -320,10 +318,14 @@ impl ScyllaStore {
             }
         };
         let mentions = self.write_mentions(channel_id, message.seq, &message.mentions, 0);
+        // A member who blocks the sender gets the new sequence number but
+        // keeps the activity time, so the message does not move the channel
+        // up that member's list.
         let activity_writes: Vec<_> = members
             .iter()
             .map(|member| {
-                self.write_activity(member, channel_id, message.seq, message.channel_activity)
+                let activity = (!blockers.contains(member)).then_some(message.channel_activity);
+                self.write_activity(member, channel_id, message.seq, activity)
             })
             .collect();
         let activity = futures_util::stream::iter(activity_writes)
@@ -365,7 +367,7 @@ impl ScyllaStore {
             "write a message",
         )
         .await?;
-        Ok(members)
+        Ok(without_blockers(members, &blockers))
     }
 
     /// Completes `newest` unless its `messages` row already exists.

@@ -49,6 +49,7 @@ pub(super) struct Statements {
     pub select_user_channels: PreparedStatement,
 
     pub write_activity: PreparedStatement,
+    pub write_activity_seq: PreparedStatement,
     pub select_activity: PreparedStatement,
     pub select_read_position: PreparedStatement,
     pub select_read_positions: PreparedStatement,
@@ -323,6 +324,13 @@ impl Statements {
                     Kind::IdempotentWrite,
                     "INSERT INTO {ks}.channel_activity (user_id, channel_id, last_seq, last_activity) \
                      VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
+                )
+                .await?,
+            write_activity_seq: preparer
+                .prepare(
+                    Kind::IdempotentWrite,
+                    "INSERT INTO {ks}.channel_activity (user_id, channel_id, last_seq) \
+                     VALUES (?, ?, ?) USING TIMESTAMP ?",
                 )
                 .await?,
             select_activity: preparer

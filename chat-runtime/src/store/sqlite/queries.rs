@@ -5,6 +5,7 @@
 //! function reads from one consistent snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
 
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -712,23 +713,27 @@ pub(super) fn list_channels(
         Some((activity, id)) => (Some(activity), Some(id)),
         None => (None, None),
     };
-    let sql = format!(
-        "SELECT {CHANNEL_COLUMNS}, m.read_seq FROM members m JOIN channels c ON c.id = m.channel_id \
-         WHERE m.user_id = ?1 AND (?2 IS NULL \
-             OR c.last_activity < ?2 OR (c.last_activity = ?2 AND c.id < ?3)) \
-         ORDER BY c.last_activity DESC, c.id DESC LIMIT ?4"
-    );
-    let mut statement = conn.prepare_cached(&sql)?;
+    // Messages of users the viewer blocks count neither as unread, nor as
+    // the newest message, nor as activity. Most users block no one and
+    // skip those queries.
+    let blocks_someone = !safety::blocked_users(conn, user)?.is_empty();
+    let sql = if blocks_someone {
+        &*LIST_CHANNELS_OF_BLOCKER
+    } else {
+        &*LIST_CHANNELS
+    };
+    let mut statement = conn.prepare_cached(sql)?;
     let rows = statement
         .query_map(
             params![user, before_activity, before_id, i64::from(limit)],
-            |row| Ok((channel_from_row(row)?, get_seq(row, 9)?)),
+            |row| {
+                let mut channel = channel_from_row(row)?;
+                channel.last_activity = row.get(10)?;
+                Ok((channel, get_seq(row, 9)?))
+            },
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
 
-    // Messages of users the viewer blocks count neither as unread nor as
-    // the newest message. Most users block no one and skip those queries.
-    let blocks_someone = !safety::blocked_users(conn, user)?.is_empty();
     let mut summaries = Vec::with_capacity(rows.len());
     for (channel, read_seq) in rows {
         let last_message = if channel.last_seq > 0 {
@@ -756,6 +761,41 @@ pub(super) fn list_channels(
     }
     Ok(summaries)
 }
+
+/// A user's channels with their read positions, newest activity first.
+/// Binds the user, the cursor's activity and channel id, and the limit.
+/// The activity is the eleventh column, after the read position.
+static LIST_CHANNELS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {CHANNEL_COLUMNS}, m.read_seq, c.last_activity AS activity \
+         FROM members m JOIN channels c ON c.id = m.channel_id WHERE m.user_id = ?1 \
+         AND {PAGE_BY_ACTIVITY}"
+    )
+});
+
+/// [`LIST_CHANNELS`] for a user who blocks someone. Where a blocked user
+/// sent the channel's newest message, the channel's activity is the time of
+/// the newest message from anyone else, or of its creation, so a blocked
+/// user's messages do not move the channel up the list.
+static LIST_CHANNELS_OF_BLOCKER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT * FROM (SELECT {CHANNEL_COLUMNS}, m.read_seq, \
+             CASE WHEN EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = ?1 AND b.blocked = \
+                 (SELECT n.sender_id FROM messages n WHERE n.channel_id = c.id \
+                  ORDER BY n.seq DESC LIMIT 1)) \
+             THEN COALESCE((SELECT v.created_at FROM messages v WHERE v.channel_id = c.id \
+                 AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = ?1 AND b.blocked = v.sender_id) \
+                 ORDER BY v.seq DESC LIMIT 1), c.created_at) \
+             ELSE c.last_activity END AS activity \
+         FROM members m JOIN channels c ON c.id = m.channel_id WHERE m.user_id = ?1) c \
+         WHERE {PAGE_BY_ACTIVITY}"
+    )
+});
+
+/// The page after the cursor `(?2, ?3)`, at most `?4` channels.
+const PAGE_BY_ACTIVITY: &str = "(?2 IS NULL \
+     OR activity < ?2 OR (activity = ?2 AND c.id < ?3)) \
+     ORDER BY activity DESC, c.id DESC LIMIT ?4";
 
 /// Counts the messages after `after` that are not deleted and whose senders
 /// `viewer` blocks, and the mentions of `viewer` among them.
