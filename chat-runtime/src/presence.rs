@@ -313,6 +313,34 @@ impl Presence {
         }
     }
 
+    /// Stops every socket of `watcher_user` from watching `user`, through
+    /// all its channels, when `watcher_user` blocks `user`.
+    pub fn stop_watching(&self, watcher_user: &str, user: &str) {
+        let mut inner = self.lock();
+        let Some(sockets) = inner.watchers.get_mut(user) else {
+            return;
+        };
+        let watchers: Vec<Watcher> = sockets
+            .keys()
+            .filter(|watcher| &*watcher.0 == watcher_user)
+            .cloned()
+            .collect();
+        for watcher in &watchers {
+            sockets.remove(watcher);
+        }
+        if sockets.is_empty() {
+            inner.watchers.remove(user);
+        }
+
+        for (_, connection) in watchers {
+            if let Some(channels) = inner.watched_by_socket.get_mut(&connection) {
+                for watched in channels.values_mut() {
+                    watched.retain(|watched_user| watched_user != user);
+                }
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Every mutation leaves the maps consistent before it can panic.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -403,6 +431,35 @@ mod tests {
                 .watchers
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn blocked_user_stops_being_watched() {
+        let presence = Presence::default();
+        let bob = watcher("bob", 7);
+        let bob_phone = watcher("bob", 8);
+        let carol = watcher("carol", 9);
+        let lan_and_minh = [String::from("lan"), String::from("minh")];
+        presence.watch(&bob, "g1", &lan_and_minh).unwrap();
+        presence.watch(&bob, "g2", &[String::from("lan")]).unwrap();
+        presence.watch(&bob_phone, "g1", &lan_and_minh).unwrap();
+        presence.watch(&carol, "g1", &lan_and_minh).unwrap();
+
+        presence.stop_watching("bob", "lan");
+        let lan = presence.socket_opened("lan", 1).0.unwrap();
+        assert_eq!(lan.watchers, vec![carol.clone()]);
+        let minh = presence.socket_opened("minh", 1).0.unwrap();
+        assert_eq!(minh.watchers.len(), 3);
+
+        // Dropping the subscriptions afterwards keeps the counts right.
+        presence.unwatch(&bob, "g1");
+        presence.unwatch_all(&bob_phone);
+        presence.unwatch_all(&carol);
+        let minh = presence.socket_closed("minh", 2).0.unwrap();
+        assert!(minh.watchers.is_empty(), "{:?}", minh.watchers);
+        presence.watch(&bob, "g3", &[String::from("lan")]).unwrap();
+        let lan = presence.socket_closed("lan", 2).0.unwrap();
+        assert_eq!(lan.watchers, vec![bob.clone()]);
     }
 
     #[test]

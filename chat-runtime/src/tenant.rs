@@ -164,6 +164,17 @@ impl Tenant {
             .send_to_connections(&change.watchers, &Outbound::Event(frame));
     }
 
+    /// Stops the sockets of `blocker`, on every replica, from watching the
+    /// presence of `blocked`.
+    pub fn stop_watching(&self, blocker: &str, blocked: &str) {
+        self.presence.stop_watching(blocker, blocked);
+        let action = Action::StopWatching {
+            watcher: blocker.to_owned(),
+            user: blocked.to_owned(),
+        };
+        self.publish(action, "");
+    }
+
     /// Publishes the users with a socket open in this process, so the other
     /// replicas renew their entries.
     pub fn publish_presence_refresh(&self) {

@@ -313,3 +313,29 @@ async fn blocker_sees_no_typing_or_presence() {
     let to_bob = bob_ws.next_of("typing").await;
     assert_eq!(to_bob["user_id"], "carol", "{to_bob}");
 }
+
+#[tokio::test]
+async fn block_ends_presence_subscription() {
+    let chat = start().await;
+    let mut bob_ws = Ws::connect(&chat.runtime, "acme", &chat.bob.token).await;
+    bob_ws
+        .send_json(json!({"type": "presence_subscribe", "ref": "p", "channel_id": chat.group}))
+        .await;
+    let mut initial: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let frame = bob_ws.next_of("presence").await;
+        initial.push(frame["user_id"].as_str().unwrap().to_owned());
+    }
+    initial.sort();
+    assert_eq!(initial, ["alice", "carol"]);
+
+    // Blocked after the subscription, Alice no longer shows up for Bob:
+    // his next presence frame is Carol's, who connects after Alice.
+    let (status, _) = chat.bob.put("/v1/me/blocks/alice").await;
+    assert_eq!(status, 204);
+    let _alice_ws = Ws::connect(&chat.runtime, "acme", &chat.alice.token).await;
+    let _carol_ws = Ws::connect(&chat.runtime, "acme", &chat.carol.token).await;
+    let presence = bob_ws.next_of("presence").await;
+    assert_eq!(presence["user_id"], "carol", "{presence}");
+    assert_eq!(presence["online"], true, "{presence}");
+}

@@ -75,5 +75,8 @@ pub async fn set_block(
         .store
         .set_block(blocker, blocked, block, now_millis())
         .await?;
+    if block {
+        tenant.stop_watching(blocker, blocked);
+    }
     Ok(changed)
 }

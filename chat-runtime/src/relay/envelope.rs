@@ -79,6 +79,9 @@ pub enum Action {
     },
     /// Every user with a socket open on the publishing replica.
     PresenceRefresh { users: Vec<String> },
+    /// `watcher` blocked `user`, so `watcher`'s sockets stop watching
+    /// `user`'s presence.
+    StopWatching { watcher: String, user: String },
     /// Asks every replica to publish its `PresenceRefresh` now, sent by a
     /// replica that just subscribed.
     PresenceQuery,

@@ -214,6 +214,9 @@ fn hand_to_hub(tenant: &Tenant, envelope: Envelope) {
                 tenant.tell_watchers(&change);
             }
         }
+        Action::StopWatching { watcher, user } => {
+            tenant.presence.stop_watching(&watcher, &user);
+        }
         Action::PresenceRefresh { users } => {
             let changes =
                 tenant

@@ -547,9 +547,10 @@ impl Session {
             Ok((_, members)) => members,
             Err(error) => return self.send_error(reference, &error.into()).await,
         };
-        // Users this socket's user blocks are not watched.
-        // NOTE: the list is read when the socket subscribes, so a block set
-        // later takes effect at the next subscription.
+        // Users this socket's user blocks are not watched, and a later block
+        // stops the watching through `Tenant::stop_watching`.
+        // NOTE: a block set between this read and `watch` below is missed,
+        // and the blocked user stays watched until the next subscription.
         let blocked = store.blocked_users(&self.user_id).await.unwrap_or_default();
         let others: Vec<String> = members
             .into_iter()
