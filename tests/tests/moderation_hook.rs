@@ -364,6 +364,44 @@ async fn rewrite_is_stored_and_delivered() {
 }
 
 #[tokio::test]
+async fn retry_does_not_call_the_hook_again() {
+    // The first call is rewritten and every later one rejected, so a
+    // retry that reached the hook would fail.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let script = move |_: &Value| {
+        if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Answer::Rewrite(json!({ "kind": "text", "text": "đã sửa" }))
+        } else {
+            Answer::Reject("hook_saw_a_retry")
+        }
+    };
+    let chat = start(script, |hook| hook.section(PATIENT, "closed")).await;
+
+    let (status, first) = chat
+        .alice
+        .send_text(&chat.channel, "r-1", "gọi 0912 345 678")
+        .await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["message"]["content"]["text"], "đã sửa", "{first}");
+    let (status, retry) = chat
+        .alice
+        .send_text(&chat.channel, "r-1", "gọi 0912 345 678")
+        .await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry["duplicate"], true, "{retry}");
+    assert_eq!(retry["message"], first["message"], "{retry}");
+
+    // Other content under the same client id is a conflict, found before
+    // the hook too.
+    let (status, conflict) = chat.alice.send_text(&chat.channel, "r-1", "khác").await;
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(error_code(&conflict), "client_id_conflict");
+    assert_eq!(chat.hook.calls().len(), 1);
+    assert_eq!(texts_in(&chat.bob, &chat.channel).await, ["đã sửa"]);
+}
+
+#[tokio::test]
 async fn rewrite_past_the_limits_is_rejected() {
     // LIMITS allows 60 characters.
     let script = |_: &Value| Answer::Rewrite(json!({ "kind": "text", "text": "x".repeat(61) }));

@@ -336,6 +336,7 @@ async fn append(store: &SqliteStore, channel: &AppendChannel, number: u64) -> an
         content: Content::Text {
             text: BODY.to_owned(),
         },
+        submitted: None,
         reply_to: None,
         mentions: Vec::new(),
         created_at: now_millis()?,

@@ -190,6 +190,7 @@ pub async fn send_message(
 ) -> Result<Appended, ChatError> {
     let settings = tenant.settings();
     limits::check_client_id(&draft.client_id)?;
+    let submitted = draft.content.clone();
     let content = templates::prepare(tenant, sender, draft.content).await?;
     limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
     let mentions = limits::check_mentions(draft.mentions)?;
@@ -199,27 +200,36 @@ pub async fn send_message(
         ));
     }
     take_rate(tenant, sender)?;
+    let mut message = NewMessage {
+        channel_id: draft.channel_id,
+        sender_id: sender.to_owned(),
+        client_id: draft.client_id,
+        content,
+        submitted: Some(submitted),
+        reply_to: draft.reply_to,
+        mentions,
+        created_at: now_millis(),
+        moderation: Vec::new(),
+    };
+
+    // A retry of a stored send gets the stored message without a second
+    // call to the tenant's hook, which may decide differently this time.
+    if settings.hook.is_some()
+        && let Some(stored) = tenant.store.find_retry(&message).await?
+    {
+        return Ok(stored);
+    }
     let subject = moderation::Subject {
         sender,
-        channel_id: &draft.channel_id,
-        client_id: Some(&draft.client_id),
+        channel_id: &message.channel_id,
+        client_id: Some(&message.client_id),
         seq: None,
     };
-    let checked = moderation::moderate(tenant, metrics, subject, content).await?;
+    let checked = moderation::moderate(tenant, metrics, subject, message.content).await?;
+    message.content = checked.content;
+    message.moderation = checked.records;
 
-    let appended = tenant
-        .store
-        .append_message(NewMessage {
-            channel_id: draft.channel_id,
-            sender_id: sender.to_owned(),
-            client_id: draft.client_id,
-            content: checked.content,
-            reply_to: draft.reply_to,
-            mentions,
-            created_at: now_millis(),
-            moderation: checked.records,
-        })
-        .await?;
+    let appended = tenant.store.append_message(message).await?;
     publish_new(tenant, metrics, &appended);
     Ok(appended)
 }
@@ -266,6 +276,7 @@ pub async fn send_automated(
             sender_id: automated.sender.to_owned(),
             client_id: automated.client_id,
             content: checked.content,
+            submitted: None,
             reply_to: None,
             mentions: Vec::new(),
             created_at: now_millis(),

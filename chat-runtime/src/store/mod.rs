@@ -219,6 +219,11 @@ pub struct NewMessage {
     /// return the stored message instead of storing a second one.
     pub client_id: String,
     pub content: Content,
+    /// The content as the sender submitted it, when moderation or a
+    /// template changed it on the way to `content`. Retries are compared on
+    /// this, so a retry finds the stored message even when moderation
+    /// would now change it differently.
+    pub submitted: Option<Content>,
     /// A message of the same channel, which must exist and not be deleted.
     pub reply_to: Option<u64>,
     /// User ids to mention, sorted and without repeats. Each must be a
@@ -228,6 +233,15 @@ pub struct NewMessage {
     /// Moderation decisions on the message, written to the event log with
     /// it.
     pub moderation: Vec<ModerationRecord>,
+}
+
+impl NewMessage {
+    /// Returns the hash that distinguishes a retry of this send from
+    /// another send with the same client id.
+    pub(crate) fn request_hash(&self) -> Result<[u8; 32], serde_json::Error> {
+        let content = self.submitted.as_ref().unwrap_or(&self.content);
+        keys::content_hash(&self.channel_id, content, self.reply_to, &self.mentions)
+    }
 }
 
 /// A change of a message's content by its sender.
@@ -512,6 +526,13 @@ pub trait Store: Send + Sync + 'static {
     /// message for the sender, except for an `automated` message, which an
     /// extension sent on the sender's behalf.
     async fn append_message(&self, message: NewMessage) -> StoreResult<Appended>;
+
+    /// Returns what [`Store::append_message`] returns for a retry when the
+    /// sender already used the message's client id: the stored message, or
+    /// `ClientIdConflict`. Returns `None`, storing nothing, when the client
+    /// id is unused. A send that another process is storing at that moment
+    /// may not be found yet.
+    async fn find_retry(&self, message: &NewMessage) -> StoreResult<Option<Appended>>;
 
     /// Replaces the content of a message, and its mentions when the edit
     /// has some, and sets `edited_at`. Only the sender may edit

@@ -429,6 +429,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn find_retry(&self, message: &NewMessage) -> StoreResult<Option<Appended>> {
+        let message = message.clone();
+        self.read(move |conn| queries::find_retry(conn, &message))
+            .await
+    }
+
     async fn edit_message(&self, edit: MessageEdit) -> StoreResult<MessageChange> {
         self.write(move |conn| queries::edit_message(conn, edit))
             .await

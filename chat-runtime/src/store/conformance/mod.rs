@@ -59,6 +59,7 @@ macro_rules! store_conformance_tests {
             append_seqs_contiguous_under_concurrency,
             dedupe_returns_duplicate_or_conflict,
             dedupe_ignores_json_key_order,
+            retries_match_submitted_content,
             dedupe_survives_reopen_until_purged,
             two_stores_share_one_channel,
             direct_channel_idempotent,
@@ -142,6 +143,7 @@ pub(crate) fn message(
         sender_id: sender.to_owned(),
         client_id: client_id.to_owned(),
         content,
+        submitted: None,
         reply_to: None,
         mentions: Vec::new(),
         created_at: NOW,
@@ -291,6 +293,51 @@ pub(crate) async fn dedupe_returns_duplicate_or_conflict(fixture: &dyn Fixture) 
     assert_eq!(channel.last_seq, 2);
     let (other_channel, _) = store.channel_for_member(&other.id, "alice").await.unwrap();
     assert_eq!(other_channel.last_seq, 0);
+}
+
+pub(crate) async fn retries_match_submitted_content(fixture: &dyn Fixture) {
+    let store = fixture.store();
+    add_users(&*store, &["alice", "bob", "carol"]).await;
+    let group = group_of(&*store, "alice", &["bob"]).await;
+    let submitted = text("gọi 0912 345 678");
+    let masked = |mask: &str| {
+        let mut new = message(&group.id, "alice", "c1", text(mask));
+        new.submitted = Some(submitted.clone());
+        new
+    };
+
+    let unused = store.find_retry(&masked("gọi ***")).await.unwrap();
+    assert!(unused.is_none(), "{unused:?}");
+    let first = store.append_message(masked("gọi ***")).await.unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.message.content, Some(text("gọi ***")));
+
+    // A retry that moderation changed differently still finds the message.
+    let found = store.find_retry(&masked("gọi ###")).await.unwrap().unwrap();
+    assert!(found.duplicate);
+    assert_eq!(found.message, first.message);
+    assert_eq!(found.members, ["alice", "bob"]);
+    let again = store.append_message(masked("gọi ###")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message, first.message);
+
+    // Other submitted content under the same client id is a conflict.
+    let mut other = masked("gọi ***");
+    other.submitted = Some(text("gọi 0987 654 321"));
+    let conflict = store.find_retry(&other).await;
+    assert!(
+        matches!(conflict, Err(StoreError::ClientIdConflict)),
+        "{conflict:?}"
+    );
+    let outsider = store
+        .find_retry(&message(&group.id, "carol", "c1", text("hi")))
+        .await;
+    assert!(
+        matches!(outsider, Err(StoreError::NotFound)),
+        "{outsider:?}"
+    );
+    let (channel, _) = store.channel_for_member(&group.id, "alice").await.unwrap();
+    assert_eq!(channel.last_seq, 1);
 }
 
 pub(crate) async fn dedupe_ignores_json_key_order(fixture: &dyn Fixture) {

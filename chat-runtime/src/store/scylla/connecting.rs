@@ -197,6 +197,10 @@ impl Store for ConnectingStore {
         self.open()?.append_message(message).await
     }
 
+    async fn find_retry(&self, message: &NewMessage) -> StoreResult<Option<Appended>> {
+        self.open()?.find_retry(message).await
+    }
+
     async fn edit_message(&self, edit: MessageEdit) -> StoreResult<MessageChange> {
         self.open()?.edit_message(edit).await
     }
@@ -479,6 +483,7 @@ mod tests {
                 content: crate::store::Content::Text {
                     text: String::from("xin chào"),
                 },
+                submitted: None,
                 reply_to: None,
                 mentions: Vec::new(),
                 created_at: 1,

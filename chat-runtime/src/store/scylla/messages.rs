@@ -21,6 +21,12 @@ use crate::store::{
     StoreResult, keys,
 };
 
+/// Returns [`NewMessage::request_hash`] in hex, as the claim stores it.
+fn request_hash(new: &NewMessage) -> StoreResult<String> {
+    let hash = new.request_hash().map_err(failed("hash message content"))?;
+    Ok(keys::hex(&hash))
+}
+
 /// Attempts at writing a claimed message's rows before the append fails.
 const COMPLETE_ATTEMPTS: u32 = 3;
 
@@ -41,10 +47,7 @@ impl ScyllaStore {
     pub(super) async fn append(&self, mut new: NewMessage) -> StoreResult<Appended> {
         keys::check_content(&new.content)?;
         normalise_mentions(&mut new.mentions);
-        let hash = keys::hex(
-            &keys::content_hash(&new.channel_id, &new.content, new.reply_to, &new.mentions)
-                .map_err(failed("hash message content"))?,
-        );
+        let hash = request_hash(&new)?;
         // Appends of this process to one channel take turns, so they do not
         // compete with each other for the same number. Other replicas still
         // compete through the lightweight transaction. The membership check
@@ -419,6 +422,25 @@ impl ScyllaStore {
                 Ok(self.message_row(&record.channel.id, seq).await?)
             }
             _ => Err(inconsistent("a message below the newest has no row")),
+        }
+    }
+
+    /// Runs [`crate::store::Store::find_retry`]. It finds sends whose
+    /// client id row is written, so it misses a send still being stored.
+    pub(super) async fn stored_retry(&self, new: &NewMessage) -> StoreResult<Option<Appended>> {
+        let (role, entry) = futures_util::try_join!(
+            self.member_role(&new.channel_id, &new.sender_id),
+            self.client_id_entry(&new.sender_id, &new.client_id),
+        )?;
+        if role.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        match entry {
+            Some(entry) => {
+                let hash = request_hash(new)?;
+                Ok(Some(self.stored_duplicate(new, &hash, entry).await?))
+            }
+            None => Ok(None),
         }
     }
 

@@ -523,6 +523,11 @@ impl Store for ScyllaStore {
         self.append(message).await
     }
 
+    async fn find_retry(&self, message: &NewMessage) -> StoreResult<Option<Appended>> {
+        self.start_read()?;
+        self.stored_retry(message).await
+    }
+
     async fn edit_message(&self, edit: MessageEdit) -> StoreResult<MessageChange> {
         self.check_open()?;
         self.edit(edit).await

@@ -222,6 +222,7 @@ async fn history_crosses_buckets() {
                 content: crate::store::Content::Text {
                     text: format!("tin nhắn số {i}"),
                 },
+                submitted: None,
                 reply_to: None,
                 mentions: Vec::new(),
                 created_at: 1,
@@ -323,6 +324,7 @@ async fn unfinished_message_is_completed() {
             content: crate::store::Content::Text {
                 text: "Ok bạn".to_owned(),
             },
+            submitted: None,
             reply_to: None,
             mentions: Vec::new(),
             created_at: 6,
@@ -339,6 +341,7 @@ async fn unfinished_message_is_completed() {
             sender_id: "ann".to_owned(),
             client_id: "c1".to_owned(),
             content,
+            submitted: None,
             reply_to: None,
             mentions: Vec::new(),
             created_at: 7,

@@ -874,12 +874,64 @@ fn count_mentions_after(
 
 // Messages.
 
+/// Runs [`crate::store::Store::find_retry`].
+pub(super) fn find_retry(conn: &Connection, message: &NewMessage) -> OpResult<Option<Appended>> {
+    if member_role(conn, &message.channel_id, &message.sender_id)?.is_none() {
+        return not_found();
+    }
+    let hash = message.request_hash()?;
+    stored_retry(
+        conn,
+        &message.sender_id,
+        &message.client_id,
+        &message.channel_id,
+        &hash,
+    )
+}
+
+/// Returns the stored message when the sender already used `client_id`
+/// for the same request, `ClientIdConflict` when for another one, and
+/// `None` when the client id is unused.
+fn stored_retry(
+    conn: &Connection,
+    sender_id: &str,
+    client_id: &str,
+    channel_id: &str,
+    hash: &[u8; 32],
+) -> OpResult<Option<Appended>> {
+    let previous: Option<(String, u64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT channel_id, seq, content_hash FROM client_ids \
+             WHERE sender_id = ?1 AND client_id = ?2",
+        )?
+        .query_row([sender_id, client_id], |row| {
+            Ok((row.get(0)?, get_seq(row, 1)?, row.get(2)?))
+        })
+        .optional()?;
+    let Some((stored_channel, stored_seq, stored_hash)) = previous else {
+        return Ok(None);
+    };
+    if stored_channel != channel_id || stored_hash != hash {
+        return Err(OpError::Store(StoreError::ClientIdConflict));
+    }
+    let Some(stored) = load_message(conn, channel_id, stored_seq, None)? else {
+        return Err(inconsistent("client id refers to a missing message"));
+    };
+    Ok(Some(Appended {
+        message: stored,
+        duplicate: true,
+        members: list_member_ids(conn, channel_id)?,
+    }))
+}
+
 pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult<Appended> {
+    let hash = message.request_hash()?;
     let NewMessage {
         channel_id,
         sender_id,
         client_id,
         content,
+        submitted: _,
         reply_to,
         mentions,
         created_at,
@@ -891,29 +943,8 @@ pub(super) fn append_message(conn: &Connection, message: NewMessage) -> OpResult
     };
     let incarnation = active_incarnation(conn, &sender_id)?;
     keys::check_content(&content)?;
-    let hash = keys::content_hash(&channel_id, &content, reply_to, &mentions)?;
-
-    let previous: Option<(String, u64, Vec<u8>)> = conn
-        .prepare_cached(
-            "SELECT channel_id, seq, content_hash FROM client_ids \
-             WHERE sender_id = ?1 AND client_id = ?2",
-        )?
-        .query_row([&sender_id, &client_id], |row| {
-            Ok((row.get(0)?, get_seq(row, 1)?, row.get(2)?))
-        })
-        .optional()?;
-    if let Some((stored_channel, stored_seq, stored_hash)) = previous {
-        if stored_channel != channel_id || stored_hash != hash {
-            return Err(OpError::Store(StoreError::ClientIdConflict));
-        }
-        let Some(stored) = load_message(conn, &channel_id, stored_seq, None)? else {
-            return Err(inconsistent("client id refers to a missing message"));
-        };
-        return Ok(Appended {
-            message: stored,
-            duplicate: true,
-            members: list_member_ids(conn, &channel_id)?,
-        });
+    if let Some(stored) = stored_retry(conn, &sender_id, &client_id, &channel_id, &hash)? {
+        return Ok(stored);
     }
 
     // Checked after the dedupe lookup, so a retry of a message stored
