@@ -834,3 +834,44 @@ async fn edits_deletes_and_reactions_cross_replicas() {
     assert_eq!(list["channels"][0]["unread"], 0, "{list}");
     assert!(list["channels"][0]["last_message"].is_null(), "{list}");
 }
+
+/// Returns the next presence frame of `ws`, skipping frames of other types.
+async fn next_presence(ws: &mut Ws) -> Value {
+    loop {
+        let frame: Value = match ws.next_frame(WAIT).await {
+            Some(Message::Text(text)) => serde_json::from_str(text.as_str()).unwrap(),
+            other => panic!("no presence frame within {WAIT:?}: {other:?}"),
+        };
+        if frame["type"] == "presence" {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn block_ends_presence_on_every_replica() {
+    let replicas = start_replicas().await;
+    let (alice, bob, _) = alice_and_bob(&replicas).await;
+    let (carol, group) = group_with_carol(&replicas, &alice).await;
+    let mut bob_on_b = Ws::connect(&replicas.b, "acme", &bob.token).await;
+    bob_on_b
+        .send_json(json!({"type": "presence_subscribe", "channel_id": group}))
+        .await;
+    let mut initial = Vec::new();
+    for _ in 0..2 {
+        let frame = next_presence(&mut bob_on_b).await;
+        initial.push(frame["user_id"].as_str().unwrap().to_owned());
+    }
+    initial.sort();
+    assert_eq!(initial, ["alice", "carol"]);
+
+    // Bob blocks Alice through replica A. A relays the block before Alice's
+    // and Carol's sockets open there, so Bob's next frame is Carol's.
+    let (status, body) = bob.put("/v1/me/blocks/alice").await;
+    assert_eq!(status, 204, "{body}");
+    let _alice_on_a = Ws::connect(&replicas.a, "acme", &alice.token).await;
+    let _carol_on_a = Ws::connect(&replicas.a, "acme", &carol.token).await;
+    let presence = next_presence(&mut bob_on_b).await;
+    assert_eq!(presence["user_id"], "carol", "{presence}");
+    assert_eq!(presence["online"], true, "{presence}");
+}
