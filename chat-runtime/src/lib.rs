@@ -25,6 +25,7 @@ pub mod config;
 pub mod extensions;
 pub mod http;
 pub mod hub;
+pub mod leases;
 pub mod limits;
 pub mod metrics;
 pub mod moderation;

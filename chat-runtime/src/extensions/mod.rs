@@ -21,17 +21,12 @@ pub use auto_reply::{AWAY_MESSAGE_KEY, AutoReply, AwayMessage, away_message};
 pub use config::{AutoReplyConfig, ExtensionsConfig};
 
 use crate::api::{self, SharedState};
-use crate::chat::{ChatError, now_millis};
+use crate::chat::ChatError;
+use crate::leases::{Failed, IDLE_WAIT, LEASE, Lease, holder_id};
 use crate::metrics::{ExtensionLabels, Metrics};
 use crate::store::{Event, StoreError};
 use crate::tenant::Tenant;
 
-/// How long a claim on an extension lasts without renewal; renewed with
-/// every page of events.
-const LEASE: Duration = Duration::from_secs(10);
-/// Pause between claim attempts, and between reads of a log with nothing
-/// new.
-const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Events read from the log at once. Small enough that handling a page
 /// takes far less than the lease.
 const PAGE: u32 = 50;
@@ -94,12 +89,7 @@ pub async fn starting_cursors(state: &SharedState) -> Starts {
 /// Starts and stops one task per enabled extension until shutdown,
 /// following configuration reloads.
 pub async fn supervise(state: SharedState, starts: Starts) {
-    let holder = format!(
-        "{}-{}-{:08x}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "runtime".to_owned()),
-        std::process::id(),
-        rand::random::<u32>()
-    );
+    let holder = holder_id();
     let mut shutdown = state.shutdown.clone();
     let mut running: HashMap<(String, &'static str), (ExtensionsConfig, tokio::task::AbortHandle)> =
         HashMap::new();
@@ -164,55 +154,30 @@ struct Runner {
 impl Runner {
     async fn run(self) {
         loop {
-            self.run_while_holding().await;
+            if let Err(failed) = self.run_while_holding().await {
+                self.store_failed(failed.operation, &failed.error);
+            }
             tokio::time::sleep(IDLE_WAIT).await;
         }
     }
 
-    fn lease_until(&self) -> i64 {
-        now_millis() + LEASE.as_millis() as i64
-    }
-
     /// Claims the extension's lease and hands it events until the claim is
     /// lost or the store fails.
-    async fn run_while_holding(&self) {
-        let store = &self.tenant.store;
-        let claim = store
-            .claim_webhook(
-                &self.lease_name,
-                &self.holder,
-                now_millis(),
-                self.lease_until(),
-            )
-            .await;
-        let mut cursor = match claim {
-            Ok(Some(claim)) => claim.cursor,
-            Ok(None) => return,
-            Err(error) => return self.store_failed("claim the extension", &error),
+    async fn run_while_holding(&self) -> Result<(), Failed> {
+        let lease = Lease {
+            store: &*self.tenant.store,
+            tenant: &self.tenant.id,
+            name: &self.lease_name,
+            holder: &self.holder,
         };
-        if cursor.is_none() {
-            cursor = match &self.start {
-                Some(start) => Some(start.clone()),
-                None => match store.event_log_end().await {
-                    Ok(end) => Some(end),
-                    Err(error) => {
-                        return self.store_failed("find the end of the event log", &error);
-                    }
-                },
-            };
-        }
+        let Some(start) = lease.claim(self.start.as_deref()).await? else {
+            return Ok(());
+        };
+        let mut cursor = Some(start);
 
         let mut renewed = Instant::now();
         loop {
-            let page = match store.events(cursor.as_deref(), PAGE).await {
-                Ok(page) => page,
-                Err(StoreError::CursorExpired) => {
-                    tracing::warn!(tenant = %self.tenant.id, extension = self.extension.name(), "Extension fell behind the event log's retention; resuming at the oldest event kept");
-                    cursor = None;
-                    continue;
-                }
-                Err(error) => return self.store_failed("read the event log", &error),
-            };
+            let page = lease.next_page(&mut cursor, PAGE).await?;
             for event in &page.events {
                 if self.extension.wants(&event.kind) {
                     self.handle(event).await;
@@ -226,18 +191,8 @@ impl Runner {
                 continue;
             }
             renewed = Instant::now();
-            let saved = store
-                .save_webhook_cursor(
-                    &self.lease_name,
-                    &self.holder,
-                    &page.next_cursor,
-                    self.lease_until(),
-                )
-                .await;
-            match saved {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(error) => return self.store_failed("save the extension's cursor", &error),
+            if !lease.save(&page.next_cursor).await? {
+                return Ok(());
             }
             if page.events.is_empty() {
                 tokio::time::sleep(IDLE_WAIT).await;

@@ -25,17 +25,10 @@ pub use delivery::{Attempt, attempt_once, payload};
 
 use crate::api::{self, SharedState};
 use crate::chat::now_millis;
+use crate::leases::{Failed, IDLE_WAIT, LEASE, Lease, holder_id};
 use crate::store::{DeadLetter, Event, StoreError};
 use crate::tenant::Tenant;
 
-/// How long a claim on an endpoint lasts without renewal. A replica that
-/// dies, or a restarted process, takes over the endpoints after this time.
-/// The holder renews before every attempt, during retry waits and with
-/// every page of events.
-const LEASE: Duration = Duration::from_secs(10);
-/// Pause between claim attempts on an endpoint another replica holds, and
-/// between reads of a log with nothing new.
-const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Events read from the log at once.
 const PAGE: u32 = 100;
 /// Maximum wait between two attempts at one event.
@@ -133,16 +126,6 @@ pub async fn supervise(state: SharedState, mut starts: Starts) {
     }
 }
 
-/// Identifies this process in webhook leases.
-fn holder_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "runtime".to_owned());
-    format!(
-        "{host}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
-
 /// The delivery task of one endpoint.
 struct Endpoint {
     /// Cursor to start from when the endpoint never delivered.
@@ -157,71 +140,46 @@ struct Endpoint {
 impl Endpoint {
     async fn run(self) {
         loop {
-            self.deliver_while_holding().await;
+            if let Err(failed) = self.deliver_while_holding().await {
+                self.store_failed(failed.operation, &failed.error);
+            }
             tokio::time::sleep(IDLE_WAIT).await;
         }
     }
 
-    fn lease_until(&self) -> i64 {
-        now_millis() + LEASE.as_millis() as i64
+    fn lease(&self) -> Lease<'_> {
+        Lease {
+            store: &*self.tenant.store,
+            tenant: &self.tenant.id,
+            name: &self.settings.name,
+            holder: &self.holder,
+        }
     }
 
     /// Claims the endpoint and delivers events until the claim is lost or
     /// the store fails. Returns at once when another replica has the lease.
-    async fn deliver_while_holding(&self) {
-        let store = &self.tenant.store;
-        let name = &self.settings.name;
-        let claim = store
-            .claim_webhook(name, &self.holder, now_millis(), self.lease_until())
-            .await;
-        let mut cursor = match claim {
-            Ok(Some(claim)) => claim.cursor,
-            Ok(None) => return,
-            Err(error) => return self.store_failed("claim the endpoint", &error),
+    async fn deliver_while_holding(&self) -> Result<(), Failed> {
+        let lease = self.lease();
+        // A new endpoint receives the events written after it was
+        // configured.
+        let Some(start) = lease.claim(self.start.as_deref()).await? else {
+            return Ok(());
         };
-        if cursor.is_none() {
-            // A new endpoint receives the events written after it was
-            // configured.
-            cursor = match &self.start {
-                Some(start) => Some(start.clone()),
-                None => match store.event_log_end().await {
-                    Ok(end) => Some(end),
-                    Err(error) => {
-                        return self.store_failed("find the end of the event log", &error);
-                    }
-                },
-            };
-        }
+        let mut cursor = Some(start);
 
         loop {
-            let page = match store.events(cursor.as_deref(), PAGE).await {
-                Ok(page) => page,
-                Err(StoreError::CursorExpired) => {
-                    tracing::warn!(tenant = %self.tenant.id, endpoint = %name, "Webhook fell behind the event log's retention; resuming at the oldest event kept");
-                    cursor = None;
-                    continue;
-                }
-                Err(error) => return self.store_failed("read the event log", &error),
-            };
+            let page = lease.next_page(&mut cursor, PAGE).await?;
             for event in &page.events {
                 if self.settings.wants(&event.kind) && !self.deliver(event, cursor.as_deref()).await
                 {
-                    return;
+                    return Ok(());
                 }
                 cursor = Some(event.cursor.clone());
             }
-            let saved = match &cursor {
-                Some(cursor) => {
-                    store
-                        .save_webhook_cursor(name, &self.holder, cursor, self.lease_until())
-                        .await
-                }
-                None => Ok(true),
-            };
-            match saved {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(error) => return self.store_failed("save the webhook cursor", &error),
+            if let Some(cursor) = &cursor
+                && !lease.save(cursor).await?
+            {
+                return Ok(());
             }
             if page.events.is_empty() {
                 tokio::time::sleep(IDLE_WAIT).await;
@@ -304,35 +262,16 @@ impl Endpoint {
     }
 
     async fn renew(&self, cursor: Option<&str>) -> bool {
+        let lease = self.lease();
+        // Without a cursor nothing can be saved, so the claim is taken
+        // again. That fails when another replica has the lease.
         let Some(cursor) = cursor else {
-            // Without a cursor nothing can be saved, so the claim is taken
-            // again. That fails when another replica has the lease.
-            let claim = self
-                .tenant
-                .store
-                .claim_webhook(
-                    &self.settings.name,
-                    &self.holder,
-                    now_millis(),
-                    self.lease_until(),
-                )
-                .await;
-            return matches!(claim, Ok(Some(_)));
+            return lease.reclaim().await;
         };
-        let saved = self
-            .tenant
-            .store
-            .save_webhook_cursor(
-                &self.settings.name,
-                &self.holder,
-                cursor,
-                self.lease_until(),
-            )
-            .await;
-        match saved {
+        match lease.save(cursor).await {
             Ok(held) => held,
-            Err(error) => {
-                self.store_failed("renew the webhook lease", &error);
+            Err(failed) => {
+                self.store_failed("renew the webhook lease", &failed.error);
                 false
             }
         }
