@@ -26,6 +26,31 @@ impl ContentError {
     }
 }
 
+/// Maximum nesting of JSON that clients store, in `custom` message data
+/// and user metadata. The event log wraps stored JSON in a few more levels,
+/// and its readers, this runtime among them, parse at most 128 levels.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Returns how deeply `value` nests: 1 for a scalar or an empty array or
+/// object, one more for each array or object around it.
+pub fn json_depth(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 1)];
+    while let Some((value, depth)) = pending.pop() {
+        deepest = deepest.max(depth);
+        match value {
+            serde_json::Value::Array(items) => {
+                pending.extend(items.iter().map(|item| (item, depth + 1)));
+            }
+            serde_json::Value::Object(fields) => {
+                pending.extend(fields.values().map(|field| (field, depth + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Maximum location label, in bytes.
 const MAX_LABEL_BYTES: usize = 256;
 /// Maximum client message id, in bytes.
@@ -106,6 +131,13 @@ pub fn check_content(
             }
         }
         Content::Custom { data } => {
+            let depth = json_depth(data);
+            if depth > MAX_JSON_DEPTH {
+                return Err(ContentError::new(
+                    "invalid_custom_data",
+                    format!("custom data nests {depth} levels deep; the limit is {MAX_JSON_DEPTH}"),
+                ));
+            }
             let size = serde_json::to_string(data)
                 .map(|text| text.len())
                 .unwrap_or(usize::MAX);
@@ -452,6 +484,27 @@ mod tests {
             check_content(&big, &limits, &[]).unwrap_err().code,
             "message_too_large"
         );
+    }
+
+    #[test]
+    fn custom_nesting_is_checked() {
+        let nested = |levels: usize| {
+            let text = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+            Content::Custom {
+                data: serde_json::from_str(&text).unwrap(),
+            }
+        };
+        let limits = Limits::default();
+        assert!(check_content(&nested(MAX_JSON_DEPTH), &limits, &[]).is_ok());
+        let deep = check_content(&nested(MAX_JSON_DEPTH + 1), &limits, &[]).unwrap_err();
+        assert_eq!(deep.code, "invalid_custom_data");
+    }
+
+    #[test]
+    fn json_depth_counts_levels() {
+        assert_eq!(json_depth(&serde_json::json!(1)), 1);
+        assert_eq!(json_depth(&serde_json::json!({})), 1);
+        assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
     }
 
     #[test]

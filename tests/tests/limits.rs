@@ -453,6 +453,41 @@ async fn oversized_custom_message_is_rejected() {
 }
 
 #[tokio::test]
+async fn deeply_nested_json_is_rejected() {
+    let chat = start_chat("").await;
+    let nested = |levels: usize| -> serde_json::Value {
+        serde_json::from_str(&format!("{}{}", "[".repeat(levels), "]".repeat(levels))).unwrap()
+    };
+
+    let deep = json!({ "kind": "custom", "data": nested(40) });
+    let (status, body) = post_content(&chat.alice, &chat.channel, "deep", deep).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error_code(&body), "invalid_custom_data", "{body}");
+    let (status, body) = chat
+        .runtime
+        .api("acme")
+        .put(
+            "/v1/server/users/dana",
+            json!({ "name": "Dana", "metadata": { "a": nested(40) } }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("levels deep"), "{body}");
+
+    // Data at the limit is stored, and the event log still reads it.
+    let shallow = json!({ "kind": "custom", "data": nested(32) });
+    let (status, body) = post_content(&chat.alice, &chat.channel, "shallow", shallow).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = chat
+        .runtime
+        .api("acme")
+        .get("/v1/server/events?limit=100")
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
 async fn location_out_of_range_is_rejected() {
     let chat = start_chat("").await;
     let mut socket = Ws::connect(&chat.runtime, "acme", &chat.alice.token).await;

@@ -62,6 +62,14 @@ pub async fn upsert_user(
     if !metadata.is_object() {
         return Err(ChatError::invalid("metadata must be a JSON object").into());
     }
+    let depth = crate::limits::json_depth(&metadata);
+    if depth > crate::limits::MAX_JSON_DEPTH {
+        return Err(ChatError::invalid(format!(
+            "metadata nests {depth} levels deep; the limit is {}",
+            crate::limits::MAX_JSON_DEPTH
+        ))
+        .into());
+    }
     if metadata.to_string().len() > MAX_METADATA_BYTES {
         return Err(ChatError::invalid(format!(
             "metadata must be at most {MAX_METADATA_BYTES} bytes as JSON"
