@@ -811,6 +811,53 @@ async fn typing_reaches_members_and_expires() {
 }
 
 #[tokio::test]
+async fn typing_floods_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::start(dir.path(), &config_yaml(""));
+    let acme = runtime.api("acme");
+    let alice = acme.user("alice").await;
+    let bob = acme.user("bob").await;
+    let channel = alice.direct_with("bob", None).await;
+    let mut alice_ws = Ws::connect(&runtime, "acme", &alice.token).await;
+    let mut bob_ws = Ws::connect(&runtime, "acme", &bob.token).await;
+
+    // Repeated starts pass on once, and alternating starts and stops pass
+    // on only as far as the socket's budget allows.
+    let started_at = Instant::now();
+    for _ in 0..50 {
+        alice_ws
+            .send_json(json!({"type": "typing", "channel_id": &channel, "state": "start"}))
+            .await;
+    }
+    for _ in 0..1000 {
+        for state in ["stop", "start"] {
+            alice_ws
+                .send_json(json!({"type": "typing", "channel_id": &channel, "state": state}))
+                .await;
+        }
+    }
+    alice_ws.send_text(&channel, "after-typing", "xong").await;
+
+    let mut typing_frames = 0;
+    loop {
+        let frame = bob_ws.next_json().await;
+        if frame["type"] == "message" {
+            break;
+        }
+        if frame["type"] == "typing" {
+            typing_frames += 1;
+        }
+    }
+    // A burst of 10, then 5 a second.
+    let allowed = 10 + (started_at.elapsed().as_secs_f64() * 5.0).ceil() as usize;
+    assert!(typing_frames >= 1, "no typing frame passed on");
+    assert!(
+        typing_frames <= allowed,
+        "{typing_frames} typing frames passed on, at most {allowed} allowed"
+    );
+}
+
+#[tokio::test]
 async fn direct_channel_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = Runtime::start(dir.path(), &config_yaml(""));

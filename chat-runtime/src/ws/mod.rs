@@ -2,6 +2,7 @@
 
 pub mod protocol;
 mod session;
+mod typing;
 
 use std::sync::Arc;
 

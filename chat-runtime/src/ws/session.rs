@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use super::Registration;
 use super::protocol::{ClientFrame, ServerFrame, TypingState, close, peek_ref};
+use super::typing::{MIN_START_INTERVAL, TypingBudget};
 use crate::api::{SharedState, UserAuth};
 use crate::auth;
 use crate::chat::{self, ChatError};
@@ -105,6 +106,7 @@ struct Session {
     removed: HashSet<Arc<str>>,
     /// Channels the user is typing in, with the time each indicator ends.
     typing: HashMap<String, Deadline>,
+    typing_budget: TypingBudget,
     /// Other users' indicators this socket showed as started, by channel
     /// and user, with the time the socket ends one that was not refreshed.
     shown_typing: HashMap<(Arc<str>, Arc<str>), Deadline>,
@@ -171,6 +173,7 @@ async fn serve_connection(
         starts: HashMap::new(),
         removed: HashSet::new(),
         typing: HashMap::new(),
+        typing_budget: TypingBudget::new(Deadline::now()),
         shown_typing: HashMap::new(),
         last_received: Instant::now(),
         token_expiry: expiry_instant(token.expires_at, state.server.token_leeway_seconds),
@@ -639,6 +642,21 @@ impl Session {
         channel_id: String,
         state: TypingState,
     ) -> Result<(), Exit> {
+        // A `start` shortly after the last one passed on, a `stop` for a
+        // channel the user is not typing in, and indicators over the
+        // socket's budget are dropped without an error, since an indicator
+        // is only a hint.
+        let now = Deadline::now();
+        let repeated = match state {
+            TypingState::Start => self
+                .typing
+                .get(&channel_id)
+                .is_some_and(|until| *until - TYPING_TTL + MIN_START_INTERVAL > now),
+            TypingState::Stop => !self.typing.contains_key(&channel_id),
+        };
+        if repeated || !self.typing_budget.take(now) {
+            return Ok(());
+        }
         let result = chat::typing(
             &self.tenant,
             &self.user_id,
@@ -651,7 +669,7 @@ impl Session {
             return self.send_error(reference, &error).await;
         }
         match state {
-            TypingState::Start => self.typing.insert(channel_id, Deadline::now() + TYPING_TTL),
+            TypingState::Start => self.typing.insert(channel_id, now + TYPING_TTL),
             TypingState::Stop => self.typing.remove(&channel_id),
         };
         Ok(())
