@@ -5,6 +5,15 @@
 //! prefix (`scam*` matches `scammer`). Scripts written without spaces
 //! between words (Chinese, Japanese, Thai ...) have no boundaries to check,
 //! so their terms match anywhere.
+//!
+//! A term of several words also matches with its words joined, or split by
+//! hyphens, underscores or dots instead of spaces (`lừa-đảo`, `lừađảo`,
+//! `l.ừ.a đ.ả.o`), since zero-width characters folded out of a text leave
+//! its words joined.
+//!
+//! NOTE: a term of one word does not match with its letters spaced out
+//! (`s c a m`), and letters written as digits (`5cam`) are not read as
+//! letters.
 
 use std::ops::Range;
 
@@ -20,6 +29,11 @@ pub struct Terms {
     automaton: AhoCorasick,
     /// Per pattern, whether it matches as a prefix.
     prefix: Vec<bool>,
+    /// Terms of several words with their joiners removed, matched on the
+    /// text with its joiners removed.
+    joined: AhoCorasick,
+    /// Per pattern of `joined`, whether it matches as a prefix.
+    joined_prefix: Vec<bool>,
     pub strip_accents: bool,
 }
 
@@ -29,6 +43,8 @@ impl Terms {
     pub fn new(terms: &[String], strip_accents: bool) -> Result<Terms, String> {
         let mut patterns = Vec::with_capacity(terms.len());
         let mut prefix = Vec::with_capacity(terms.len());
+        let mut joined_patterns: Vec<String> = Vec::new();
+        let mut joined_prefix = Vec::new();
         for term in terms {
             let (body, is_prefix) = match term.strip_suffix('*') {
                 Some(body) => (body, true),
@@ -49,16 +65,18 @@ impl Terms {
                     "term {term:?} is longer than {MAX_TERM_BYTES} bytes"
                 ));
             }
+            if folded.chars().any(is_joiner) {
+                joined_patterns.push(folded.chars().filter(|c| !is_joiner(*c)).collect());
+                joined_prefix.push(is_prefix);
+            }
             patterns.push(folded.to_owned());
             prefix.push(is_prefix);
         }
-        let automaton = AhoCorasick::builder()
-            .match_kind(MatchKind::Standard)
-            .build(&patterns)
-            .map_err(|error| format!("failed to compile the terms: {error}"))?;
         Ok(Terms {
-            automaton,
+            automaton: compile(&patterns)?,
             prefix,
+            joined: compile(&joined_patterns)?,
+            joined_prefix,
             strip_accents,
         })
     }
@@ -67,29 +85,92 @@ impl Terms {
     pub fn find(&self, text: &Folded) -> Vec<Range<usize>> {
         let mut found = Vec::new();
         for hit in self.automaton.find_overlapping_iter(text.text()) {
-            let mut range = hit.range();
-            let starts_word = text
-                .char_at(range.start)
-                .is_none_or(|first| !needs_boundary(first))
-                || text.char_before(range.start).is_none_or(|c| !in_word(c));
-            let ends_word = self.prefix[hit.pattern().as_usize()]
-                || text
-                    .char_before(range.end)
-                    .is_none_or(|last| !needs_boundary(last))
-                || text.char_at(range.end).is_none_or(|c| !in_word(c));
-            if !(starts_word && ends_word) {
-                continue;
-            }
-            if self.prefix[hit.pattern().as_usize()] {
-                // A prefix match covers the rest of its word, so masking it
-                // leaves no tail such as `mers` of `scammers`.
-                while let Some(next) = text.char_at(range.end).filter(|c| in_word(*c)) {
-                    range.end += next.len_utf8();
-                }
-            }
-            found.push(range);
+            let is_prefix = self.prefix[hit.pattern().as_usize()];
+            found.extend(whole_words(text, hit.range(), is_prefix));
         }
+        if self.joined_prefix.is_empty() {
+            return found;
+        }
+        let compact = Compact::new(text.text());
+        for hit in self.joined.find_overlapping_iter(&compact.text) {
+            let is_prefix = self.joined_prefix[hit.pattern().as_usize()];
+            found.extend(whole_words(
+                text,
+                compact.folded_range(hit.range()),
+                is_prefix,
+            ));
+        }
+        // Terms written with spaces match both ways where the text has them.
+        found.sort_by_key(|range| (range.start, range.end));
+        found.dedup();
         found
+    }
+}
+
+fn compile(patterns: &[String]) -> Result<AhoCorasick, String> {
+    AhoCorasick::builder()
+        .match_kind(MatchKind::Standard)
+        .build(patterns)
+        .map_err(|error| format!("failed to compile the terms: {error}"))
+}
+
+/// Returns `range` of the folded text when it starts and ends at word
+/// boundaries, extended to the end of its word for a prefix term.
+fn whole_words(text: &Folded, mut range: Range<usize>, is_prefix: bool) -> Option<Range<usize>> {
+    let starts_word = text
+        .char_at(range.start)
+        .is_none_or(|first| !needs_boundary(first))
+        || text.char_before(range.start).is_none_or(|c| !in_word(c));
+    let ends_word = is_prefix
+        || text
+            .char_before(range.end)
+            .is_none_or(|last| !needs_boundary(last))
+        || text.char_at(range.end).is_none_or(|c| !in_word(c));
+    if !(starts_word && ends_word) {
+        return None;
+    }
+    if is_prefix {
+        // A prefix match covers the rest of its word, so masking it leaves
+        // no tail such as `mers` of `scammers`.
+        while let Some(next) = text.char_at(range.end).filter(|c| in_word(*c)) {
+            range.end += next.len_utf8();
+        }
+    }
+    Some(range)
+}
+
+/// True for characters that may join or split the words of a term.
+fn is_joiner(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '-' | '_' | '.' | '·' | '\u{2010}'..='\u{2015}' | '\u{2212}'
+        )
+}
+
+/// A text without its joiners, with the offset in the text of each byte
+/// kept.
+struct Compact {
+    text: String,
+    offsets: Vec<usize>,
+}
+
+impl Compact {
+    fn new(text: &str) -> Compact {
+        let mut compact = Compact {
+            text: String::with_capacity(text.len()),
+            offsets: Vec::with_capacity(text.len()),
+        };
+        for (offset, c) in text.char_indices().filter(|(_, c)| !is_joiner(*c)) {
+            compact.text.push(c);
+            compact.offsets.extend(offset..offset + c.len_utf8());
+        }
+        compact
+    }
+
+    /// Maps a non-empty range of the compact text to the text.
+    fn folded_range(&self, range: Range<usize>) -> Range<usize> {
+        self.offsets[range.start]..self.offsets[range.end - 1] + 1
     }
 }
 
@@ -177,6 +258,29 @@ mod tests {
         assert_eq!(matches(&scam, "s\u{0441}am"), ["s\u{0441}am"]);
         assert_eq!(matches(&scam, "ＳＣＡＭ"), ["ＳＣＡＭ"]);
         assert_eq!(matches(&scam, "l\u{00AD}ừa đảo"), ["l\u{00AD}ừa đảo"]);
+    }
+
+    #[test]
+    fn words_joined_or_split_otherwise() {
+        let list = terms(&["lừa đảo", "chuyển khoản trước"], true);
+        for text in [
+            "lừa-đảo",
+            "lừa_đảo",
+            "lừađảo",
+            "lừa\u{200B}đảo",
+            "l.ừ.a đ.ả.o",
+            "lừa – đảo",
+        ] {
+            assert_eq!(
+                matches(&list, &format!("đây là {text} nhé")),
+                [text],
+                "{text}"
+            );
+        }
+        assert_eq!(matches(&list, "chuyểnkhoảntrước nha"), ["chuyểnkhoảntrước"]);
+        // Joined words still need boundaries at both ends.
+        assert!(matches(&list, "xlừađảo").is_empty());
+        assert!(matches(&list, "búa đao").is_empty());
     }
 
     #[test]
