@@ -361,7 +361,9 @@ async fn slow_mode_spaces_member_messages() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["channel"]["slow_mode_seconds"], 2);
     let update = carol_ws.next_of("channel_updated").await;
-    assert_eq!(update["channel"]["slow_mode_seconds"], 2);
+    assert_eq!(update["channel_id"], chat.group.as_str(), "{update}");
+    assert_eq!(update["slow_mode_seconds"], 2, "{update}");
+    assert!(update.get("channel").is_none(), "{update}");
 
     let (status, _) = chat.bob.send_text(&chat.group, "b-1", "Một").await;
     assert_eq!(status, 201);

@@ -339,3 +339,38 @@ async fn block_ends_presence_subscription() {
     assert_eq!(presence["user_id"], "carol", "{presence}");
     assert_eq!(presence["online"], true, "{presence}");
 }
+
+#[tokio::test]
+async fn blocked_user_moves_no_channel_for_blocker() {
+    let chat = start().await;
+    let (status, _) = chat.bob.put("/v1/me/blocks/alice").await;
+    assert_eq!(status, 204);
+    let (status, from_carol) = chat.carol.send_text(&chat.group, "c-1", "Chào").await;
+    assert_eq!(status, 201, "{from_carol}");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (status, from_alice) = chat.alice.send_text(&chat.group, "a-1", "Chào").await;
+    assert_eq!(status, 201, "{from_alice}");
+    assert!(
+        from_alice["message"]["created_at"].as_i64() > from_carol["message"]["created_at"].as_i64()
+    );
+
+    // Bob's single read and his list both show Carol's message as the
+    // newest activity; Carol's show Alice's.
+    let path = format!("/v1/channels/{}", chat.group);
+    let (status, for_bob) = chat.bob.get(&path).await;
+    assert_eq!(status, 200, "{for_bob}");
+    assert_eq!(
+        for_bob["channel"]["last_activity"], from_carol["message"]["created_at"],
+        "{for_bob}"
+    );
+    let (_, bobs_list) = chat.bob.get("/v1/channels").await;
+    assert_eq!(
+        bobs_list["channels"][0]["channel"]["last_activity"], from_carol["message"]["created_at"],
+        "{bobs_list}"
+    );
+    let (_, for_carol) = chat.carol.get(&path).await;
+    assert_eq!(
+        for_carol["channel"]["last_activity"], from_alice["message"]["created_at"],
+        "{for_carol}"
+    );
+}

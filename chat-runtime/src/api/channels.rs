@@ -138,11 +138,10 @@ pub async fn get_one(
     auth: UserAuth,
     PathParams(channel_id): PathParams<String>,
 ) -> ApiResult<Json<ChannelDetail>> {
-    let (channel, members) = auth
-        .tenant
-        .store
-        .channel_for_member(&channel_id, &auth.user_id)
-        .await?;
+    let store = &auth.tenant.store;
+    let (mut channel, members) = store.channel_for_member(&channel_id, &auth.user_id).await?;
+    // The same activity as the user's channel list shows.
+    channel.last_activity = store.activity_for(&channel_id, &auth.user_id).await?;
     Ok(Json(ChannelDetail { channel, members }))
 }
 

@@ -104,7 +104,11 @@ pub async fn set_slow_mode(
         .await?;
     if changed {
         let members = tenant.store.member_ids(channel_id).await?;
-        let frame = ServerFrame::ChannelUpdated { channel: &channel }.to_text();
+        let frame = ServerFrame::ChannelUpdated {
+            channel_id: &channel.id,
+            slow_mode_seconds: channel.slow_mode_seconds,
+        }
+        .to_text();
         tenant.deliver(&members, Outbound::Event(frame), None);
     }
     Ok(channel)

@@ -491,6 +491,11 @@ pub trait Store: Send + Sync + 'static {
         user: &str,
     ) -> StoreResult<(Channel, Vec<Member>)>;
 
+    /// Returns the channel's `last_activity` as `user`'s channel list shows
+    /// it, which leaves out messages of users `user` blocks. The channel
+    /// must exist (`NotFound`).
+    async fn activity_for(&self, channel_id: &str, user: &str) -> StoreResult<Millis>;
+
     /// Returns the member user ids of a channel, or `NotFound`.
     async fn member_ids(&self, channel_id: &str) -> StoreResult<Vec<String>>;
 

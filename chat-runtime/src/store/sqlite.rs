@@ -401,6 +401,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn activity_for(&self, channel_id: &str, user: &str) -> StoreResult<Millis> {
+        let (channel_id, user) = (channel_id.to_owned(), user.to_owned());
+        self.read(move |conn| queries::activity_for(conn, &channel_id, &user))
+            .await
+    }
+
     async fn member_ids(&self, channel_id: &str) -> StoreResult<Vec<String>> {
         let channel_id = channel_id.to_owned();
         self.read(move |conn| queries::member_ids(conn, &channel_id))

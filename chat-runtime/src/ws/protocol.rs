@@ -203,9 +203,11 @@ pub enum ServerFrame<'a> {
         channel_id: &'a str,
         user_id: &'a str,
     },
-    /// The channel's settings changed, such as its slow mode.
+    /// The channel's settings changed. It carries the settings only, since
+    /// the channel's activity differs between members who block someone.
     ChannelUpdated {
-        channel: &'a crate::store::Channel,
+        channel_id: &'a str,
+        slow_mode_seconds: u32,
     },
     /// Every missed message of the channel up to `seq` was sent; what follows
     /// is live.

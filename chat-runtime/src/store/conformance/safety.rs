@@ -274,6 +274,12 @@ pub(crate) async fn blocked_messages_keep_channel_order(fixture: &dyn Fixture) {
     assert_eq!(bobs[1].channel.last_activity, NOW);
     let alices = store.list_channels("alice", None, 10).await.unwrap();
     assert_eq!(alices[0].channel.last_activity, NOW + 20);
+    let for_bob = store.activity_for(&with_alice.id, "bob").await.unwrap();
+    assert_eq!(for_bob, NOW);
+    let for_alice = store.activity_for(&with_alice.id, "alice").await.unwrap();
+    assert_eq!(for_alice, NOW + 20);
+    let missing = store.activity_for("g_missing", "bob").await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
 
     // Paging continues from the activity the blocker was shown.
     let first = store.list_channels("bob", None, 1).await.unwrap();

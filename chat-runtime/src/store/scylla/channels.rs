@@ -178,6 +178,30 @@ impl ScyllaStore {
         }
     }
 
+    /// Returns the activity of `user`'s row for the channel, which messages
+    /// from users `user` blocks do not move, or the channel's own without
+    /// a row.
+    pub(super) async fn viewed_activity(
+        &self,
+        channel_id: &str,
+        user: &str,
+    ) -> StoreResult<Millis> {
+        let (record, row) = futures_util::try_join!(
+            self.channel(channel_id),
+            self.first_row::<(Option<i64>,)>(
+                &self.statements.select_one_activity,
+                (user, channel_id),
+                "read a channel's activity for a user",
+            ),
+        )?;
+        let Some(record) = record else {
+            return Err(StoreError::NotFound);
+        };
+        Ok(row
+            .and_then(|(activity,)| activity)
+            .unwrap_or(record.channel.last_activity))
+    }
+
     /// Adds `user` as a member and returns whether it was not one before.
     /// The read position starts at `channel.last_seq`, so earlier messages
     /// are not unread.

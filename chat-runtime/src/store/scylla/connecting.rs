@@ -176,6 +176,10 @@ impl Store for ConnectingStore {
         self.open()?.channel_for_member(channel_id, user).await
     }
 
+    async fn activity_for(&self, channel_id: &str, user: &str) -> StoreResult<Millis> {
+        self.open()?.activity_for(channel_id, user).await
+    }
+
     async fn member_ids(&self, channel_id: &str) -> StoreResult<Vec<String>> {
         self.open()?.member_ids(channel_id).await
     }

@@ -491,6 +491,11 @@ impl Store for ScyllaStore {
         self.channel_with_members(channel_id, user).await
     }
 
+    async fn activity_for(&self, channel_id: &str, user: &str) -> StoreResult<Millis> {
+        self.start_read()?;
+        self.viewed_activity(channel_id, user).await
+    }
+
     async fn member_ids(&self, channel_id: &str) -> StoreResult<Vec<String>> {
         self.start_read()?;
         if self.channel(channel_id).await?.is_none() {

@@ -51,6 +51,7 @@ pub(super) struct Statements {
     pub write_activity: PreparedStatement,
     pub write_activity_seq: PreparedStatement,
     pub select_activity: PreparedStatement,
+    pub select_one_activity: PreparedStatement,
     pub select_read_position: PreparedStatement,
     pub select_read_positions: PreparedStatement,
     pub write_read_position: PreparedStatement,
@@ -338,6 +339,13 @@ impl Statements {
                     Kind::Read,
                     "SELECT channel_id, last_seq, last_activity FROM {ks}.channel_activity \
                      WHERE user_id = ?",
+                )
+                .await?,
+            select_one_activity: preparer
+                .prepare(
+                    Kind::Read,
+                    "SELECT last_activity FROM {ks}.channel_activity \
+                     WHERE user_id = ? AND channel_id = ?",
                 )
                 .await?,
             select_read_position: preparer

@@ -779,18 +779,35 @@ static LIST_CHANNELS: LazyLock<String> = LazyLock::new(|| {
 /// user's messages do not move the channel up the list.
 static LIST_CHANNELS_OF_BLOCKER: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT * FROM (SELECT {CHANNEL_COLUMNS}, m.read_seq, \
-             CASE WHEN EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = ?1 AND b.blocked = \
-                 (SELECT n.sender_id FROM messages n WHERE n.channel_id = c.id \
-                  ORDER BY n.seq DESC LIMIT 1)) \
-             THEN COALESCE((SELECT v.created_at FROM messages v WHERE v.channel_id = c.id \
-                 AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = ?1 AND b.blocked = v.sender_id) \
-                 ORDER BY v.seq DESC LIMIT 1), c.created_at) \
-             ELSE c.last_activity END AS activity \
+        "SELECT * FROM (SELECT {CHANNEL_COLUMNS}, m.read_seq, {ACTIVITY_FOR_VIEWER} AS activity \
          FROM members m JOIN channels c ON c.id = m.channel_id WHERE m.user_id = ?1) c \
          WHERE {PAGE_BY_ACTIVITY}"
     )
 });
+
+/// The activity of channel `c` for the viewer `?1`: where a user the viewer
+/// blocks sent the newest message, the time of the newest message from
+/// anyone else, or of the channel's creation.
+const ACTIVITY_FOR_VIEWER: &str = "CASE WHEN EXISTS (SELECT 1 FROM blocks b \
+         WHERE b.blocker = ?1 AND b.blocked = (SELECT n.sender_id FROM messages n \
+             WHERE n.channel_id = c.id ORDER BY n.seq DESC LIMIT 1)) \
+     THEN COALESCE((SELECT v.created_at FROM messages v WHERE v.channel_id = c.id \
+         AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.blocker = ?1 AND b.blocked = v.sender_id) \
+         ORDER BY v.seq DESC LIMIT 1), c.created_at) \
+     ELSE c.last_activity END";
+
+/// Runs [`crate::store::Store::activity_for`].
+pub(super) fn activity_for(conn: &Connection, channel_id: &str, viewer: &str) -> OpResult<Millis> {
+    let sql = format!("SELECT {ACTIVITY_FOR_VIEWER} FROM channels c WHERE c.id = ?2");
+    let activity: Option<Millis> = conn
+        .prepare_cached(&sql)?
+        .query_row(params![viewer, channel_id], |row| row.get(0))
+        .optional()?;
+    match activity {
+        Some(activity) => Ok(activity),
+        None => not_found(),
+    }
+}
 
 /// The page after the cursor `(?2, ?3)`, at most `?4` channels.
 const PAGE_BY_ACTIVITY: &str = "(?2 IS NULL \
