@@ -85,6 +85,9 @@ struct Run {
     digits: Option<String>,
     /// True when it was written as digits only.
     plain: bool,
+    /// True when a currency word follows the digits without a space, as in
+    /// `1500000000đ`. The run then covers the digits only.
+    currency_after: bool,
 }
 
 fn runs(text: &str) -> Vec<Run> {
@@ -98,11 +101,7 @@ fn runs(text: &str) -> Vec<Run> {
             (None, true) => start = Some(index),
             (Some(from), false) => {
                 let word = &text[from..index];
-                runs.push(Run {
-                    range: from..index,
-                    digits: digits_of(word),
-                    plain: word.bytes().all(|b| b.is_ascii_digit()),
-                });
+                runs.push(run_of(word, from));
                 start = None;
             }
             _ => {}
@@ -111,23 +110,46 @@ fn runs(text: &str) -> Vec<Run> {
     runs
 }
 
+/// Classifies the word that starts at byte `from` of the text.
+fn run_of(word: &str, from: usize) -> Run {
+    let plain = |digits: &str| digits.chars().all(|c| decimal_digit(c).is_some());
+    // Digits with a currency word stuck to them.
+    if let Some(split) = word.find(|c: char| decimal_digit(c).is_none())
+        && split > 0
+        && plain(&word[..split])
+        && CURRENCY_WORDS.contains(&&word[split..])
+    {
+        return Run {
+            range: from..from + split,
+            digits: digits_of(&word[..split]),
+            plain: true,
+            currency_after: true,
+        };
+    }
+    Run {
+        range: from..from + word.len(),
+        digits: digits_of(word),
+        plain: plain(word),
+        currency_after: false,
+    }
+}
+
 /// Reads the digits a word represents: its own digits, with `o` read as 0
 /// and `l` or `i` as 1 when it has at least one digit, or a number word.
 fn digits_of(word: &str) -> Option<String> {
-    if word.bytes().any(|b| b.is_ascii_digit()) {
+    if word.chars().any(|c| decimal_digit(c).is_some()) {
         return word
             .chars()
             .map(|c| match c {
-                '0'..='9' => Some(c),
                 // Latin, Cyrillic and Greek small o.
                 'o' | 'о' | 'ο' => Some('0'),
                 'l' | 'i' => Some('1'),
-                _ => None,
+                _ => decimal_digit(c),
             })
             .collect();
     }
     let digit = match word {
-        "zero" | "khong" | "linh" => '0',
+        "zero" | "khong" | "ko" | "linh" => '0',
         "one" | "mot" => '1',
         "two" | "hai" => '2',
         "three" | "ba" => '3',
@@ -142,11 +164,34 @@ fn digits_of(word: &str) -> Option<String> {
     Some(digit.to_string())
 }
 
+/// Returns the ASCII digit for a decimal digit of any of the scripts
+/// below. Folding has already turned full-width digits into ASCII ones.
+fn decimal_digit(c: char) -> Option<char> {
+    /// The first code point, the zero, of each script's ten digits: Arabic-
+    /// Indic, Extended Arabic-Indic, Devanagari, Bengali, Gurmukhi,
+    /// Gujarati, Oriya, Tamil, Telugu, Kannada, Malayalam, Thai, Lao,
+    /// Tibetan, Myanmar and Khmer.
+    const ZEROS: [u32; 16] = [
+        0x0660, 0x06F0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6, 0x0D66,
+        0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x17E0,
+    ];
+    if c.is_ascii_digit() {
+        return Some(c);
+    }
+    let code = c as u32;
+    ZEROS
+        .iter()
+        .find(|zero| (**zero..**zero + 10).contains(&code))
+        .and_then(|zero| char::from_digit(code - zero, 10))
+}
+
+/// True for characters that may separate the groups of one phone number:
+/// common punctuation, dashes, and symbols such as emoji.
 fn is_separator(c: char) -> bool {
     matches!(
         c,
         ' ' | '.' | '-' | '(' | ')' | '/' | '_' | ',' | '+' | '*' | '|' | ':' | '~' | '·' | '•'
-    )
+    ) || (!c.is_ascii() && !c.is_alphanumeric() && !c.is_whitespace())
 }
 
 /// Words after a number that make it an amount of money.
@@ -175,7 +220,7 @@ fn phones(text: &str, min_digits: usize) -> Vec<Range<usize>> {
             .iter()
             .map(|run| run.digits.as_ref().map_or(0, String::len))
             .sum();
-        let phone_like = starts_like_phone(text, group);
+        let phone_like = starts_like_phone(text, group) || digit_by_digit(group);
         // A number in several groups is a phone number only when it starts
         // as one, so sizes (`36 37 38 39 40`), dates and price ranges are not.
         let grouped_ok = group.len() == 1 || phone_like;
@@ -212,10 +257,22 @@ fn starts_like_phone(text: &str, group: &[Run]) -> bool {
     digits.starts_with('0') || digits.starts_with("84") || text[..start].trim_end().ends_with('+')
 }
 
+/// True when every run of a group is one digit, as in a number spelled out
+/// word by word or written digit by digit. Sizes, dates and amounts are
+/// written in runs of several digits.
+fn digit_by_digit(group: &[Run]) -> bool {
+    group
+        .iter()
+        .all(|run| run.digits.as_ref().is_some_and(|digits| digits.len() == 1))
+}
+
 fn is_amount(text: &str, group: &[Run], next: Option<&Run>) -> bool {
     let start = group[0].range.start;
     let end = group[group.len() - 1].range.end;
     if text[..start].ends_with('$') || text[..start].ends_with("$ ") {
+        return true;
+    }
+    if group[group.len() - 1].currency_after {
         return true;
     }
     if let Some(next) = next
@@ -419,6 +476,43 @@ mod tests {
         assert!(detect("năm 2024 tôi mua 2 xe, 3 lần").is_empty());
         assert!(detect("một hai ba").is_empty());
         assert!(detect("giá 1500000000 - 2000000000 đ").is_empty());
+    }
+
+    #[test]
+    fn dashes_emoji_and_other_digit_scripts() {
+        for text in [
+            "0912–345–678",
+            "0912—345—678",
+            "0912\u{2212}345\u{2212}678",
+            "0912\u{2011}345\u{2011}678",
+            "0912🙂345🙂678",
+            "٠٩١٢٣٤٥٦٧٨",
+            "०९१२३४५६७८",
+        ] {
+            assert_eq!(detect(text), [text], "{text}");
+        }
+    }
+
+    #[test]
+    fn numbers_read_digit_by_digit() {
+        for text in [
+            "chín một hai ba bốn năm sáu bảy tám chín",
+            "tám tư chín một hai ba bốn năm sáu bảy tám",
+            "nine one two three four five six seven eight nine",
+            "ko chín một hai ba bốn năm sáu bảy tám",
+            "ko 9 1 2 3 4 5 6 7 8",
+        ] {
+            assert_eq!(detect(&format!("số: {text}")), [text], "{text}");
+        }
+        assert!(detect("hai ba bốn năm").is_empty());
+    }
+
+    #[test]
+    fn currency_stuck_to_a_number() {
+        assert_eq!(detect("0912345678đ"), ["0912345678"]);
+        assert_eq!(detect("gọi 0912.345.678k nha"), ["0912.345.678"]);
+        assert!(detect("giá 1500000000đ").is_empty());
+        assert!(detect("giá 1.200.000.000đ").is_empty());
     }
 
     #[test]
