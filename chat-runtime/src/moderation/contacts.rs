@@ -6,10 +6,11 @@
 //! zero-width characters and tone marks are already gone.
 //!
 //! - A phone number is a run of at least `min_phone_digits` digits. They
-//!   may be spaced out or split by `.`, `-`, `(`, `)` or `/`, written as
-//!   number words in English or Vietnamese (`không chín một ...`), or
-//!   written with `o` for 0 and `l` or `i` for 1 inside a number. Amounts such as
-//!   `1.200.000.000` or `1500000000đ` are not phone numbers.
+//!   may be spaced out or split by punctuation, dashes or emoji. They may
+//!   be number words in English or Vietnamese (`không chín một ...`),
+//!   another script's digits (Arabic-Indic, Devanagari ...), or `o` for 0
+//!   and `l` or `i` for 1 inside a number. Amounts such as `1.200.000.000`
+//!   or `1500000000đ` are not phone numbers.
 //! - An e-mail address may write `@` as `(at)`, ` at ` or the Vietnamese
 //!   ` a còng `, and dots as links may.
 //! - A messaging handle is a link to a messaging service (`t.me/...`,
@@ -17,7 +18,10 @@
 //!   (`telegram: @shop24`, `zalo: minh_tran`).
 //!
 //! NOTE: any long run of digits counts as a phone number, so order numbers
-//! and card numbers of 9 digits or more are detected too.
+//! and card numbers of 9 digits or more are detected too. Numbers read in
+//! pairs (`mười hai`), number words glued to digits (`zero9one2`) and
+//! letters that look like digits in other scripts (Cyrillic `З`) are not
+//! read as phone numbers.
 
 use std::ops::Range;
 
@@ -167,8 +171,8 @@ fn digits_of(word: &str) -> Option<String> {
 /// Returns the ASCII digit for a decimal digit of any of the scripts
 /// below. Folding has already turned full-width digits into ASCII ones.
 fn decimal_digit(c: char) -> Option<char> {
-    /// The first code point, the zero, of each script's ten digits: Arabic-
-    /// Indic, Extended Arabic-Indic, Devanagari, Bengali, Gurmukhi,
+    /// The first code point, the zero, of each script's ten digits:
+    /// Arabic-Indic, Extended Arabic-Indic, Devanagari, Bengali, Gurmukhi,
     /// Gujarati, Oriya, Tamil, Telugu, Kannada, Malayalam, Thai, Lao,
     /// Tibetan, Myanmar and Khmer.
     const ZEROS: [u32; 16] = [
