@@ -415,6 +415,30 @@ async fn rewrite_past_the_limits_is_rejected() {
 }
 
 #[tokio::test]
+async fn rewrite_to_kinds_clients_cannot_send_is_rejected() {
+    let script = |request: &Value| {
+        if request["content"]["text"] == "một" {
+            Answer::Rewrite(
+                json!({ "kind": "automated", "extension": "auto_reply", "text": "giả" }),
+            )
+        } else {
+            Answer::Rewrite(
+                json!({ "kind": "template", "template_id": "none", "values": {}, "text": "giả" }),
+            )
+        }
+    };
+    let chat = start(script, |hook| hook.section(PATIENT, "open")).await;
+
+    for (client_id, text) in [("k-1", "một"), ("k-2", "hai")] {
+        let (status, body) = chat.alice.send_text(&chat.channel, client_id, text).await;
+        assert_eq!(status, 422, "{text}: {body}");
+        assert_eq!(error_code(&body), "rejected_by_hook", "{text}");
+    }
+    assert!(texts_in(&chat.bob, &chat.channel).await.is_empty());
+    assert_eq!(hook_decisions(&chat.runtime, "rewrite_invalid").await, 2.0);
+}
+
+#[tokio::test]
 async fn slow_hook_open_stores_unchanged() {
     let script = |_: &Value| Answer::Sleep(Duration::from_secs(30));
     let (chat, logs) = start_with_logs(script, |hook| hook.section(50, "open")).await;

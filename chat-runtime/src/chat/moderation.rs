@@ -326,6 +326,21 @@ impl Call<'_> {
         if self.subject.seq.is_some() && !same_kind(original, rewritten) {
             return Err("edit_kind_changed");
         }
+        // Only extensions send `automated` messages, and a template message
+        // names a template the sender chose.
+        match rewritten {
+            Content::Automated { .. } => return Err("rewritten_to_automated"),
+            Content::Template { template_id, .. } => {
+                let same_template = matches!(
+                    original,
+                    Content::Template { template_id: chosen, .. } if chosen == template_id
+                );
+                if !same_template {
+                    return Err("rewritten_to_another_template");
+                }
+            }
+            _ => {}
+        }
         limits::check_content(
             rewritten,
             &self.settings.limits,
