@@ -95,6 +95,11 @@ async fn template_renders_with_values() {
         body["message"]["content"]["text"],
         "Cảm ơn bạn đã quan tâm!"
     );
+    // The client's text is ignored, so a retry with other text is the same send.
+    let content = json!({ "kind": "template", "template_id": "thanks", "text": "other" });
+    let (status, retry) = send(&alice, &channel, "t-2", content).await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry["message"], body["message"], "{retry}");
 
     // Sending over the WebSocket renders the same way.
     let mut alice_ws = Ws::connect(&runtime, "acme", &alice.token).await;

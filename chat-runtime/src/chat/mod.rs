@@ -190,7 +190,12 @@ pub async fn send_message(
 ) -> Result<Appended, ChatError> {
     let settings = tenant.settings();
     limits::check_client_id(&draft.client_id)?;
-    let submitted = draft.content.clone();
+    let mut submitted = draft.content.clone();
+    // The server renders a template's text, so retries are compared on the
+    // template and its values only.
+    if let Content::Template { text, .. } = &mut submitted {
+        text.clear();
+    }
     let content = templates::prepare(tenant, sender, draft.content).await?;
     limits::check_content(&content, &settings.limits, &settings.attachment_hosts)?;
     let mentions = limits::check_mentions(draft.mentions)?;
