@@ -348,7 +348,6 @@ async fn replies_and_mentions_count_apart() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["message"]["reply_to"], question);
     assert_eq!(body["message"]["mentions"], json!(["bob"]));
-
     let bob = summary(&chat.bob, &channel).await;
     assert_eq!(
         (bob["unread"].as_u64(), bob["unread_mentions"].as_u64()),
@@ -395,6 +394,26 @@ async fn replies_and_mentions_count_apart() {
     assert_eq!(
         (status, error_code(&body).as_str()),
         (400, "too_many_mentions")
+    );
+    // `null` counts as no mentions.
+    let (status, body) = chat
+        .alice
+        .post(
+            &format!("/v1/channels/{channel}/messages"),
+            json!({
+                "client_id": "a0",
+                "content": { "kind": "text", "text": "không nhắc ai" },
+                "reply_to": null,
+                "mentions": null,
+            }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        body["message"]
+            .get("mentions")
+            .is_none_or(|mentions| mentions == &json!([])),
+        "{body}"
     );
 }
 

@@ -324,8 +324,9 @@ pub struct SendRequest {
     content: Content,
     #[serde(default)]
     reply_to: Option<u64>,
+    /// `null` counts as leaving it out, as in an edit.
     #[serde(default)]
-    mentions: Vec<String>,
+    mentions: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -345,7 +346,7 @@ pub async fn send(
         client_id: request.client_id,
         content: request.content,
         reply_to: request.reply_to,
-        mentions: request.mentions,
+        mentions: request.mentions.unwrap_or_default(),
     };
     let appended = chat::send_message(&auth.tenant, &state.metrics, &auth.user_id, draft).await?;
     let status = if appended.duplicate {

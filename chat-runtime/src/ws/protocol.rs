@@ -41,8 +41,9 @@ pub enum ClientFrame {
         content: Content,
         #[serde(default)]
         reply_to: Option<u64>,
+        /// `null` counts as leaving it out, as in an edit.
         #[serde(default)]
-        mentions: Vec<String>,
+        mentions: Option<Vec<String>>,
     },
     /// Replace the content of one of the user's messages, and its mentions
     /// when given.

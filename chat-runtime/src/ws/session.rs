@@ -379,7 +379,7 @@ impl Session {
                     client_id,
                     content,
                     reply_to,
-                    mentions,
+                    mentions: mentions.unwrap_or_default(),
                 };
                 self.on_send(r#ref.as_deref(), draft).await
             }
