@@ -87,6 +87,24 @@ async fn blocked_user_reaches_blocker_no_more() {
         .collect();
     assert_eq!(client_ids, ["c-1"]);
 
+    // Bob cannot list the reactions of Alice's hidden message, and the
+    // reactors of Carol's message leave Alice out.
+    let reactions = |seq: u64| format!("/v1/channels/{}/messages/{seq}/reactions", chat.group);
+    let (status, body) = chat.bob.get(&reactions(1)).await;
+    assert_eq!(status, 404, "{body}");
+    for user in [&chat.alice, &chat.carol] {
+        let (status, body) = user.put(&format!("{}/👍", reactions(2))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, body) = chat.bob.get(&reactions(2)).await;
+    assert_eq!(body["reactions"], json!({"👍": ["carol"]}), "{body}");
+    let (_, body) = chat.carol.get(&reactions(2)).await;
+    assert_eq!(
+        body["reactions"],
+        json!({"👍": ["alice", "carol"]}),
+        "{body}"
+    );
+
     let (status, _) = chat.bob.delete("/v1/me/blocks/alice").await;
     assert_eq!(status, 204);
     let (status, _) = chat.alice.send_text(&chat.group, "a-2", "Còn xe").await;

@@ -150,11 +150,20 @@ pub async fn list_reactions(
     PathParams((channel_id, seq)): PathParams<(String, String)>,
 ) -> ApiResult<Json<ReactionsResponse>> {
     let seq = parse_seq(&seq)?;
-    let reactions = auth
-        .tenant
-        .store
+    let store = &auth.tenant.store;
+    // A message that a block hides from the user is not found here either,
+    // and users the viewer blocks are left out of the lists.
+    store.message(&channel_id, seq, &auth.user_id).await?;
+    let blocked = store.blocked_users(&auth.user_id).await?;
+    let mut reactions = store
         .reaction_users(&channel_id, seq, &auth.user_id)
         .await?;
+    if !blocked.is_empty() {
+        for users in reactions.values_mut() {
+            users.retain(|user| !blocked.contains(user));
+        }
+        reactions.retain(|_, users| !users.is_empty());
+    }
     Ok(Json(ReactionsResponse { reactions }))
 }
 
