@@ -31,19 +31,20 @@ impl ContentError {
 /// and its readers, this runtime among them, parse at most 128 levels.
 pub const MAX_JSON_DEPTH: usize = 32;
 
-/// Returns how deeply `value` nests: 1 for a scalar or an empty array or
-/// object, one more for each array or object around it.
+/// Returns how many arrays and objects nest in `value` at its deepest: 0
+/// for a scalar, 1 for `[1]` or `{}`.
 pub fn json_depth(value: &serde_json::Value) -> usize {
     let mut deepest = 0;
-    let mut pending = vec![(value, 1)];
-    while let Some((value, depth)) = pending.pop() {
-        deepest = deepest.max(depth);
+    let mut pending = vec![(value, 0)];
+    while let Some((value, around)) = pending.pop() {
         match value {
             serde_json::Value::Array(items) => {
-                pending.extend(items.iter().map(|item| (item, depth + 1)));
+                deepest = deepest.max(around + 1);
+                pending.extend(items.iter().map(|item| (item, around + 1)));
             }
             serde_json::Value::Object(fields) => {
-                pending.extend(fields.values().map(|field| (field, depth + 1)));
+                deepest = deepest.max(around + 1);
+                pending.extend(fields.values().map(|field| (field, around + 1)));
             }
             _ => {}
         }
@@ -489,7 +490,7 @@ mod tests {
     #[test]
     fn custom_nesting_is_checked() {
         let nested = |levels: usize| {
-            let text = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+            let text = format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
             Content::Custom {
                 data: serde_json::from_str(&text).unwrap(),
             }
@@ -502,8 +503,9 @@ mod tests {
 
     #[test]
     fn json_depth_counts_levels() {
-        assert_eq!(json_depth(&serde_json::json!(1)), 1);
+        assert_eq!(json_depth(&serde_json::json!(1)), 0);
         assert_eq!(json_depth(&serde_json::json!({})), 1);
+        assert_eq!(json_depth(&serde_json::json!([1])), 1);
         assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
     }
 
