@@ -7,9 +7,12 @@
 //! so their terms match anywhere.
 //!
 //! A term of several words also matches with its words joined, or split by
-//! hyphens, underscores or dots instead of spaces (`lừa-đảo`, `lừađảo`,
-//! `l.ừ.a đ.ả.o`), since zero-width characters folded out of a text leave
-//! its words joined.
+//! any characters other than letters and digits (`lừa-đảo`, `lừa/đảo`,
+//! `lừa 🙂 đảo`, `lừađảo`, `l.ừ.a đ.ả.o`), since zero-width characters
+//! folded out of a text leave its words joined. Punctuation such as `.`
+//! or `,` followed by a space ends a sentence or a clause and splits the
+//! words instead. Folding turns a line break into a space, so a term still
+//! matches across one.
 //!
 //! NOTE: a term of one word does not match with its letters spaced out
 //! (`s c a m`), and letters written as digits (`5cam`) are not read as
@@ -141,15 +144,27 @@ fn whole_words(text: &Folded, mut range: Range<usize>, is_prefix: bool) -> Optio
 
 /// True for characters that may join or split the words of a term.
 fn is_joiner(c: char) -> bool {
-    c.is_whitespace()
-        || matches!(
-            c,
-            '-' | '_' | '.' | '·' | '\u{2010}'..='\u{2015}' | '\u{2212}'
-        )
+    !in_word(c)
+}
+
+/// True when a run of joiners between two words ends a sentence or a
+/// clause: it has punctuation followed by white space.
+fn breaks_words(run: &str) -> bool {
+    let mut after_punctuation = false;
+    for c in run.chars() {
+        if after_punctuation && c.is_whitespace() {
+            return true;
+        }
+        if matches!(c, '.' | ',' | ';' | ':' | '!' | '?' | '…') {
+            after_punctuation = true;
+        }
+    }
+    false
 }
 
 /// A text without its joiners, with the offset in the text of each byte
-/// kept.
+/// kept. A run of joiners that ends a sentence or a clause stays as one
+/// space, which no pattern contains, so no term matches across it.
 struct Compact {
     text: String,
     offsets: Vec<usize>,
@@ -161,7 +176,18 @@ impl Compact {
             text: String::with_capacity(text.len()),
             offsets: Vec::with_capacity(text.len()),
         };
-        for (offset, c) in text.char_indices().filter(|(_, c)| !is_joiner(*c)) {
+        let mut run_start = None;
+        for (offset, c) in text.char_indices() {
+            if is_joiner(c) {
+                run_start.get_or_insert(offset);
+                continue;
+            }
+            if let Some(start) = run_start.take()
+                && breaks_words(&text[start..offset])
+            {
+                compact.text.push(' ');
+                compact.offsets.push(start);
+            }
             compact.text.push(c);
             compact.offsets.extend(offset..offset + c.len_utf8());
         }
@@ -270,6 +296,11 @@ mod tests {
             "lừa\u{200B}đảo",
             "l.ừ.a đ.ả.o",
             "lừa – đảo",
+            "lừa/đảo",
+            "lừa,đảo",
+            "lừa🙂đảo",
+            "lừa | đảo",
+            "lừa(đảo",
         ] {
             assert_eq!(
                 matches(&list, &format!("đây là {text} nhé")),
@@ -281,6 +312,10 @@ mod tests {
         // Joined words still need boundaries at both ends.
         assert!(matches(&list, "xlừađảo").is_empty());
         assert!(matches(&list, "búa đao").is_empty());
+        // The end of a sentence or a clause splits them.
+        for text in ["Bán xe lừa. Đảo Cát Bà giao hàng", "con lừa, đảo Lý Sơn"] {
+            assert!(matches(&list, text).is_empty(), "{text}");
+        }
     }
 
     #[test]
