@@ -226,8 +226,9 @@ fn phones(text: &str, min_digits: usize) -> Vec<Range<usize>> {
             .sum();
         let phone_like = starts_like_phone(text, group) || digit_by_digit(group);
         // A number in several groups is a phone number only when it starts
-        // as one, so sizes (`36 37 38 39 40`), dates and price ranges are not.
-        let grouped_ok = group.len() == 1 || phone_like;
+        // as one, so sizes (`36 37 38 39 40`), dates and price ranges are
+        // not, and neither are times of day (`08:30-12:00`).
+        let grouped_ok = group.len() == 1 || (phone_like && !has_clock_time(text, group));
         let amount = !phone_like && is_amount(text, group, runs.get(index + 1));
         if digits >= min_digits && grouped_ok && !amount {
             found.push(group[0].range.start..group[group.len() - 1].range.end);
@@ -263,11 +264,31 @@ fn starts_like_phone(text: &str, group: &[Run]) -> bool {
 
 /// True when every run of a group is one digit, as in a number spelled out
 /// word by word or written digit by digit. Sizes, dates and amounts are
-/// written in runs of several digits.
+/// written in runs of several digits. Counting up (`1 2 3 4 5 6 7 8 9`,
+/// `một hai ba ...`) is not a phone number either.
 fn digit_by_digit(group: &[Run]) -> bool {
-    group
+    let digits: Option<Vec<u32>> = group
         .iter()
-        .all(|run| run.digits.as_ref().is_some_and(|digits| digits.len() == 1))
+        .map(|run| match run.digits.as_deref() {
+            Some(digit) if digit.len() == 1 => digit.chars().next()?.to_digit(10),
+            _ => None,
+        })
+        .collect();
+    let Some(digits) = digits else {
+        return false;
+    };
+    let counting_up = digits.windows(2).all(|pair| pair[1] == pair[0] + 1);
+    !counting_up
+}
+
+/// True when two runs of two plain digits each are joined by `:`, as the
+/// hours and minutes of a time of day are.
+fn has_clock_time(text: &str, group: &[Run]) -> bool {
+    group.windows(2).any(|pair| {
+        let gap = &text[pair[0].range.end..pair[1].range.start];
+        let two_digits = |run: &Run| run.plain && run.range.len() == 2;
+        gap == ":" && two_digits(&pair[0]) && two_digits(&pair[1])
+    })
 }
 
 fn is_amount(text: &str, group: &[Run], next: Option<&Run>) -> bool {
@@ -509,6 +530,11 @@ mod tests {
             assert_eq!(detect(&format!("số: {text}")), [text], "{text}");
         }
         assert!(detect("hai ba bốn năm").is_empty());
+        assert!(detect("Áo size 1 2 3 4 5 6 7 8 9").is_empty());
+        assert_eq!(
+            detect("đếm: một hai ba bốn năm sáu bảy tám chín mười"),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -517,6 +543,13 @@ mod tests {
         assert_eq!(detect("gọi 0912.345.678k nha"), ["0912.345.678"]);
         assert!(detect("giá 1500000000đ").is_empty());
         assert!(detect("giá 1.200.000.000đ").is_empty());
+    }
+
+    #[test]
+    fn times_of_day_are_not_phones() {
+        assert!(detect("Mở cửa 08:30-12:00, 13:30-17:30").is_empty());
+        assert!(detect("giao 09:00 - 11:30 hoặc 14:00").is_empty());
+        assert_eq!(detect("0912:345:678"), ["0912:345:678"]);
     }
 
     #[test]
