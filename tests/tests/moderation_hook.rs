@@ -439,6 +439,42 @@ async fn rewrite_to_kinds_clients_cannot_send_is_rejected() {
 }
 
 #[tokio::test]
+async fn template_text_rewrite_drops_values() {
+    let script = |request: &Value| {
+        let mut content = request["content"].clone();
+        content["text"] = json!("Chào ***, xe vẫn còn ạ.");
+        Answer::Rewrite(content)
+    };
+    let templates = "    templates:\n      - id: still-available\n        text: \"Chào {{ten}}, {{mon_hang}} vẫn còn ạ.\"\n";
+    let chat = start(script, |hook| {
+        format!("{}{templates}", hook.section(PATIENT, "closed"))
+    })
+    .await;
+
+    let content = json!({
+        "kind": "template",
+        "template_id": "still-available",
+        "values": { "ten": "Minh zalo minh_tran", "mon_hang": "xe" },
+    });
+    let (status, body) = chat
+        .alice
+        .post(
+            &format!("/v1/channels/{}/messages", chat.channel),
+            json!({ "client_id": "t-1", "content": content }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let stored = &body["message"]["content"];
+    assert_eq!(stored["text"], "Chào ***, xe vẫn còn ạ.", "{body}");
+    assert!(
+        stored
+            .get("values")
+            .is_none_or(|values| values == &json!({})),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn slow_hook_open_stores_unchanged() {
     let script = |_: &Value| Answer::Sleep(Duration::from_secs(30));
     let (chat, logs) = start_with_logs(script, |hook| hook.section(50, "open")).await;

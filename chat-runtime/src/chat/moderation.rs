@@ -276,8 +276,19 @@ impl Call<'_> {
                 );
                 ("reject", Err(rejected(reason.as_deref())))
             }
-            Ok(Verdict::Rewrite(rewritten)) => match self.check_rewrite(&content, &rewritten) {
+            Ok(Verdict::Rewrite(mut rewritten)) => match self.check_rewrite(&content, &rewritten) {
                 Ok(()) => {
+                    // A hook that rewrote a template's text may have masked
+                    // something its values still show, as a masking rule
+                    // does, so the values go as they do for a mask.
+                    if let (
+                        Content::Template { text: before, .. },
+                        Content::Template { text, values, .. },
+                    ) = (&content, &mut rewritten)
+                        && text != before
+                    {
+                        values.clear();
+                    }
                     self.log_decision("Moderation hook rewrote a message", None);
                     records.push(self.subject.record(
                         HOOK_RULE_NAME,
