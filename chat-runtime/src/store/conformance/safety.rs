@@ -174,6 +174,13 @@ pub(crate) async fn blocks_stop_direct_channels_and_delivery(fixture: &dyn Fixtu
         .await
         .unwrap();
     assert_eq!(from_carol.members, ["alice", "bob", "carol"]);
+    // Carol's reaction to Alice's message is not for Bob, who does not see
+    // that message.
+    let reacted = store
+        .react(&group.id, 1, "carol", "👍", true, NOW)
+        .await
+        .unwrap();
+    assert_eq!(reacted.members, ["alice", "carol"]);
     // Bob's history and catch-up leave Alice's message out; Carol's keep it.
     let seqs = |messages: Vec<crate::store::Message>| -> Vec<u64> {
         messages.iter().map(|message| message.seq).collect()

@@ -382,7 +382,7 @@ impl ScyllaStore {
     /// Builds the result of an edit, a delete or a reaction change: the
     /// message as it is now, with reaction counts but no `own_reactions`,
     /// and the members who receive what `actor` did, which leaves out those
-    /// who block `actor`.
+    /// who block `actor` or, for another user's message, its sender.
     pub(super) async fn message_change(
         &self,
         record: &ChannelRecord,
@@ -395,10 +395,16 @@ impl ScyllaStore {
             self.list_member_ids(&record.channel.id),
             self.blocker_set(actor),
         )?;
-        let members = without_blockers(members, &blockers);
+        let mut members = without_blockers(members, &blockers);
         let message = messages
             .pop()
             .ok_or_else(|| inconsistent("a changed message vanished"))?;
+        // A reaction to another user's message is not for those who block
+        // that user either, since they do not see the message.
+        if message.sender_id != actor {
+            let sender_blockers = self.blocker_set(&message.sender_id).await?;
+            members = without_blockers(members, &sender_blockers);
+        }
         Ok(MessageChange {
             message,
             members,

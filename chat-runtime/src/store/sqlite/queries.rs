@@ -1315,8 +1315,8 @@ pub(super) fn react(
     }
 
     Ok(MessageChange {
+        members: safety::reaction_recipients(conn, channel_id, user, &message.sender_id)?,
         message: existing_message(conn, channel_id, seq)?,
-        members: safety::recipients(conn, channel_id, user)?,
         changed,
     })
 }

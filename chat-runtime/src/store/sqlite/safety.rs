@@ -284,6 +284,23 @@ pub(super) fn recipients(
     Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
 }
 
+/// Members of the channel who block neither the reactor nor the sender of
+/// the message reacted to, since the blocker does not see that message.
+pub(super) fn reaction_recipients(
+    conn: &Connection,
+    channel_id: &str,
+    reactor: &str,
+    sender: &str,
+) -> OpResult<Vec<String>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT m.user_id FROM members m WHERE m.channel_id = ?1 AND NOT EXISTS \
+         (SELECT 1 FROM blocks b WHERE b.blocker = m.user_id AND b.blocked IN (?2, ?3)) \
+         ORDER BY m.user_id",
+    )?;
+    let rows = statement.query_map([channel_id, reactor, sender], |row| row.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
 /// Fails with `SlowMode` when `user_id` sent a message to the channel less
 /// than `seconds` before `now`.
 pub(super) fn check_slow_mode(
