@@ -279,8 +279,8 @@ impl Call<'_> {
             Ok(Verdict::Rewrite(mut rewritten)) => match self.check_rewrite(&content, &rewritten) {
                 Ok(()) => {
                     // A hook that rewrote a template's text may have masked
-                    // something its values still show, as a masking rule
-                    // does, so the values go as they do for a mask.
+                    // something that its values still show, so the values
+                    // are dropped, as for a masking rule.
                     if let (
                         Content::Template { text: before, .. },
                         Content::Template { text, values, .. },
