@@ -224,7 +224,8 @@ fn phones(text: &str, min_digits: usize) -> Vec<Range<usize>> {
             .iter()
             .map(|run| run.digits.as_ref().map_or(0, String::len))
             .sum();
-        let phone_like = starts_like_phone(text, group) || digit_by_digit(group);
+        let phone_like = starts_like_phone(text, group)
+            || single_digits(group).is_some_and(|digits| !counts_up(&digits));
         // A number in several groups is a phone number only when it starts
         // as one, so sizes (`36 37 38 39 40`), dates and price ranges are
         // not, and neither are times of day (`08:30-12:00`).
@@ -262,23 +263,23 @@ fn starts_like_phone(text: &str, group: &[Run]) -> bool {
     digits.starts_with('0') || digits.starts_with("84") || text[..start].trim_end().ends_with('+')
 }
 
-/// True when every run of a group is one digit, as in a number spelled out
-/// word by word or written digit by digit. Sizes, dates and amounts are
-/// written in runs of several digits. Counting up (`1 2 3 4 5 6 7 8 9`,
-/// `một hai ba ...`) is not a phone number either.
-fn digit_by_digit(group: &[Run]) -> bool {
-    let digits: Option<Vec<u32>> = group
+/// Returns the digits of a group whose every run is one digit, as in a
+/// number spelled out word by word or written digit by digit. Sizes, dates
+/// and amounts are written in runs of several digits.
+fn single_digits(group: &[Run]) -> Option<Vec<u32>> {
+    group
         .iter()
         .map(|run| match run.digits.as_deref() {
             Some(digit) if digit.len() == 1 => digit.chars().next()?.to_digit(10),
             _ => None,
         })
-        .collect();
-    let Some(digits) = digits else {
-        return false;
-    };
-    let counting_up = digits.windows(2).all(|pair| pair[1] == pair[0] + 1);
-    !counting_up
+        .collect()
+}
+
+/// True when each digit is one more than the one before, as in counting
+/// (`1 2 3 4 5 6 7 8 9`, `một hai ba ...`), which is no phone number.
+fn counts_up(digits: &[u32]) -> bool {
+    digits.windows(2).all(|pair| pair[1] == pair[0] + 1)
 }
 
 /// True when two runs of two plain digits each are joined by `:`, as the

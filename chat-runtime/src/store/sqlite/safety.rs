@@ -275,13 +275,7 @@ pub(super) fn recipients(
     channel_id: &str,
     sender: &str,
 ) -> OpResult<Vec<String>> {
-    let mut statement = conn.prepare_cached(
-        "SELECT m.user_id FROM members m WHERE m.channel_id = ?1 AND NOT EXISTS \
-         (SELECT 1 FROM blocks b WHERE b.blocker = m.user_id AND b.blocked = ?2) \
-         ORDER BY m.user_id",
-    )?;
-    let rows = statement.query_map([channel_id, sender], |row| row.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    reaction_recipients(conn, channel_id, sender, sender)
 }
 
 /// Members of the channel who block neither the reactor nor the sender of
