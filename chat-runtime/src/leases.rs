@@ -80,7 +80,13 @@ impl Lease<'_> {
             .store
             .claim_webhook(self.name, self.holder, now_millis(), Self::until())
             .await;
-        matches!(claim, Ok(Some(_)))
+        match claim {
+            Ok(claim) => claim.is_some(),
+            Err(error) => {
+                tracing::warn!(tenant = %self.tenant, consumer = %self.name, error = %crate::server::error_chain(&error), "Failed to renew an event log lease");
+                false
+            }
+        }
     }
 
     /// Saves `cursor` and renews the claim. Returns false, saving nothing,

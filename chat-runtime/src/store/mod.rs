@@ -219,10 +219,10 @@ pub struct NewMessage {
     /// return the stored message instead of storing a second one.
     pub client_id: String,
     pub content: Content,
-    /// The content as the sender submitted it, when moderation or a
-    /// template changed it on the way to `content`. Retries are compared on
-    /// this, so a retry finds the stored message even when moderation
-    /// would now change it differently.
+    /// The content as the sender submitted it, before a template was
+    /// rendered and moderation masked or rewrote it; `None` means `content`.
+    /// Retries are compared on this, so a retry finds the stored message
+    /// even when moderation would now change it differently.
     pub submitted: Option<Content>,
     /// A message of the same channel, which must exist and not be deleted.
     pub reply_to: Option<u64>,
