@@ -220,7 +220,7 @@ pub struct NewMessage {
     pub client_id: String,
     pub content: Content,
     /// The content as the sender submitted it, before a template was
-    /// rendered and moderation masked or rewrote it; `None` means `content`.
+    /// rendered and moderation masked or rewrote it. `None` means `content`.
     /// Retries are compared on this, so a retry finds the stored message
     /// even when moderation would now change it differently.
     pub submitted: Option<Content>,
